@@ -1,0 +1,186 @@
+"""Saving and loading a perforated model: one safetensors file, structure as JSON inside.
+
+Why one file: the tensors and the JSON describing the structure (config, dendrites per
+layer and per neuron) travel in the safetensors header's metadata, so a single atomic
+rename publishes both; a crash mid-write leaves the previous file intact. Nothing is ever
+unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load as load_bytes
+from safetensors.torch import save as save_bytes
+from torch import nn
+
+from .config import DendriteConfig
+from .convert import add_dendrites, dendritic_layers, remove_dendrites
+from .errors import CheckpointError, CheckpointMismatchError, ConfigError, NotConvertedError
+
+FORMAT = "perforate.model/1"
+_META_KEY = "perforate"
+
+
+def atomic_write(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` to `path` so that readers see the old file or the new one, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def model_structure(model: nn.Module) -> dict[str, Any]:
+    layers = dendritic_layers(model)
+    if not layers:
+        raise NotConvertedError("model holds no dendritic layers; call add_dendrites first")
+    config = next(iter(layers.values())).config
+    return {
+        "format": FORMAT,
+        "config": config.to_dict(),
+        "layers": {
+            name: {
+                "kind": layer.kind.name,
+                "neurons": layer.neurons,
+                "slots": layer.slots,
+                "norm": layer.norm_path,
+                "dendrites_per_neuron": layer.dendrite_count.tolist(),
+            }
+            for name, layer in layers.items()
+        },
+    }
+
+
+def state_tensors(module: nn.Module) -> dict[str, torch.Tensor]:
+    """A state dict safetensors accepts: detached, contiguous, no shared storage."""
+    return {k: v.detach().contiguous().clone() for k, v in module.state_dict().items()}
+
+
+def save(model: nn.Module, path: str | os.PathLike, metadata: dict[str, Any] | None = None) -> None:
+    """Write structure and weights of a perforated model to `path`, atomically.
+
+    Candidates of a dendrite phase in progress are not part of the model and not saved.
+    """
+    header = model_structure(model)
+    if metadata:
+        header["user"] = metadata
+    data = save_bytes(state_tensors(model), metadata={_META_KEY: json.dumps(header)})
+    atomic_write(path, data)
+
+
+def read(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Header and tensors of a perforate file; `CheckpointError` if it is not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}")
+    data = path.read_bytes()
+    try:
+        tensors = load_bytes(data)
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+    except (SafetensorError, ValueError, OSError, RuntimeError) as exc:
+        raise CheckpointError(
+            f"{path} is not a readable safetensors file (truncated, corrupted, or another "
+            f"format; perforate never unpickles): {exc}"
+        ) from exc
+    if _META_KEY not in meta:
+        raise CheckpointError(f"{path} is a safetensors file but not a perforate checkpoint")
+    try:
+        header = json.loads(meta[_META_KEY])
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path}: corrupted structure header: {exc}") from exc
+    if header.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{path}: format {header.get('format')!r} is not {FORMAT!r}; "
+            "was it written by a newer perforate?"
+        )
+    return header, tensors
+
+
+def _mismatches(model: nn.Module, header: dict[str, Any],
+                tensors: dict[str, torch.Tensor]) -> list[str]:
+    problems = []
+    layers = dendritic_layers(model)
+    saved = header["layers"]
+    for name in saved:
+        if name not in layers:
+            problems.append(f"layer {name!r} is in the checkpoint but not in the model")
+    for name, layer in layers.items():
+        if name not in saved:
+            problems.append(f"layer {name!r} is in the model but not in the checkpoint")
+            continue
+        s = saved[name]
+        if s["kind"] != layer.kind.name:
+            problems.append(f"layer {name!r}: kind {layer.kind.name} here, {s['kind']} saved")
+        if s["neurons"] != layer.neurons:
+            problems.append(f"layer {name!r}: {layer.neurons} neurons here, {s['neurons']} saved")
+        if layer.slots > s["slots"]:
+            problems.append(
+                f"layer {name!r}: already has {layer.slots} dendrite slots, checkpoint {s['slots']}"
+            )
+        if s["norm"] != layer.norm_path:
+            problems.append(f"layer {name!r}: paired norm {layer.norm_path!r} here, "
+                            f"{s['norm']!r} saved")
+    dendrite_keys = ("dendrites.", "output_weight", "cascade_weight", "dendrite_count")
+    own = model.state_dict()
+    for key, value in own.items():
+        if any(part in key for part in dendrite_keys):
+            continue
+        if key not in tensors:
+            problems.append(f"tensor {key!r} is missing from the checkpoint")
+        elif tuple(tensors[key].shape) != tuple(value.shape):
+            problems.append(f"tensor {key!r}: shape {tuple(value.shape)} here, "
+                            f"{tuple(tensors[key].shape)} saved")
+    for key in tensors:
+        if key not in own and not any(part in key for part in dendrite_keys):
+            problems.append(f"tensor {key!r} is in the checkpoint but not in the model")
+    return problems
+
+
+def load(model: nn.Module, path: str | os.PathLike) -> nn.Module:
+    """Restore structure and weights saved by `save` into `model`, bit for bit.
+
+    `model` is a freshly built plain model (it is wrapped with the saved config) or an
+    already wrapped one. A mismatched architecture raises `CheckpointMismatchError` listing
+    every difference, before anything in the model changes.
+    """
+    header, tensors = read(path)
+    wrapped_here = not dendritic_layers(model)
+    if wrapped_here:
+        try:
+            config = DendriteConfig.from_dict(header["config"])
+        except ConfigError as exc:
+            raise CheckpointError(f"{path}: saved config is invalid: {exc}") from exc
+        add_dendrites(model, config)
+    problems = _mismatches(model, header, tensors)
+    if problems:
+        if wrapped_here:
+            remove_dendrites(model)
+        raise CheckpointMismatchError(
+            f"{path} does not match this model ({len(problems)} difference(s)):\n  - "
+            + "\n  - ".join(problems)
+        )
+    for name, layer in dendritic_layers(model).items():
+        layer._resize(header["layers"][name]["slots"])
+    model.load_state_dict(tensors, strict=True)
+    return model

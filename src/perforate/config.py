@@ -1,0 +1,193 @@
+"""All settings of perforate: one frozen dataclass, validated on construction.
+
+Why one dataclass: the reference library keeps settings in module-level singletons and
+ignores unknown names with a print. Here a configuration is a value: two models with two
+configurations live side by side, and a typo or an out-of-range number raises at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ConfigError
+
+ACTIVATIONS = ("sigmoid", "tanh")
+OBJECTIVES = ("covariance", "pearson")
+DIRECTIONS = ("maximize", "minimize")
+METHODS = ("correlation", "gd")
+SUPPORTED_LAYER_TYPES = ("Linear", "Conv1d", "Conv2d", "Conv3d")
+
+
+def _f(default: Any, help: str, **kw: Any) -> Any:
+    """A dataclass field carrying its help text (read by `DendriteConfig.describe`)."""
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass(frozen=True)
+class DendriteConfig:
+    """Settings for where dendrites go, what they are, and how they are trained.
+
+    Build with keywords, or from a mapping with `DendriteConfig.from_dict` (which rejects
+    unknown keys with a suggestion). `config.replace(**changes)` returns a validated copy.
+    """
+
+    # --- which layers ----------------------------------------------------------------
+    layer_types: tuple[str, ...] = _f(
+        SUPPORTED_LAYER_TYPES,
+        "Layer classes to wrap, by torch.nn name. Supported: Linear, Conv1d, Conv2d, Conv3d.",
+    )
+    include: tuple[str, ...] = _f(
+        (),
+        "fnmatch patterns on qualified module names (e.g. 'encoder.*'); empty means all.",
+    )
+    exclude: tuple[str, ...] = _f(
+        (), "fnmatch patterns on qualified module names never to wrap (applied after include)."
+    )
+    pair_norms: bool = _f(
+        True,
+        "Treat a layer followed by BatchNorm/LayerNorm/GroupNorm as one unit, so the "
+        "dendrite enters after the norm (which would otherwise undo it).",
+    )
+    skip_unsupported: bool = _f(
+        False,
+        "Skip targeted layers dendrites cannot mirror (grouped convs) instead of raising.",
+    )
+    # --- what a dendrite is ----------------------------------------------------------
+    activation: str = _f("sigmoid", "Dendrite non-linearity g: 'sigmoid' or 'tanh'.")
+    candidates_per_neuron: int = _f(
+        4, "Candidate pool size P per neuron in a dendrite phase (one batched op).", min=1
+    )
+    candidate_init_scale: float = _f(
+        0.01,
+        "Standard deviation of the normal init of candidate input weights "
+        "(the reference library's 0.01).",
+        gt=0.0,
+    )
+    cascade: bool = _f(
+        True,
+        "A new dendrite also sees the outputs of the dendrites its neuron already has.",
+    )
+    perforate: bool = _f(
+        True,
+        "Detach the dendrites' input: no error flows back through dendrites into "
+        "earlier layers (the 'perforation').",
+    )
+    dendrites_learn: bool = _f(
+        False,
+        "Let installed dendrites' input and cascade weights keep training in neuron "
+        "phases (the paper freezes them).",
+    )
+    objective: str = _f(
+        "pearson",
+        "Candidate objective: 'covariance' (Fahlman's |sum (V-mean V)(E-mean E)|) or "
+        "'pearson' (the same, normalised by both standard deviations; scale-free).",
+        choices=OBJECTIVES,
+    )
+    output_weight_init: float = _f(
+        0.0,
+        "Initial output weight v of an installed dendrite. 0 keeps the network's function "
+        "exactly; other values are compensated through the unit's bias by v*mean(a).",
+    )
+
+    def __post_init__(self) -> None:
+        # Lists from JSON or users become tuples, so the config stays hashable and frozen.
+        for name in ("layer_types", "include", "exclude"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                raise ConfigError(
+                    f"{name} must be a sequence of strings, got the string {value!r}; "
+                    f"write {name}=({value!r},)"
+                )
+            try:
+                value = tuple(value)
+            except TypeError as exc:
+                raise ConfigError(f"{name} must be a sequence of strings, got {value!r}") from exc
+            if not all(isinstance(v, str) for v in value):
+                raise ConfigError(f"{name} must contain only strings, got {value!r}")
+            object.__setattr__(self, name, value)
+        self._validate()
+
+    # --- validation ------------------------------------------------------------------
+    def _validate(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            expected = f.type if isinstance(f.type, str) else f.type.__name__
+            if expected == "bool" and not isinstance(value, bool):
+                raise ConfigError(f"{f.name} must be True or False, got {value!r}")
+            if expected == "int" and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ConfigError(f"{f.name} must be an integer, got {value!r}")
+            if expected == "float":
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    raise ConfigError(f"{f.name} must be a number, got {value!r}")
+                if value != value or value in (float("inf"), float("-inf")):
+                    raise ConfigError(f"{f.name} must be finite, got {value!r}")
+            if expected == "str" and not isinstance(value, str):
+                raise ConfigError(f"{f.name} must be a string, got {value!r}")
+            meta = f.metadata
+            if "min" in meta and value < meta["min"]:
+                raise ConfigError(f"{f.name} must be >= {meta['min']}, got {value!r}")
+            if "max" in meta and value > meta["max"]:
+                raise ConfigError(f"{f.name} must be <= {meta['max']}, got {value!r}")
+            if "gt" in meta and not value > meta["gt"]:
+                raise ConfigError(f"{f.name} must be > {meta['gt']}, got {value!r}")
+            if "choices" in meta and value not in meta["choices"]:
+                raise ConfigError(
+                    f"{f.name} must be one of {meta['choices']}, got {value!r}"
+                )
+        if self.activation not in ACTIVATIONS:
+            raise ConfigError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
+        if not self.layer_types:
+            raise ConfigError("layer_types is empty: name at least one of " f"{SUPPORTED_LAYER_TYPES}")
+        for t in self.layer_types:
+            if t not in SUPPORTED_LAYER_TYPES:
+                hint = difflib.get_close_matches(t, SUPPORTED_LAYER_TYPES, n=1)
+                raise ConfigError(
+                    f"layer_types has unsupported type {t!r}; supported: {SUPPORTED_LAYER_TYPES}"
+                    + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                )
+
+    # --- construction helpers --------------------------------------------------------
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> DendriteConfig:
+        """Build from a mapping; unknown keys raise `ConfigError` with a suggestion."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = [k for k in values if k not in names]
+        if unknown:
+            parts = []
+            for k in unknown:
+                hint = difflib.get_close_matches(k, names, n=1)
+                parts.append(f"{k!r}" + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+            raise ConfigError(
+                f"unknown setting(s) {', '.join(parts)}; valid settings: {', '.join(names)}"
+            )
+        return cls(**values)
+
+    @classmethod
+    def from_json(cls, text: str) -> DendriteConfig:
+        return cls.from_dict(json.loads(text))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: (list(v) if isinstance(v, tuple) else v)
+                for f in dataclasses.fields(self) for v in [getattr(self, f.name)]}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    def replace(self, **changes: Any) -> DendriteConfig:
+        """A validated copy with `changes` applied; unknown names raise `ConfigError`."""
+        merged = self.to_dict()
+        merged.update(changes)
+        return type(self).from_dict({**merged, **changes})
+
+    @classmethod
+    def describe(cls) -> str:
+        """One line per setting: name, default, help. Used by `perforate --help-config`."""
+        lines = []
+        for f in dataclasses.fields(cls):
+            lines.append(f"{f.name} = {f.default!r}\n    {f.metadata['help']}")
+        return "\n".join(lines)

@@ -1,0 +1,197 @@
+"""Finding target layers in any nn.Module, pairing them with norms, wrapping, unwrapping.
+
+Module surgery keeps names predictable: a wrapped layer `encoder.0` becomes a
+`DendriticLayer` at `encoder.0` whose original sits at `encoder.0.base`; a paired norm
+moves to `encoder.0.norm` and an `nn.Identity` takes its old place. `remove_dendrites`
+puts every module back where it was.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import warnings
+
+import torch.fx
+from torch import nn
+
+from .config import DendriteConfig
+from .errors import (
+    AlreadyConvertedError,
+    NoTargetLayersError,
+    NotConvertedError,
+    PerforateWarning,
+    UnsupportedLayerError,
+)
+from .kinds import KINDS, NORM_TYPES, kind_of, norm_matches
+from .layers import DendriticLayer
+
+
+def dendritic_layers(model: nn.Module) -> dict[str, DendriticLayer]:
+    """Every DendriticLayer of `model` by qualified name (a shared one appears once)."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, DendriticLayer)}
+
+
+def _set_module(root: nn.Module, path: str, module: nn.Module) -> None:
+    parent_path, _, name = path.rpartition(".")
+    parent = root.get_submodule(parent_path) if parent_path else root
+    setattr(parent, name, module)
+
+
+def _selected(name: str, config: DendriteConfig) -> bool:
+    if config.include and not any(fnmatch.fnmatchcase(name, p) for p in config.include):
+        return False
+    return not any(fnmatch.fnmatchcase(name, p) for p in config.exclude)
+
+
+def _aliases(model: nn.Module) -> dict[int, list[str]]:
+    """id(module) -> every qualified name it is registered under (tied modules)."""
+    names: dict[int, list[str]] = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        if name:
+            names.setdefault(id(module), []).append(name)
+    return names
+
+
+def _pairs_in_sequentials(model: nn.Module) -> dict[str, str]:
+    pairs = {}
+    for seq_name, seq in model.named_modules():
+        if not isinstance(seq, nn.Sequential):
+            continue
+        children = list(seq.named_children())
+        for (a_name, a), (b_name, b) in zip(children, children[1:]):
+            kind = kind_of(a)
+            if kind is not None and isinstance(b, NORM_TYPES) and norm_matches(kind, a, b):
+                prefix = f"{seq_name}." if seq_name else ""
+                pairs[prefix + a_name] = prefix + b_name
+    return pairs
+
+
+def _pairs_by_tracing(model: nn.Module) -> dict[str, str] | None:
+    """Layer -> norm pairs where the layer's only consumer is the norm; None if untraceable."""
+    try:
+        graph = torch.fx.symbolic_trace(model).graph
+    except Exception:  # noqa: BLE001 - any tracing failure means "fall back"
+        return None
+    calls: dict[str, int] = {}
+    for node in graph.nodes:
+        if node.op == "call_module":
+            calls[node.target] = calls.get(node.target, 0) + 1
+    pairs = {}
+    for node in graph.nodes:
+        if node.op != "call_module" or calls[node.target] != 1:
+            continue
+        layer = model.get_submodule(node.target)
+        kind = kind_of(layer)
+        users = list(node.users)
+        if kind is None or len(users) != 1:
+            continue
+        user = users[0]
+        if user.op != "call_module" or calls[user.target] != 1 or user.args[:1] != (node,):
+            continue
+        norm = model.get_submodule(user.target)
+        if isinstance(norm, NORM_TYPES) and norm_matches(kind, layer, norm):
+            pairs[node.target] = user.target
+    return pairs
+
+
+def find_norm_pairs(model: nn.Module) -> dict[str, str]:
+    """Map qualified layer name -> name of the norm that directly follows it.
+
+    Found inside every `nn.Sequential`, and anywhere `torch.fx` can trace the model.
+    Warns (`PerforateWarning`) when tracing fails and norms outside Sequentials exist.
+    """
+    pairs = _pairs_in_sequentials(model)
+    traced = _pairs_by_tracing(model)
+    if traced is not None:
+        pairs.update(traced)
+        return pairs
+    paired_norms = set(pairs.values())
+    loose = [n for n, m in model.named_modules()
+             if isinstance(m, NORM_TYPES) and n not in paired_norms]
+    if loose:
+        warnings.warn(
+            f"torch.fx could not trace {type(model).__name__}, so norm layers outside "
+            f"nn.Sequential ({', '.join(loose[:5])}{'...' if len(loose) > 5 else ''}) were not "
+            "paired with the layer before them; dendrites on those layers enter before "
+            "the norm. Set pair_norms=False to silence this.",
+            PerforateWarning,
+            stacklevel=3,
+        )
+    return pairs
+
+
+def add_dendrites(model: nn.Module, config: DendriteConfig | None = None) -> nn.Module:
+    """Wrap every target layer of `model` in place and return `model`.
+
+    Right after wrapping the model computes exactly what it computed before.
+    """
+    config = DendriteConfig() if config is None else config
+    if not isinstance(config, DendriteConfig):
+        raise TypeError(f"config must be a DendriteConfig, got {type(config).__name__}")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if isinstance(model, DendriticLayer) or dendritic_layers(model):
+        raise AlreadyConvertedError(
+            "model already holds dendritic layers; call remove_dendrites(model) first "
+            "or keep using the converted model"
+        )
+    wanted = {KINDS[t].layer_type for t in config.layer_types}
+    if type(model) in wanted:
+        raise NoTargetLayersError(
+            "model is itself a single target layer; wrap it in a container "
+            "(e.g. nn.Sequential(layer)) so it can be replaced in place"
+        )
+    aliases = _aliases(model)
+    targets: dict[int, tuple[str, nn.Module]] = {}
+    for name, module in model.named_modules():
+        if name and type(module) in wanted and _selected(name, config):
+            targets.setdefault(id(module), (name, module))
+    if not targets:
+        raise NoTargetLayersError(
+            f"no layer to wrap in {type(model).__name__}: searched for types "
+            f"{list(config.layer_types)}"
+            + (f", names matching {list(config.include)}" if config.include else "")
+            + (f", excluding {list(config.exclude)}" if config.exclude else "")
+        )
+    pairs = find_norm_pairs(model) if config.pair_norms else {}
+    wrapped: list[tuple[list[str], DendriticLayer]] = []
+    for name, module in targets.values():
+        kind = kind_of(module)
+        try:
+            kind.check_supported(module, name)
+        except UnsupportedLayerError:
+            if config.skip_unsupported:
+                continue
+            raise
+        norm_name = pairs.get(name) if len(aliases[id(module)]) == 1 else None
+        norm = None
+        if norm_name is not None and len(aliases[id(model.get_submodule(norm_name))]) == 1:
+            norm = model.get_submodule(norm_name)
+        else:
+            norm_name = None
+        layer = DendriticLayer(module, kind, config, norm=norm, path=name, norm_path=norm_name)
+        wrapped.append((aliases[id(module)], layer))
+    if not wrapped:
+        raise NoTargetLayersError(
+            "every target layer was skipped as unsupported (skip_unsupported=True)"
+        )
+    for names, layer in wrapped:
+        for n in names:
+            _set_module(model, n, layer)
+        if layer.norm_path is not None:
+            _set_module(model, layer.norm_path, nn.Identity())
+    return model
+
+
+def remove_dendrites(model: nn.Module) -> nn.Module:
+    """Undo `add_dendrites` in place: originals (and norms) go back; dendrites are dropped."""
+    layers = dendritic_layers(model)
+    if not layers:
+        raise NotConvertedError("model holds no dendritic layers; nothing to remove")
+    aliases = _aliases(model)
+    for layer in layers.values():
+        for n in aliases[id(layer)]:
+            _set_module(model, n, layer.base)
+        if layer.norm_path is not None:
+            _set_module(model, layer.norm_path, layer.norm)
+    return model

@@ -1,0 +1,153 @@
+"""Streaming candidate statistics and the cascade-correlation objective.
+
+For candidate `p` of neuron `c` over patterns `n`, with candidate output `V` and the
+neuron's remaining error `E = dL/dy_c`:
+
+    covariance  S = | sum_n (V_n - mean V)(E_n - mean E) |
+    pearson     R = S / sqrt( sum_n (V_n - mean V)^2 * sum_n (E_n - mean E)^2 )
+
+Statistics are raw sums in float64 (count, sum V, sum E, sum VE, sum V^2, sum E^2), so
+that they add across batches and across processes (an all-reduce SUM is enough). Each
+batch is first centred in its own precision and only then folded into the float64 sums;
+that keeps the covariance, which is a small difference of large sums, accurate.
+
+The per-batch surrogate gradient is what the user's `loss.backward()` delivers to the
+candidates (see `candidate_tap`): `dObjective/dV_n`, negated so that a descending
+optimizer ascends the objective. Its sign `sigma` comes from the running statistics, so it
+does not flip from batch to batch while a correlation is weak.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .config import OBJECTIVES
+
+_TINY = 1e-30  # floor of squared norms: a saturated candidate gives 0, never NaN
+
+
+class CandidateStats:
+    """Float64 running sums for a pool of P candidates on C neurons.
+
+    Memory is O(P*C), independent of how many patterns or batches are seen.
+    """
+
+    FIELDS = ("count", "sum_v", "sum_e", "sum_ve", "sum_vv", "sum_ee")
+
+    def __init__(self, candidates: int, neurons: int, device: torch.device | str = "cpu"):
+        kw = {"dtype": torch.float64, "device": device}
+        self.count = torch.zeros((), **kw)
+        self.sum_v = torch.zeros(candidates, neurons, **kw)
+        self.sum_e = torch.zeros(neurons, **kw)
+        self.sum_ve = torch.zeros(candidates, neurons, **kw)
+        self.sum_vv = torch.zeros(candidates, neurons, **kw)
+        self.sum_ee = torch.zeros(neurons, **kw)
+        self.skipped_batches = 0
+
+    def reset(self) -> None:
+        for name in self.FIELDS:
+            getattr(self, name).zero_()
+        self.skipped_batches = 0
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """The sums, for checkpoints and for summing across processes."""
+        return {name: getattr(self, name) for name in self.FIELDS}
+
+    def add_centered(
+        self,
+        n: int,
+        mean_v: torch.Tensor,
+        mean_e: torch.Tensor,
+        m_ve: torch.Tensor,
+        m_vv: torch.Tensor,
+        m_ee: torch.Tensor,
+    ) -> None:
+        """Fold in one batch given its means and centred co-moments."""
+        d = torch.float64
+        mv, me = mean_v.to(d), mean_e.to(d)
+        self.count += n
+        self.sum_v += n * mv
+        self.sum_e += n * me
+        self.sum_ve += m_ve.to(d) + n * mv * me
+        self.sum_vv += m_vv.to(d) + n * mv * mv
+        self.sum_ee += m_ee.to(d) + n * me * me
+
+    def add(self, v: torch.Tensor, e: torch.Tensor) -> None:
+        """Fold in a batch of patterns: v (N, P, C), e (N, C)."""
+        batch = _center(v, e)
+        self.add_centered(v.shape[0], *batch[:5])
+
+    # --- derived quantities (float64) -----------------------------------------------
+    def _centered_sums(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        n = self.count.clamp_min(1.0)
+        c_ve = self.sum_ve - self.sum_v * self.sum_e / n
+        c_vv = (self.sum_vv - self.sum_v**2 / n).clamp_min(0.0)
+        c_ee = (self.sum_ee - self.sum_e**2 / n).clamp_min(0.0)
+        return c_ve, c_vv, c_ee
+
+    def covariance(self) -> torch.Tensor:
+        """Signed centred cross sum `sum (V - mean V)(E - mean E)`, shape (P, C)."""
+        return self._centered_sums()[0]
+
+    def pearson(self) -> torch.Tensor:
+        """Signed Pearson correlation, shape (P, C); 0 where either side is constant."""
+        c_ve, c_vv, c_ee = self._centered_sums()
+        return c_ve / torch.sqrt((c_vv * c_ee).clamp_min(_TINY))
+
+    def score(self, objective: str) -> torch.Tensor:
+        """The objective value |.| per (candidate, neuron), shape (P, C)."""
+        if objective == "covariance":
+            return self.covariance().abs()
+        if objective == "pearson":
+            return self.pearson().abs()
+        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+
+    def sign(self) -> torch.Tensor:
+        """sigma: the sign of the running covariance, +1 where it is exactly 0."""
+        return torch.where(self.covariance() >= 0, 1.0, -1.0)
+
+    def mean_v(self) -> torch.Tensor:
+        return self.sum_v / self.count.clamp_min(1.0)
+
+
+def _center(v: torch.Tensor, e: torch.Tensor):
+    """Batch means, centred co-moments and the centred tensors. v (N,P,C), e (N,C)."""
+    mean_v = v.mean(0)
+    mean_e = e.mean(0)
+    vc = v - mean_v
+    ec = e - mean_e
+    m_ve = torch.einsum("npc,nc->pc", vc, ec)
+    m_vv = (vc * vc).sum(0)
+    m_ee = (ec * ec).sum(0)
+    return mean_v, mean_e, m_ve, m_vv, m_ee, vc, ec
+
+
+def surrogate_gradient(
+    v: torch.Tensor,
+    e: torch.Tensor,
+    stats: CandidateStats,
+    objective: str,
+) -> torch.Tensor:
+    """Fold a batch into `stats` and return `-dObjective/dV` for it, shape (N, P, C).
+
+    For the covariance objective this is `-sigma (E_n - mean E)`, so by the chain rule the
+    candidate weights receive `-sum sigma (E - mean E) g'(net) I`: Fahlman's gradient,
+    negated for a descending optimizer. For Pearson it is the exact gradient of the batch
+    correlation (scale-free in E). Both use batch means; sigma comes from the running sums.
+    """
+    work = torch.promote_types(v.dtype, torch.float32)
+    v32, e32 = v.to(work), e.to(work)
+    mean_v, mean_e, m_ve, m_vv, m_ee, vc, ec = _center(v32, e32)
+    stats.add_centered(v.shape[0], mean_v, mean_e, m_ve, m_vv, m_ee)
+    sigma = stats.sign().to(work)
+    if objective == "covariance":
+        grad = -sigma * ec.unsqueeze(1)
+    elif objective == "pearson":
+        e_norm = torch.sqrt(m_ee.clamp_min(_TINY))
+        en = ec / e_norm  # unit-norm error: the correlation does not depend on E's scale
+        s_vv = m_vv.clamp_min(_TINY)
+        r = (m_ve / e_norm) / torch.sqrt(s_vv)
+        grad = -sigma * (en.unsqueeze(1) / torch.sqrt(s_vv) - r * vc / s_vv)
+    else:
+        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+    return grad.to(v.dtype)

@@ -1,0 +1,131 @@
+"""The one place that knows layer kinds: where a kind's neurons are and how to mirror it.
+
+A dendrite bank for a layer is a layer of the same kind and input, with `n * C` outputs:
+a Linear of the same in-features, or a Conv of the same kernel, stride, padding and
+dilation. Adding a kind means adding one entry here, not branches elsewhere.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .errors import UnsupportedLayerError
+
+NORM_TYPES: tuple[type[nn.Module], ...] = (
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+    nn.LayerNorm,
+    nn.GroupNorm,
+)
+
+
+@dataclass(frozen=True)
+class LayerKind:
+    """How dendrites attach to one layer class."""
+
+    name: str
+    layer_type: type[nn.Module]
+    spatial_dims: int  # 0 for Linear: neurons on the last axis; d for ConvNd: channel axis 1
+
+    def neurons(self, layer: nn.Module) -> int:
+        return layer.out_features if self.spatial_dims == 0 else layer.out_channels
+
+    def in_size(self, layer: nn.Module) -> int:
+        return layer.in_features if self.spatial_dims == 0 else layer.in_channels
+
+    def fan_in(self, layer: nn.Module) -> int:
+        """Input weights of one neuron (without bias)."""
+        if self.spatial_dims == 0:
+            return layer.in_features
+        return layer.in_channels * math.prod(layer.kernel_size)
+
+    def check_supported(self, layer: nn.Module, path: str) -> None:
+        if self.spatial_dims and layer.groups != 1:
+            raise UnsupportedLayerError(
+                f"{path}: {type(layer).__name__} with groups={layer.groups} is not supported "
+                "(dendrites mirror the layer as a groups=1 conv). Exclude it with "
+                f"exclude=({path!r},) or set skip_unsupported=True."
+            )
+
+    def make_bank(self, layer: nn.Module, outputs: int) -> nn.Module:
+        """A fresh layer of the same kind with `outputs` outputs and a bias."""
+        w = layer.weight
+        kw = {"device": w.device, "dtype": w.dtype}
+        if self.spatial_dims == 0:
+            return nn.Linear(layer.in_features, outputs, bias=True, **kw)
+        return self.layer_type(
+            layer.in_channels,
+            outputs,
+            kernel_size=layer.kernel_size,
+            stride=layer.stride,
+            padding=layer.padding,
+            dilation=layer.dilation,
+            groups=1,
+            bias=True,
+            padding_mode=layer.padding_mode,
+            **kw,
+        )
+
+    def per_neuron(self, t: torch.Tensor) -> torch.Tensor:
+        """Reshape (..., C) per-neuron values to broadcast over this kind's output."""
+        if self.spatial_dims == 0:
+            return t
+        return t.reshape(*t.shape, *([1] * self.spatial_dims))
+
+    def split(self, out: torch.Tensor, groups: int, neurons: int) -> torch.Tensor:
+        """View a bank output with `groups * C` neurons as (..., groups, C[, spatial])."""
+        if self.spatial_dims == 0:
+            return out.unflatten(-1, (groups, neurons))
+        return out.unflatten(1, (groups, neurons))
+
+    def group_axis(self) -> int:
+        """Axis of the `groups` dimension in a `split` output."""
+        return -2 if self.spatial_dims == 0 else 1
+
+    def expected_input_rank(self) -> tuple[int, ...]:
+        if self.spatial_dims == 0:
+            return ()  # any rank >= 1
+        d = self.spatial_dims
+        return (d + 1, d + 2)  # unbatched or batched
+
+    def patterns_last(self, t: torch.Tensor) -> torch.Tensor:
+        """(..., C) or (B, C, *S) -> (N, C): one row per pattern, neurons last."""
+        if self.spatial_dims == 0:
+            return t.reshape(-1, t.shape[-1])
+        return t.movedim(1, -1).reshape(-1, t.shape[1])
+
+
+KINDS: dict[str, LayerKind] = {
+    "Linear": LayerKind("Linear", nn.Linear, 0),
+    "Conv1d": LayerKind("Conv1d", nn.Conv1d, 1),
+    "Conv2d": LayerKind("Conv2d", nn.Conv2d, 2),
+    "Conv3d": LayerKind("Conv3d", nn.Conv3d, 3),
+}
+
+
+def kind_of(layer: nn.Module) -> LayerKind | None:
+    """The registered kind of `layer` (exact class match: subclasses may change forward)."""
+    for kind in KINDS.values():
+        if type(layer) is kind.layer_type:
+            return kind
+    return None
+
+
+def norm_matches(kind: LayerKind, layer: nn.Module, norm: nn.Module) -> bool:
+    """Whether `norm` normalises per neuron of `layer`, so the pair forms one unit."""
+    c = kind.neurons(layer)
+    if isinstance(norm, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)):
+        return norm.num_features == c
+    if isinstance(norm, nn.GroupNorm):
+        return kind.spatial_dims > 0 and norm.num_channels == c
+    if isinstance(norm, nn.LayerNorm):
+        shape = tuple(norm.normalized_shape)
+        if kind.spatial_dims == 0:
+            return shape == (c,)
+        return len(shape) == 1 + kind.spatial_dims and shape[0] == c
+    return False

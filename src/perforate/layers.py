@@ -1,0 +1,412 @@
+"""The dendritic wrapper of one layer.
+
+    y_c     = unit(x)_c + sum_j v_{j,c} a_{j,c}
+    a_{j,c} = g( D_j(sg(x))_c + sum_{i<j} u_{j,i,c} a_{i,c} )
+
+`unit` is the base layer, or the base layer followed by its norm. All `k` installed
+dendrite slots of all `C` neurons live in ONE layer of the base's kind with `k*C` outputs
+(row `j*C + c` is slot `j` of neuron `c`); `u` is one (k, k, C) tensor whose strictly lower
+triangle is used; `v` is (k, C). Neuron `c` owns slots `0 .. count[c]-1`: installation is
+selective, a neuron may have fewer dendrites than `k`, and an absent slot's activation is
+masked to zero, so it contributes nothing, gets no gradient, and is not counted.
+
+In a dendrite phase a pool of `P` candidates per neuron is one more layer with `P*C`
+outputs. Candidates read the detached input and the neuron's own installed dendrites, and
+never touch the network output: their gradient comes from `candidate_tap`, which passes
+the user's backward through unchanged and hands `E = dL/dy` to the correlation objective.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import torch
+from torch import nn
+
+from .config import DendriteConfig
+from .correlation import CandidateStats, surrogate_gradient
+from .errors import InputShapeError, InstallError, PhaseError
+from .kinds import LayerKind
+
+
+class Phase(str, enum.Enum):
+    NEURON = "neuron"
+    DENDRITE = "dendrite"
+    INFERENCE = "inference"
+
+
+_ACTIVATIONS = {"sigmoid": torch.sigmoid, "tanh": torch.tanh}
+
+
+class _CandidateTap(torch.autograd.Function):
+    """Identity on `y`; in backward, turns dL/dy into the candidates' objective gradient."""
+
+    @staticmethod
+    def forward(ctx, y, v, layer):  # type: ignore[override]
+        ctx.layer = layer
+        ctx.save_for_backward(v.detach())
+        # A clone, not `y` itself: a returned input is a view, which in-place ops after
+        # this layer (ReLU(inplace=True)) are not allowed to modify.
+        return y.clone()
+
+    @staticmethod
+    def backward(ctx, grad_y):  # type: ignore[override]
+        (v,) = ctx.saved_tensors
+        return grad_y, ctx.layer._candidate_gradient(v, grad_y), None
+
+
+class DendriticLayer(nn.Module):
+    """A target layer (or layer+norm unit) with installed dendrites and a candidate pool.
+
+    Built by `perforate.add_dendrites`; use directly only to wrap a single layer.
+    """
+
+    def __init__(
+        self,
+        base: nn.Module,
+        kind: LayerKind,
+        config: DendriteConfig,
+        norm: nn.Module | None = None,
+        path: str = "",
+        norm_path: str | None = None,
+    ) -> None:
+        super().__init__()
+        kind.check_supported(base, path or type(base).__name__)
+        self.base = base
+        self.norm = norm
+        self.kind = kind
+        self.config = config
+        self.path = path
+        self.norm_path = norm_path
+        self.neurons = kind.neurons(base)
+        self._g = _ACTIVATIONS[config.activation]
+        self.phase = Phase.NEURON
+        self.dendrites: nn.Module | None = None
+        self.register_parameter("cascade_weight", None)
+        self.register_parameter("output_weight", None)
+        self.register_buffer("dendrite_count", torch.zeros(self.neurons, dtype=torch.long,
+                                                           device=base.weight.device))
+        self.register_buffer("slot_mask", None, persistent=False)
+        self.candidates: nn.Module | None = None
+        self.register_parameter("candidate_cascade", None)
+        self.stats: CandidateStats | None = None
+        self._frozen_flags: dict[str, bool] = {}
+        self.register_load_state_dict_post_hook(lambda module, keys: module._refresh_mask())
+
+    # --- structure ---------------------------------------------------------------------
+    @property
+    def slots(self) -> int:
+        """k: dendrite slots per neuron (the most any neuron of this layer has)."""
+        return 0 if self.output_weight is None else self.output_weight.shape[0]
+
+    @property
+    def pool_size(self) -> int:
+        return 0 if self.candidates is None else self.kind.neurons(self.candidates) // self.neurons
+
+    def _refresh_mask(self) -> None:
+        k = self.slots
+        if k == 0:
+            self.slot_mask = None
+            return
+        ref = self.output_weight
+        slots = torch.arange(k, device=self.dendrite_count.device)
+        self.slot_mask = (slots[:, None] < self.dendrite_count[None, :]).to(ref.dtype)
+
+    def _resize(self, k: int) -> None:
+        """Grow (or set, when empty) the slot count to k, keeping existing slots."""
+        old = self.slots
+        if k == old:
+            return
+        if k < old:
+            raise InstallError(f"{self.path}: cannot shrink dendrite slots from {old} to {k}")
+        c = self.neurons
+        ref = self.base.weight
+        bank = self.kind.make_bank(self.base, k * c)
+        out_w = torch.zeros(k, c, dtype=ref.dtype, device=ref.device)
+        casc = torch.zeros(k, k, c, dtype=ref.dtype, device=ref.device)
+        with torch.no_grad():
+            bank.weight.zero_()
+            bank.bias.zero_()
+            if old:
+                bank.weight[: old * c] = self.dendrites.weight
+                bank.bias[: old * c] = self.dendrites.bias
+                out_w[:old] = self.output_weight
+                if self.cascade_weight is not None:
+                    casc[:old, :old] = self.cascade_weight
+        learn = self.config.dendrites_learn and self.phase == Phase.NEURON
+        bank.requires_grad_(learn)
+        self.dendrites = bank
+        self.output_weight = nn.Parameter(out_w, requires_grad=self.phase == Phase.NEURON)
+        if self.config.cascade:
+            self.cascade_weight = nn.Parameter(casc, requires_grad=learn)
+        self._refresh_mask()
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: D401
+        # Size the slots from the incoming tensors, so a freshly wrapped model can load a
+        # grown one with plain `load_state_dict`.
+        w = state_dict.get(prefix + "output_weight")
+        if w is not None and w.dim() == 2 and w.shape[1] == self.neurons and w.shape[0] > self.slots:
+            self._resize(w.shape[0])
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    # --- forward -----------------------------------------------------------------------
+    def _check_input(self, x: torch.Tensor) -> None:
+        kind = self.kind
+        if kind.spatial_dims == 0:
+            if x.dim() < 1 or x.shape[-1] != self.base.in_features:
+                raise InputShapeError(
+                    f"{self.path or 'layer'}: Linear expects input (..., {self.base.in_features}),"
+                    f" got shape {tuple(x.shape)}"
+                )
+            return
+        d = kind.spatial_dims
+        if x.dim() != d + 2 or x.shape[1] != self.base.in_channels:
+            raise InputShapeError(
+                f"{self.path or 'layer'}: {kind.name} expects batched input (batch, "
+                f"{self.base.in_channels}, {d} spatial dims), got shape {tuple(x.shape)}; "
+                "add a batch axis to an unbatched input"
+            )
+
+    def _unit(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base(x)
+        return y if self.norm is None else self.norm(y)
+
+    def _installed(self, xd: torch.Tensor) -> torch.Tensor:
+        """Activations a of all slots, (..., k, C) or (B, k, C, *S); absent slots are 0."""
+        kind, k, c = self.kind, self.slots, self.neurons
+        ax = kind.group_axis()
+        net = kind.split(self.dendrites(xd), k, c)
+        mask = kind.per_neuron(self.slot_mask)
+        if self.cascade_weight is None or k == 1:
+            return self._g(net) * mask
+        acts: list[torch.Tensor] = []
+        for j in range(k):
+            nj = net.select(ax, j)
+            if j:
+                prev = torch.stack(acts, ax)
+                u = kind.per_neuron(self.cascade_weight[j, :j])
+                nj = nj + (prev * u).sum(ax)
+            acts.append(self._g(nj) * kind.per_neuron(self.slot_mask[j]))
+        return torch.stack(acts, ax)
+
+    def _candidate_outputs(self, xd: torch.Tensor, a: torch.Tensor | None) -> torch.Tensor:
+        """V for the pool, (..., P, C) or (B, P, C, *S)."""
+        kind, c = self.kind, self.neurons
+        net = kind.split(self.candidates(xd), self.pool_size, c)
+        if a is not None and self.candidate_cascade is not None:
+            eq = "...ic,pic->...pc" if kind.spatial_dims == 0 else "bic...,pic->bpc..."
+            net = net + torch.einsum(eq, a.detach(), self.candidate_cascade)
+        return self._g(net)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input(x)
+        y = self._unit(x)
+        k = self.slots
+        training_candidates = self.phase == Phase.DENDRITE and self.candidates is not None
+        if k == 0 and not training_candidates:
+            return y
+        xd = x.detach() if self.config.perforate else x
+        a = None
+        if k:
+            a = self._installed(xd)
+            v = self.kind.per_neuron(self.output_weight)
+            y = y + (a * v).sum(self.kind.group_axis())
+        if training_candidates and torch.is_grad_enabled():
+            cand = self._candidate_outputs(xd, a)
+            y = _CandidateTap.apply(y, cand, self)
+        return y
+
+    # --- candidate objective (called from backward) ----------------------------------
+    def _candidate_gradient(self, v: torch.Tensor, grad_y: torch.Tensor) -> torch.Tensor:
+        kind = self.kind
+        e = kind.patterns_last(grad_y)
+        if self.stats is None or not torch.isfinite(e).all():
+            if self.stats is not None:
+                self.stats.skipped_batches += 1
+            return torch.zeros_like(v)
+        p, c = self.pool_size, self.neurons
+        # (..., P, C) / (B, P, C, *S) -> (N, P, C)
+        if kind.spatial_dims == 0:
+            vn = v.reshape(-1, p, c)
+        else:
+            vn = v.movedim(1, -1).movedim(1, -1).reshape(-1, p, c)
+        g = surrogate_gradient(vn, e, self.stats, self.config.objective)
+        if kind.spatial_dims == 0:
+            return g.reshape(v.shape)
+        shape = (v.shape[0], *v.shape[3:], p, c)
+        return g.reshape(shape).movedim(-2, 1).movedim(-1, 2)
+
+    # --- phases ------------------------------------------------------------------------
+    def _unit_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        params = [("base." + n, p) for n, p in self.base.named_parameters()]
+        if self.norm is not None:
+            params += [("norm." + n, p) for n, p in self.norm.named_parameters()]
+        return params
+
+    def _installed_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        out = []
+        if self.dendrites is not None:
+            out += [("dendrites." + n, p) for n, p in self.dendrites.named_parameters()]
+        if self.cascade_weight is not None:
+            out.append(("cascade_weight", self.cascade_weight))
+        if self.output_weight is not None:
+            out.append(("output_weight", self.output_weight))
+        return out
+
+    def start_dendrite_phase(
+        self,
+        candidates: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        """Create a fresh pool of candidates and freeze everything else in this layer."""
+        if self.phase == Phase.INFERENCE:
+            raise PhaseError(f"{self.path}: layer was exported for inference; re-wrap to train")
+        p = self.config.candidates_per_neuron if candidates is None else int(candidates)
+        if p < 1:
+            raise PhaseError(f"{self.path}: candidates must be >= 1, got {p}")
+        if self.phase == Phase.NEURON:
+            self._frozen_flags = {
+                n: q.requires_grad for n, q in self._unit_parameters() + self._installed_parameters()
+            }
+        for _, q in self._unit_parameters() + self._installed_parameters():
+            q.requires_grad_(False)
+        c, k = self.neurons, self.slots
+        scale = self.config.candidate_init_scale
+        bank = self.kind.make_bank(self.base, p * c)
+        with torch.no_grad():
+            bank.weight.normal_(0.0, scale, generator=generator)
+            bank.bias.normal_(0.0, scale, generator=generator)
+        self.candidates = bank
+        if self.config.cascade and k:
+            ref = self.base.weight
+            w = torch.empty(p, k, c, dtype=ref.dtype, device=ref.device)
+            w.normal_(0.0, scale, generator=generator)
+            self.candidate_cascade = nn.Parameter(w)
+        else:
+            self.candidate_cascade = None
+        self.stats = CandidateStats(p, c, device=self.base.weight.device)
+        self.phase = Phase.DENDRITE
+
+    def candidate_parameters(self) -> list[nn.Parameter]:
+        out = [] if self.candidates is None else list(self.candidates.parameters())
+        if self.candidate_cascade is not None:
+            out.append(self.candidate_cascade)
+        return out
+
+    def start_neuron_phase(self) -> None:
+        """Drop any candidates; unit and output weights train, installed inputs per config."""
+        if self.phase == Phase.INFERENCE:
+            raise PhaseError(f"{self.path}: layer was exported for inference; re-wrap to train")
+        was_dendrite = self.phase == Phase.DENDRITE
+        self._drop_candidates()
+        learn = self.config.dendrites_learn
+        for n, q in self._unit_parameters():
+            q.requires_grad_(self._frozen_flags.get(n, True) if was_dendrite else q.requires_grad)
+        for n, q in self._installed_parameters():
+            q.requires_grad_(True if n == "output_weight" else learn)
+        self._frozen_flags = {}
+        self.phase = Phase.NEURON
+
+    def start_inference(self) -> None:
+        """Drop candidates and freeze every parameter: the layer only computes."""
+        self._drop_candidates()
+        for _, q in self._unit_parameters() + self._installed_parameters():
+            q.requires_grad_(False)
+        self.phase = Phase.INFERENCE
+
+    def _drop_candidates(self) -> None:
+        self.candidates = None
+        self.candidate_cascade = None
+        self.stats = None
+
+    # --- installation ------------------------------------------------------------------
+    def install(
+        self,
+        choice: torch.Tensor,
+        output_weight: float | torch.Tensor | None = None,
+        activation_mean: torch.Tensor | None = None,
+    ) -> int:
+        """Append, per neuron, the chosen candidate as a frozen dendrite; return how many.
+
+        `choice` is (C,) of candidate indices, -1 where a neuron gets none. The network's
+        function is unchanged: the output weight starts at 0 by default; a non-zero start
+        `v0` is compensated by shifting the unit's bias by `-v0 * mean(a)` (mean from the
+        candidate statistics unless `activation_mean` (P, C) is given).
+        """
+        if self.phase != Phase.DENDRITE or self.candidates is None:
+            raise PhaseError(f"{self.path}: install needs a dendrite phase with candidates")
+        c, p = self.neurons, self.pool_size
+        choice = torch.as_tensor(choice, device=self.dendrite_count.device)
+        if choice.shape != (c,) or choice.dtype not in (torch.int64, torch.int32):
+            raise InstallError(
+                f"{self.path}: choice must be an integer tensor of shape ({c},), "
+                f"got {tuple(choice.shape)} {choice.dtype}"
+            )
+        if bool(((choice < -1) | (choice >= p)).any()):
+            raise InstallError(f"{self.path}: choice values must be in [-1, {p - 1}]")
+        choice = choice.long()
+        v0 = self.config.output_weight_init if output_weight is None else output_weight
+        ref = self.base.weight
+        v0 = torch.as_tensor(v0, dtype=ref.dtype, device=ref.device).expand(c).clone()
+        chosen = (choice >= 0).nonzero().flatten()
+        if chosen.numel() == 0:
+            self.start_neuron_phase()
+            return 0
+        picks = choice[chosen]
+        if bool((v0[chosen] != 0).any()):
+            self._compensate_bias(chosen, picks, v0, activation_mean)
+        j = self.dendrite_count[chosen]
+        self._resize(max(self.slots, int(j.max()) + 1))
+        with torch.no_grad():
+            dst, src = j * c + chosen, picks * c + chosen
+            self.dendrites.weight[dst] = self.candidates.weight[src]
+            self.dendrites.bias[dst] = self.candidates.bias[src]
+            self.output_weight[j, chosen] = v0[chosen]
+            if self.candidate_cascade is not None:
+                k_old = self.candidate_cascade.shape[1]
+                i = torch.arange(k_old, device=j.device)
+                keep = (i[None, :] < j[:, None]).to(ref.dtype)
+                w = self.candidate_cascade[picks[:, None], i[None, :], chosen[:, None]]
+                self.cascade_weight[j[:, None], i[None, :], chosen[:, None]] = w * keep
+        self.dendrite_count[chosen] += 1
+        self._refresh_mask()
+        self.start_neuron_phase()
+        return int(chosen.numel())
+
+    def _compensate_bias(self, chosen, picks, v0, activation_mean) -> None:
+        if activation_mean is None:
+            activation_mean = self.stats.mean_v() if self.stats is not None else None
+        if activation_mean is None:
+            raise InstallError(f"{self.path}: a non-zero output weight needs activation_mean")
+        holder = self.norm if self.norm is not None else self.base
+        bias = getattr(holder, "bias", None)
+        if bias is None:
+            raise InstallError(
+                f"{self.path}: output_weight_init != 0 shifts the neuron by v0*mean(a), and "
+                "this unit has no bias to compensate it; use output_weight_init=0"
+            )
+        mean = activation_mean.to(bias.dtype)[picks, chosen]
+        shift = v0[chosen] * mean
+        with torch.no_grad():
+            view = bias.view(bias.shape[0], -1)
+            view[chosen] -= shift[:, None]
+
+    # --- accounting --------------------------------------------------------------------
+    def parameter_counts(self) -> tuple[int, int]:
+        """(unit, dendrite) parameters the forward pass uses (absent slots not counted)."""
+        unit = sum(q.numel() for _, q in self._unit_parameters())
+        counts = self.dendrite_count
+        per_dendrite = self.kind.fan_in(self.base) + 2  # input weights, bias, output weight
+        n = int(counts.sum())
+        dend = n * per_dendrite
+        if self.cascade_weight is not None:
+            dend += int((counts * (counts - 1) // 2).sum())  # slot j sees j earlier slots
+        return unit, dend
+
+    def extra_repr(self) -> str:
+        counts = self.dendrite_count
+        return (
+            f"path={self.path!r}, neurons={self.neurons}, phase={self.phase.value}, "
+            f"slots={self.slots}, dendrites={int(counts.sum())}, "
+            f"norm={'yes' if self.norm is not None else 'no'}, pool={self.pool_size}"
+        )
