@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import grow, reference_forward
 from torch import nn
 
 import perforate
+from helpers import grow, reference_forward
 from perforate import DendriteConfig, DendriticLayer
 from perforate.kinds import KINDS
 
@@ -185,7 +185,7 @@ def test_grouped_conv_is_unsupported():
 
 
 def test_selective_slots_are_compact(gen):
-    layer, x = make_layer("linear2d")
+    layer, _ = make_layer("linear2d")
     layer.start_dendrite_phase(generator=gen)
     layer.install(torch.tensor([0, -1, -1, -1, -1]))
     layer.start_dendrite_phase(generator=gen)

@@ -40,7 +40,8 @@ class ParameterReport:
         return self.base + self.dendrite
 
     def __str__(self) -> str:
-        rows = [f"{'layer':<28}{'kind':<8}{'neurons':>8}{'dendrites':>10}{'base':>11}{'dendrite':>10}"]
+        head = f"{'layer':<28}{'kind':<8}{'neurons':>8}{'dendrites':>10}"
+        rows = [head + f"{'base':>11}{'dendrite':>10}"]
         for r in self.layers:
             rows.append(
                 f"{r.name:<28}{r.kind:<8}{r.neurons:>8}{r.dendrites:>10}{r.base:>11}{r.dendrite:>10}"

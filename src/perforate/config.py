@@ -142,7 +142,7 @@ class DendriteConfig:
         if self.activation not in ACTIVATIONS:
             raise ConfigError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
         if not self.layer_types:
-            raise ConfigError("layer_types is empty: name at least one of " f"{SUPPORTED_LAYER_TYPES}")
+            raise ConfigError(f"layer_types is empty: name at least one of {SUPPORTED_LAYER_TYPES}")
         for t in self.layer_types:
             if t not in SUPPORTED_LAYER_TYPES:
                 hint = difflib.get_close_matches(t, SUPPORTED_LAYER_TYPES, n=1)

@@ -9,6 +9,7 @@ puts every module back where it was.
 from __future__ import annotations
 
 import fnmatch
+import itertools
 import warnings
 
 import torch.fx
@@ -58,7 +59,7 @@ def _pairs_in_sequentials(model: nn.Module) -> dict[str, str]:
         if not isinstance(seq, nn.Sequential):
             continue
         children = list(seq.named_children())
-        for (a_name, a), (b_name, b) in zip(children, children[1:]):
+        for (a_name, a), (b_name, b) in itertools.pairwise(children):
             kind = kind_of(a)
             if kind is not None and isinstance(b, NORM_TYPES) and norm_matches(kind, a, b):
                 prefix = f"{seq_name}." if seq_name else ""
@@ -70,7 +71,7 @@ def _pairs_by_tracing(model: nn.Module) -> dict[str, str] | None:
     """Layer -> norm pairs where the layer's only consumer is the norm; None if untraceable."""
     try:
         graph = torch.fx.symbolic_trace(model).graph
-    except Exception:  # noqa: BLE001 - any tracing failure means "fall back"
+    except Exception:
         return None
     calls: dict[str, int] = {}
     for node in graph.nodes:

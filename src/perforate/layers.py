@@ -141,11 +141,12 @@ class DendriticLayer(nn.Module):
             self.cascade_weight = nn.Parameter(casc, requires_grad=learn)
         self._refresh_mask()
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: D401
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # Size the slots from the incoming tensors, so a freshly wrapped model can load a
         # grown one with plain `load_state_dict`.
         w = state_dict.get(prefix + "output_weight")
-        if w is not None and w.dim() == 2 and w.shape[1] == self.neurons and w.shape[0] > self.slots:
+        fits = w is not None and w.dim() == 2 and w.shape[1] == self.neurons
+        if fits and w.shape[0] > self.slots:
             self._resize(w.shape[0])
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
@@ -265,9 +266,8 @@ class DendriticLayer(nn.Module):
         if p < 1:
             raise PhaseError(f"{self.path}: candidates must be >= 1, got {p}")
         if self.phase == Phase.NEURON:
-            self._frozen_flags = {
-                n: q.requires_grad for n, q in self._unit_parameters() + self._installed_parameters()
-            }
+            named = self._unit_parameters() + self._installed_parameters()
+            self._frozen_flags = {n: q.requires_grad for n, q in named}
         for _, q in self._unit_parameters() + self._installed_parameters():
             q.requires_grad_(False)
         c, k = self.neurons, self.slots
