@@ -7,6 +7,7 @@ remaining error, grown into the layers of any model.
 from .accounting import LayerParameters, ParameterReport, parameter_report
 from .checkpoint import load, save
 from .config import DendriteConfig
+from .controller import ControllerPhase, EpochRecord, Event, Perforator, ScoreError
 from .convert import add_dendrites, dendritic_layers, find_norm_pairs, remove_dendrites
 from .correlation import CandidateStats, surrogate_gradient
 from .errors import (
@@ -33,6 +34,11 @@ __all__ = [
     "CheckpointError",
     "CheckpointMismatchError",
     "ConfigError",
+    "ControllerPhase",
+    "EpochRecord",
+    "Event",
+    "Perforator",
+    "ScoreError",
     "DendriteConfig",
     "DendriticLayer",
     "InputShapeError",

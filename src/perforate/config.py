@@ -93,6 +93,66 @@ class DendriteConfig:
         "Initial output weight v of an installed dendrite. 0 keeps the network's function "
         "exactly; other values are compensated through the unit's bias by v*mean(a).",
     )
+    # --- how dendrites are trained (the controller) ---------------------------------
+    method: str = _f(
+        "correlation",
+        "'correlation': Perforated Backpropagation (candidates trained on the "
+        "cascade-correlation objective, then installed). 'gd': the reference library's "
+        "open build (untrained dendrites added each cycle and trained by backprop; see "
+        "DendriteConfig.reference_gd). 'restart': the control, same cycle schedule and "
+        "fresh optimizer, no dendrites.",
+        choices=("correlation", "gd", "restart"),
+    )
+    direction: str = _f(
+        "maximize", "Whether a higher ('maximize') or lower ('minimize') score is better.",
+        choices=DIRECTIONS,
+    )
+    switch_mode: str = _f(
+        "patience",
+        "'patience': phases end when their score stops improving; 'fixed': neuron phases "
+        "last fixed_neuron_epochs and dendrite phases fixed_dendrite_epochs.",
+        choices=("patience", "fixed"),
+    )
+    patience: int = _f(
+        10, "Neuron phase: evaluations without an improvement before the phase ends.", min=1
+    )
+    improvement_rel: float = _f(
+        1e-3,
+        "An evaluation improves on the best score only by more than "
+        "max(improvement_rel * |best|, improvement_abs). Also decides whether a cycle "
+        "beat the best score.",
+        min=0.0,
+    )
+    improvement_abs: float = _f(0.0, "Absolute part of the improvement threshold.", min=0.0)
+    dendrite_patience: int = _f(
+        3, "Dendrite phase: evaluations without a correlation improvement before install.", min=1
+    )
+    dendrite_improvement_rel: float = _f(
+        1e-2,
+        "Dendrite phase: the mean best correlation per neuron improves only by more than "
+        "this relative amount.",
+        min=0.0,
+    )
+    dendrite_max_epochs: int = _f(20, "Dendrite phase: most evaluations before install.", min=1)
+    fixed_neuron_epochs: int = _f(20, "Neuron phase length with switch_mode='fixed'.", min=1)
+    fixed_dendrite_epochs: int = _f(5, "Dendrite phase length with switch_mode='fixed'.", min=1)
+    install_threshold: float = _f(
+        0.0,
+        "Selective installation: a neuron gets its best candidate only when that "
+        "candidate's |Pearson correlation| with the neuron's error is at least this.",
+        min=0.0,
+        max=1.0,
+    )
+    max_dendrites: int = _f(
+        8, "Most dendrites per neuron; when every neuron has them, training stops.", min=1
+    )
+    max_retries: int = _f(
+        2, "Fresh candidate rounds after a cycle that fails to beat the best score.", min=0
+    )
+    max_epochs: int = _f(
+        10_000, "Most evaluations in all; the run then ends with the best accepted model.",
+        min=1,
+    )
 
     def __post_init__(self) -> None:
         # Lists from JSON or users become tuples, so the config stays hashable and frozen.
@@ -166,6 +226,12 @@ class DendriteConfig:
                 f"unknown setting(s) {', '.join(parts)}; valid settings: {', '.join(names)}"
             )
         return cls(**values)
+
+    @classmethod
+    def reference_gd(cls, **overrides: Any) -> DendriteConfig:
+        """What the reference library's open build does: GD dendrites, not perforated."""
+        values = {"method": "gd", "perforate": False, "dendrites_learn": True}
+        return cls.from_dict({**values, **overrides})
 
     @classmethod
     def from_json(cls, text: str) -> DendriteConfig:

@@ -6,10 +6,11 @@ neuron's remaining error `E = dL/dy_c`:
     covariance  S = | sum_n (V_n - mean V)(E_n - mean E) |
     pearson     R = S / sqrt( sum_n (V_n - mean V)^2 * sum_n (E_n - mean E)^2 )
 
-Statistics are raw sums in float64 (count, sum V, sum E, sum VE, sum V^2, sum E^2), so
-that they add across batches and across processes (an all-reduce SUM is enough). Each
-batch is first centred in its own precision and only then folded into the float64 sums;
-that keeps the covariance, which is a small difference of large sums, accurate.
+Statistics are count, means and centred co-moments in float64 (Chan's parallel update):
+each batch is centred in its own precision, then merged exactly. Raw sums would be
+simpler but lose the covariance, a small difference of large sums, whenever the error
+has an offset large against its spread. The merge is associative, so per-process
+statistics combine across processes with `CandidateStats.merge`.
 
 The per-batch surrogate gradient is what the user's `loss.backward()` delivers to the
 candidates (see `candidate_tap`): `dObjective/dV_n`, negated so that a descending
@@ -32,16 +33,16 @@ class CandidateStats:
     Memory is O(P*C), independent of how many patterns or batches are seen.
     """
 
-    FIELDS = ("count", "sum_v", "sum_e", "sum_ve", "sum_vv", "sum_ee")
+    FIELDS = ("count", "mean_v", "mean_e", "m_ve", "m_vv", "m_ee")
 
     def __init__(self, candidates: int, neurons: int, device: torch.device | str = "cpu"):
         kw = {"dtype": torch.float64, "device": device}
         self.count = torch.zeros((), **kw)
-        self.sum_v = torch.zeros(candidates, neurons, **kw)
-        self.sum_e = torch.zeros(neurons, **kw)
-        self.sum_ve = torch.zeros(candidates, neurons, **kw)
-        self.sum_vv = torch.zeros(candidates, neurons, **kw)
-        self.sum_ee = torch.zeros(neurons, **kw)
+        self.mean_v = torch.zeros(candidates, neurons, **kw)
+        self.mean_e = torch.zeros(neurons, **kw)
+        self.m_ve = torch.zeros(candidates, neurons, **kw)  # sum (V - mean V)(E - mean E)
+        self.m_vv = torch.zeros(candidates, neurons, **kw)
+        self.m_ee = torch.zeros(neurons, **kw)
         self.skipped_batches = 0
 
     def reset(self) -> None:
@@ -62,15 +63,27 @@ class CandidateStats:
         m_vv: torch.Tensor,
         m_ee: torch.Tensor,
     ) -> None:
-        """Fold in one batch given its means and centred co-moments."""
+        """Fold in one batch given its means and centred co-moments (Chan's update)."""
         d = torch.float64
-        mv, me = mean_v.to(d), mean_e.to(d)
-        self.count += n
-        self.sum_v += n * mv
-        self.sum_e += n * me
-        self.sum_ve += m_ve.to(d) + n * mv * me
-        self.sum_vv += m_vv.to(d) + n * mv * mv
-        self.sum_ee += m_ee.to(d) + n * me * me
+        n_a = self.count
+        total = n_a + n
+        dv = mean_v.to(d) - self.mean_v
+        de = mean_e.to(d) - self.mean_e
+        f = n_a * n / total
+        self.m_ve += m_ve.to(d) + dv * de * f
+        self.m_vv += m_vv.to(d) + dv * dv * f
+        self.m_ee += m_ee.to(d) + de * de * f
+        self.mean_v += dv * (n / total)
+        self.mean_e += de * (n / total)
+        self.count = total
+
+    def merge(self, other: CandidateStats) -> None:
+        """Fold in statistics gathered elsewhere (another process, another shard)."""
+        if int(other.count) == 0:
+            return
+        self.add_centered(other.count, other.mean_v, other.mean_e, other.m_ve, other.m_vv,
+                          other.m_ee)
+        self.skipped_batches += other.skipped_batches
 
     def add(self, v: torch.Tensor, e: torch.Tensor) -> None:
         """Fold in a batch of patterns: v (N, P, C), e (N, C)."""
@@ -78,21 +91,13 @@ class CandidateStats:
         self.add_centered(v.shape[0], *batch[:5])
 
     # --- derived quantities (float64) -----------------------------------------------
-    def _centered_sums(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        n = self.count.clamp_min(1.0)
-        c_ve = self.sum_ve - self.sum_v * self.sum_e / n
-        c_vv = (self.sum_vv - self.sum_v**2 / n).clamp_min(0.0)
-        c_ee = (self.sum_ee - self.sum_e**2 / n).clamp_min(0.0)
-        return c_ve, c_vv, c_ee
-
     def covariance(self) -> torch.Tensor:
         """Signed centred cross sum `sum (V - mean V)(E - mean E)`, shape (P, C)."""
-        return self._centered_sums()[0]
+        return self.m_ve
 
     def pearson(self) -> torch.Tensor:
         """Signed Pearson correlation, shape (P, C); 0 where either side is constant."""
-        c_ve, c_vv, c_ee = self._centered_sums()
-        return c_ve / torch.sqrt((c_vv * c_ee).clamp_min(_TINY))
+        return self.m_ve / torch.sqrt((self.m_vv * self.m_ee).clamp_min(_TINY))
 
     def score(self, objective: str) -> torch.Tensor:
         """The objective value |.| per (candidate, neuron), shape (P, C)."""
@@ -106,19 +111,23 @@ class CandidateStats:
         """sigma: the sign of the running covariance, +1 where it is exactly 0."""
         return torch.where(self.covariance() >= 0, 1.0, -1.0)
 
-    def mean_v(self) -> torch.Tensor:
-        return self.sum_v / self.count.clamp_min(1.0)
-
 
 def _center(v: torch.Tensor, e: torch.Tensor):
-    """Batch means, centred co-moments and the centred tensors. v (N,P,C), e (N,C)."""
+    """Batch means, centred co-moments and the centred tensors. v (N,P,C), e (N,C).
+
+    The error side is centred in float64: E may sit on an offset large against its
+    spread, and a float32 mean would then leak rounding into the covariance. E is (N, C),
+    P times smaller than V, whose values lie in a bounded range and stay in v's precision.
+    """
     mean_v = v.mean(0)
-    mean_e = e.mean(0)
+    e64 = e.double()
+    mean_e = e64.mean(0)
     vc = v - mean_v
-    ec = e - mean_e
+    ec64 = e64 - mean_e
+    ec = ec64.to(v.dtype)
     m_ve = torch.einsum("npc,nc->pc", vc, ec)
     m_vv = (vc * vc).sum(0)
-    m_ee = (ec * ec).sum(0)
+    m_ee = (ec64 * ec64).sum(0)
     return mean_v, mean_e, m_ve, m_vv, m_ee, vc, ec
 
 

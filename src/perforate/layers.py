@@ -141,13 +141,41 @@ class DendriticLayer(nn.Module):
             self.cascade_weight = nn.Parameter(casc, requires_grad=learn)
         self._refresh_mask()
 
+    def set_slots(self, k: int) -> None:
+        """Set the slot count to k, keeping the first min(k, slots) slots (to restore)."""
+        if k >= self.slots:
+            self._resize(k)
+            return
+        keep = {
+            "weight": self.dendrites.weight[: k * self.neurons].detach().clone(),
+            "bias": self.dendrites.bias[: k * self.neurons].detach().clone(),
+            "v": self.output_weight[:k].detach().clone(),
+            "u": None if self.cascade_weight is None
+            else self.cascade_weight[:k, :k].detach().clone(),
+        }
+        self.dendrites = None
+        self.output_weight = None
+        self.cascade_weight = None
+        self.dendrite_count.clamp_(max=k)
+        self._refresh_mask()
+        if k == 0:
+            return
+        self._resize(k)
+        with torch.no_grad():
+            self.dendrites.weight.copy_(keep["weight"])
+            self.dendrites.bias.copy_(keep["bias"])
+            self.output_weight.copy_(keep["v"])
+            if keep["u"] is not None:
+                self.cascade_weight.copy_(keep["u"])
+
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # Size the slots from the incoming tensors, so a freshly wrapped model can load a
-        # grown one with plain `load_state_dict`.
+        # Size the slots from the incoming tensors, so a model can load a state with more
+        # (or fewer) dendrites with plain `load_state_dict`.
         w = state_dict.get(prefix + "output_weight")
-        fits = w is not None and w.dim() == 2 and w.shape[1] == self.neurons
-        if fits and w.shape[0] > self.slots:
-            self._resize(w.shape[0])
+        if w is not None and w.dim() == 2 and w.shape[1] == self.neurons:
+            self.set_slots(w.shape[0])
+        elif w is None and prefix + "dendrite_count" in state_dict:
+            self.set_slots(0)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # --- forward -----------------------------------------------------------------------
@@ -258,8 +286,14 @@ class DendriticLayer(nn.Module):
         self,
         candidates: int | None = None,
         generator: torch.Generator | None = None,
+        init: str = "scaled",
     ) -> None:
-        """Create a fresh pool of candidates and freeze everything else in this layer."""
+        """Create a fresh pool of candidates and freeze everything else in this layer.
+
+        `init='scaled'` draws candidate weights from N(0, candidate_init_scale);
+        `init='default'` keeps the layer kind's own initialisation (used by GD dendrites,
+        which must start as ordinary features, not near-constant ones).
+        """
         if self.phase == Phase.INFERENCE:
             raise PhaseError(f"{self.path}: layer was exported for inference; re-wrap to train")
         p = self.config.candidates_per_neuron if candidates is None else int(candidates)
@@ -272,10 +306,13 @@ class DendriticLayer(nn.Module):
             q.requires_grad_(False)
         c, k = self.neurons, self.slots
         scale = self.config.candidate_init_scale
+        if init not in ("scaled", "default"):
+            raise PhaseError(f"init must be 'scaled' or 'default', got {init!r}")
         bank = self.kind.make_bank(self.base, p * c)
-        with torch.no_grad():
-            bank.weight.normal_(0.0, scale, generator=generator)
-            bank.bias.normal_(0.0, scale, generator=generator)
+        if init == "scaled":
+            with torch.no_grad():
+                bank.weight.normal_(0.0, scale, generator=generator)
+                bank.bias.normal_(0.0, scale, generator=generator)
         self.candidates = bank
         if self.config.cascade and k:
             ref = self.base.weight
@@ -375,7 +412,7 @@ class DendriticLayer(nn.Module):
 
     def _compensate_bias(self, chosen, picks, v0, activation_mean) -> None:
         if activation_mean is None:
-            activation_mean = self.stats.mean_v() if self.stats is not None else None
+            activation_mean = self.stats.mean_v if self.stats is not None else None
         if activation_mean is None:
             raise InstallError(f"{self.path}: a non-zero output weight needs activation_mean")
         holder = self.norm if self.norm is not None else self.base

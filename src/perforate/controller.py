@@ -1,0 +1,428 @@
+"""The phase controller: when to switch, install, retry, stop, and restore the best.
+
+The user's loop stays theirs:
+
+    ctl = Perforator(model, config, optimizer=lambda params: torch.optim.Adam(params, lr=1e-3))
+    while not ctl.done:
+        train_one_epoch(model, ctl.optimizer)
+        ctl.end_epoch(validation_score)
+
+The controller owns the optimizer (built from the user's factory) and rebuilds it at every
+restructure, so the loop never holds a stale one. It costs a few tensor reductions per
+`end_epoch`; it writes nothing to disk.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from .accounting import parameter_report
+from .config import DendriteConfig
+from .convert import add_dendrites, dendritic_layers
+from .errors import PerforateError, PhaseError
+from .layers import DendriticLayer
+
+OptimizerFactory = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
+SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
+
+
+class ScoreError(PerforateError, ValueError):
+    """A validation score passed to `end_epoch` is not a finite number."""
+
+
+class Event(str, enum.Enum):
+    """What `end_epoch` did."""
+
+    CONTINUE = "continue"  # same phase goes on
+    DENDRITE_PHASE = "dendrite_phase"  # neuron phase ended; candidates created
+    INSTALLED = "installed"  # dendrites installed; a new neuron phase started
+    RESTARTED = "restarted"  # restart control: best restored, fresh optimizer
+    RETRY = "retry"  # cycle did not beat the best: restored it, fresh candidates
+    DONE = "done"  # training is over; the model holds the best accepted state
+
+
+class ControllerPhase(str, enum.Enum):
+    NEURON = "neuron"
+    DENDRITE = "dendrite"
+    DONE = "done"
+
+
+@dataclass
+class EpochRecord:
+    """One row of `Perforator.history`."""
+
+    epoch: int
+    cycle: int
+    phase: str
+    score: float
+    best_score: float
+    event: str
+    dendrites: int
+    base_params: int
+    dendrite_params: int
+    seconds: float
+    correlation: dict[str, float] = field(default_factory=dict)  # layer -> mean best |r|
+    lr: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class _Snapshot:
+    score: float
+    state: dict[str, torch.Tensor]
+
+
+class Perforator:
+    """Drives Perforated Backpropagation around the user's own training loop.
+
+    Args:
+        model: any nn.Module; wrapped with `add_dendrites(model, config)` unless it
+            already holds dendritic layers.
+        config: settings; `DendriteConfig()` if omitted.
+        optimizer: factory `params -> Optimizer`, called at the start and at every
+            restructure with the parameters that should train now.
+        candidate_optimizer: factory for the dendrite phase; defaults to `optimizer`.
+        scheduler: optional factory `optimizer -> scheduler`, rebuilt with the optimizer and
+            stepped once per `end_epoch` (with the score, for ReduceLROnPlateau).
+        seed: seeds candidate initialisation (a private generator; global RNG untouched).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        config: DendriteConfig | None = None,
+        *,
+        optimizer: OptimizerFactory,
+        candidate_optimizer: OptimizerFactory | None = None,
+        scheduler: SchedulerFactory | None = None,
+        seed: int | None = None,
+    ) -> None:
+        if not callable(optimizer):
+            raise TypeError(
+                "optimizer must be a factory, e.g. lambda params: torch.optim.Adam(params), "
+                f"got {type(optimizer).__name__}; the controller rebuilds it at every restructure"
+            )
+        self.config = config if config is not None else DendriteConfig()
+        if not dendritic_layers(model):
+            add_dendrites(model, self.config)
+        self.model = model
+        self.layers: dict[str, DendriticLayer] = dendritic_layers(model)
+        self._optimizer_factory = optimizer
+        self._candidate_factory = candidate_optimizer or optimizer
+        self._scheduler_factory = scheduler
+        self._generator = torch.Generator(device="cpu")
+        self._generator.manual_seed(seed if seed is not None else torch.initial_seed())
+        self.phase = ControllerPhase.NEURON
+        self.epoch = 0
+        self.cycle = 0
+        self.retries = 0
+        self.history: list[EpochRecord] = []
+        self._maximize = self.config.direction == "maximize"
+        self._best: _Snapshot | None = None  # best state within the current cycle
+        self._accepted: _Snapshot | None = None  # best state of the last accepted cycle
+        self._since_improvement = 0
+        self._patience_ref: float | None = None
+        self._phase_epochs = 0
+        self._corr_best: float | None = None
+        self._corr_since = 0
+        self._frozen: dict[int, bool] = {}
+        self._last_time = time.perf_counter()
+        self.optimizer: torch.optim.Optimizer
+        self.scheduler: Any = None
+        self._build_optimizer()
+
+    # --- public state ------------------------------------------------------------------
+    @property
+    def done(self) -> bool:
+        return self.phase == ControllerPhase.DONE
+
+    @property
+    def best_score(self) -> float | None:
+        snap = self._accepted if self._accepted is not None else self._best
+        best = self._best
+        if snap is None:
+            return None
+        if best is not None and self._better(best.score, snap.score, margin=False):
+            return best.score
+        return snap.score
+
+    def dendrite_counts(self) -> dict[str, list[int]]:
+        return {n: layer.dendrite_count.tolist() for n, layer in self.layers.items()}
+
+    # --- helpers -----------------------------------------------------------------------
+    def _better(self, score: float, reference: float | None, margin: bool = True) -> bool:
+        if reference is None:
+            return True
+        gap = max(self.config.improvement_rel * abs(reference), self.config.improvement_abs)
+        if not margin:
+            gap = 0.0
+        return score > reference + gap if self._maximize else score < reference - gap
+
+    def _trainable(self) -> list[nn.Parameter]:
+        seen, out = set(), []
+        for p in self.model.parameters():
+            if p.requires_grad and id(p) not in seen:
+                seen.add(id(p))
+                out.append(p)
+        return out
+
+    def _build_optimizer(self) -> None:
+        if self.phase == ControllerPhase.DENDRITE:
+            params = [p for layer in self.layers.values() for p in layer.candidate_parameters()]
+            self.optimizer = self._candidate_factory(params)
+        else:
+            params = self._trainable()
+            if not params:
+                raise PhaseError("no trainable parameter in the model: nothing to optimise")
+            self.optimizer = self._optimizer_factory(params)
+        if not isinstance(self.optimizer, torch.optim.Optimizer):
+            raise TypeError(
+                f"the optimizer factory returned {type(self.optimizer).__name__}, "
+                "not a torch.optim.Optimizer"
+            )
+        if self._scheduler_factory is not None:
+            self.scheduler = self._scheduler_factory(self.optimizer)
+
+    def _snapshot(self, score: float) -> _Snapshot:
+        state = {
+            k: v.detach().clone()
+            for k, v in self.model.state_dict().items()
+            if not _is_candidate_key(k)
+        }
+        return _Snapshot(score, state)
+
+    def _restore(self, snap: _Snapshot) -> None:
+        result = self.model.load_state_dict(snap.state, strict=False)
+        bad = [k for k in result.missing_keys if not _is_candidate_key(k)]
+        if bad or result.unexpected_keys:
+            raise PhaseError(
+                f"could not restore the best state: missing {bad}, "
+                f"unexpected {result.unexpected_keys}"
+            )
+
+    def _freeze_all_but_candidates(self) -> None:
+        self._frozen = {}
+        for p in self.model.parameters():
+            self._frozen[id(p)] = p.requires_grad
+            p.requires_grad_(False)
+
+    def _unfreeze(self) -> None:
+        for p in self.model.parameters():
+            if id(p) in self._frozen:
+                p.requires_grad_(self._frozen[id(p)])
+        self._frozen = {}
+
+    def _can_grow(self) -> bool:
+        cap = self.config.max_dendrites
+        return any(int(layer.dendrite_count.min()) < cap for layer in self.layers.values())
+
+    # --- the state machine ---------------------------------------------------------------
+    def end_epoch(self, score: float) -> Event:
+        """Report the validation score of the epoch just trained; returns what happened."""
+        if self.done:
+            raise PhaseError("training is done (ctl.done is True); stop calling end_epoch")
+        if isinstance(score, torch.Tensor):
+            score = score.item()
+        try:
+            score = float(score)
+        except (TypeError, ValueError) as exc:
+            raise ScoreError(f"score must be a number, got {score!r}") from exc
+        if not math.isfinite(score):
+            raise ScoreError(
+                f"validation score is {score}: the model or the metric produced a non-finite "
+                "value; check the learning rate and the data, or resume from a checkpoint"
+            )
+        self.epoch += 1
+        self._phase_epochs += 1
+        phase, cycle, lr = self.phase, self.cycle, self._current_lr()
+        correlation: dict[str, float] = {}
+        if phase == ControllerPhase.NEURON:
+            event = self._neuron_epoch(score)
+        else:
+            correlation = self._correlation_summary()
+            event = self._dendrite_epoch(correlation)
+        if event == Event.CONTINUE and self.epoch >= self.config.max_epochs:
+            event = self._finish_by_cap()
+        self._record(score, phase, cycle, lr, event, correlation)
+        if self.scheduler is not None and event == Event.CONTINUE:
+            self._step_scheduler(score)
+        return event
+
+    def _step_scheduler(self, score: float) -> None:
+        if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            self.scheduler.step(score)
+        else:
+            self.scheduler.step()
+
+    def _neuron_epoch(self, score: float) -> Event:
+        if self._best is None or self._better(score, self._best.score, margin=False):
+            self._best = self._snapshot(score)
+        if self._better(score, self._patience_ref):
+            self._patience_ref = score
+            self._since_improvement = 0
+        else:
+            self._since_improvement += 1
+        if self.config.switch_mode == "fixed":
+            finished = self._phase_epochs >= self.config.fixed_neuron_epochs
+        else:
+            finished = self._since_improvement >= self.config.patience
+        return self._end_neuron_phase() if finished else Event.CONTINUE
+
+    def _cycle_improved(self) -> bool:
+        if self._accepted is None:
+            return True  # the first neuron phase has nothing to beat
+        return self._better(self._best.score, self._accepted.score)
+
+    def _end_neuron_phase(self) -> Event:
+        if self._cycle_improved():
+            self._accepted = self._best
+            self.retries = 0
+        else:
+            self.retries += 1
+        self._best = None
+        self._restore(self._accepted)
+        if self.retries > self.config.max_retries or not self._can_grow():
+            return self._finish()
+        retry = self.retries > 0
+        method = self.config.method
+        if method == "restart":
+            self._start_neuron_phase()
+            return Event.RETRY if retry else Event.RESTARTED
+        if method == "gd":
+            self._install_untrained()
+            return Event.RETRY if retry else Event.INSTALLED
+        self._start_dendrite_phase()
+        return Event.RETRY if retry else Event.DENDRITE_PHASE
+
+    def _start_neuron_phase(self) -> None:
+        self.phase = ControllerPhase.NEURON
+        self.cycle += 1
+        self._phase_epochs = 0
+        self._since_improvement = 0
+        self._patience_ref = self._accepted.score
+        self._build_optimizer()
+
+    def _start_dendrite_phase(self) -> None:
+        self._freeze_all_but_candidates()
+        for layer in self.layers.values():
+            layer.start_dendrite_phase(generator=self._generator)
+        self.phase = ControllerPhase.DENDRITE
+        self._phase_epochs = 0
+        self._corr_best = None
+        self._corr_since = 0
+        self._build_optimizer()
+
+    def _correlation_summary(self) -> dict[str, float]:
+        out = {}
+        for name, layer in self.layers.items():
+            stats = layer.stats
+            if stats is None or float(stats.count) == 0:
+                raise PhaseError(
+                    "no candidate statistics were gathered this epoch: in a dendrite phase "
+                    "the loop must run forward passes with gradients enabled and call "
+                    "loss.backward() before end_epoch"
+                )
+            out[name] = float(stats.pearson().abs().max(0).values.mean())
+        return out
+
+    def _dendrite_epoch(self, correlation: dict[str, float]) -> Event:
+        mean_corr = sum(correlation.values()) / len(correlation)
+        rel = self.config.dendrite_improvement_rel
+        if self._corr_best is None or mean_corr > self._corr_best * (1 + rel):
+            self._corr_best = mean_corr
+            self._corr_since = 0
+        else:
+            self._corr_since += 1
+        if self.config.switch_mode == "fixed":
+            finished = self._phase_epochs >= self.config.fixed_dendrite_epochs
+        else:
+            finished = (self._corr_since >= self.config.dendrite_patience
+                        or self._phase_epochs >= self.config.dendrite_max_epochs)
+        if not finished:
+            for layer in self.layers.values():
+                layer.stats.reset()
+            return Event.CONTINUE
+        return self._install_best()
+
+    def _install_best(self) -> Event:
+        cfg = self.config
+        choices = {}
+        for name, layer in self.layers.items():
+            score = layer.stats.score(cfg.objective)
+            best = score.argmax(0)
+            r = layer.stats.pearson().abs().gather(0, best[None]).squeeze(0)
+            ok = (r >= cfg.install_threshold) & (layer.dendrite_count < cfg.max_dendrites)
+            choices[name] = torch.where(ok.to(best.device), best, torch.full_like(best, -1))
+        means = {n: layer.stats.mean_v for n, layer in self.layers.items()}
+        # Undo what the dendrite phase changed outside the candidates (norm running stats).
+        self._restore(self._accepted)
+        self._unfreeze()
+        installed = 0
+        for name, layer in self.layers.items():
+            installed += layer.install(choices[name], activation_mean=means[name])
+        if installed == 0:
+            return self._finish()
+        self._start_neuron_phase()
+        return Event.INSTALLED
+
+    def _install_untrained(self) -> None:
+        cap = self.config.max_dendrites
+        for layer in self.layers.values():
+            layer.start_dendrite_phase(candidates=1, generator=self._generator, init="default")
+            choice = torch.where(layer.dendrite_count < cap, 0, -1)
+            layer.install(choice)
+        self._start_neuron_phase()
+
+    def _finish_by_cap(self) -> Event:
+        neuron = self.phase == ControllerPhase.NEURON
+        if neuron and self._best is not None and self._cycle_improved():
+            self._accepted = self._best
+        return self._finish()
+
+    def _finish(self) -> Event:
+        if self.phase == ControllerPhase.DENDRITE:
+            for layer in self.layers.values():
+                layer.start_neuron_phase()
+            self._unfreeze()
+        self._restore(self._accepted)
+        self.phase = ControllerPhase.DONE
+        return Event.DONE
+
+    def _current_lr(self) -> float | None:
+        groups = self.optimizer.param_groups
+        return float(groups[0]["lr"]) if groups and "lr" in groups[0] else None
+
+    def _record(self, score: float, phase: ControllerPhase, cycle: int, lr: float | None,
+                event: Event, correlation: dict[str, float]) -> None:
+        now = time.perf_counter()
+        report = parameter_report(self.model)
+        self.history.append(EpochRecord(
+            epoch=self.epoch, cycle=cycle,
+            phase=phase.value, score=score,
+            best_score=self.best_score if self.best_score is not None else score,
+            event=event.value, dendrites=sum(r.dendrites for r in report.layers),
+            base_params=report.base, dendrite_params=report.dendrite,
+            seconds=now - self._last_time, correlation=correlation, lr=lr,
+        ))
+        self._last_time = now
+
+    def parameters_in_use(self) -> Iterable[nn.Parameter]:
+        """Parameters the current optimizer updates."""
+        for group in self.optimizer.param_groups:
+            yield from group["params"]
+
+
+def _is_candidate_key(key: str) -> bool:
+    return ".candidates." in key or key.endswith("candidate_cascade") or key.startswith(
+        "candidates."
+    )

@@ -1,0 +1,184 @@
+"""The controller as a state machine driven by scripted scores."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import perforate
+from perforate import DendriteConfig, Event, Perforator
+
+
+def tiny_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
+
+
+def train_epoch(model, optimizer, gen):
+    """One real step, so weights move every epoch and candidates see an error."""
+    x = torch.randn(16, 3, generator=gen)
+    t = torch.randn(16, 2, generator=gen)
+    optimizer.zero_grad()
+    nn.functional.mse_loss(model(x), t).backward()
+    optimizer.step()
+
+
+def clone_state(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()
+            if "candidate" not in k}
+
+
+def run(config, scores, gen):
+    model = tiny_model()
+    ctl = Perforator(model, config, optimizer=lambda p: torch.optim.SGD(p, lr=0.1), seed=0)
+    events, states = [], {}
+    for epoch, score in enumerate(scores, start=1):
+        assert not ctl.done
+        train_epoch(model, ctl.optimizer, gen)
+        states[epoch] = clone_state(model)
+        events.append(ctl.end_epoch(score))
+    return model, ctl, events, states
+
+
+SCRIPT = [0.5, 0.6, 0.6, 0.6,  # cycle 0: best at 2, patience 2 runs out at 4
+          0.0, 0.0,  # dendrite phase: install after dendrite_max_epochs=2
+          0.65, 0.64, 0.64,  # cycle 1 beats 0.6 by more than 0.01 -> accepted
+          0.0, 0.0,
+          0.655, 0.65,  # cycle 2: best 0.655 is within the 0.01 margin -> rejected, retry
+          0.0, 0.0,
+          0.6, 0.6]  # retry cycle fails too -> retries exhausted: done, best of cycle 1
+EXPECTED = {4: Event.DENDRITE_PHASE, 6: Event.INSTALLED, 9: Event.DENDRITE_PHASE,
+            11: Event.INSTALLED, 13: Event.RETRY, 15: Event.INSTALLED, 17: Event.DONE}
+
+
+def _config(direction="maximize", **kw):
+    return DendriteConfig(patience=2, dendrite_patience=5, dendrite_max_epochs=2, max_retries=1,
+                          improvement_rel=0.0, improvement_abs=0.01, direction=direction, **kw)
+
+
+@pytest.mark.parametrize("direction", ["maximize", "minimize"])
+def test_switches_retries_restores_and_stops_at_the_exact_epochs(direction, gen):
+    sign = 1 if direction == "maximize" else -1
+    model, ctl, events, states = run(_config(direction), [sign * s for s in SCRIPT], gen)
+    got = {i + 1: e for i, e in enumerate(events) if e != Event.CONTINUE}
+    assert got == EXPECTED
+    assert ctl.done and ctl.best_score == pytest.approx(sign * 0.65)
+    # The model holds the state of epoch 7 (best of the last accepted cycle), bit for bit.
+    final = clone_state(model)
+    assert list(final) == list(states[7])
+    for k in final:
+        assert torch.equal(final[k], states[7][k]), k
+    assert all(int(layer.dendrite_count.sum()) > 0 for layer in ctl.layers.values())
+    phases = [r.phase for r in ctl.history]
+    assert phases == ["neuron"] * 4 + ["dendrite"] * 2 + ["neuron"] * 3 + ["dendrite"] * 2 + [
+        "neuron"] * 2 + ["dendrite"] * 2 + ["neuron"] * 2
+    assert [r.cycle for r in ctl.history][:7] == [0, 0, 0, 0, 0, 0, 1]
+    assert ctl.history[4].correlation and ctl.history[0].correlation == {}
+    with pytest.raises(perforate.PhaseError, match="done"):
+        ctl.end_epoch(1.0)
+
+
+def test_restore_after_cycle_0_is_the_best_epoch(gen):
+    model, ctl, events, states = run(_config(), SCRIPT[:4], gen)
+    assert events[-1] == Event.DENDRITE_PHASE
+    # Candidates exist now; everything else equals epoch 2's state.
+    now = clone_state(model)
+    for k in states[2]:
+        assert torch.equal(now[k], states[2][k]), k
+
+
+def test_optimizer_covers_only_what_trains_in_each_phase(gen):
+    model = tiny_model()
+    ctl = Perforator(model, _config(), optimizer=lambda p: torch.optim.SGD(p, lr=0.1))
+    n_base = sum(1 for _ in model.parameters())
+    assert len(list(ctl.parameters_in_use())) == n_base
+    for s in SCRIPT[:4]:
+        train_epoch(model, ctl.optimizer, gen)
+        ctl.end_epoch(s)
+    cands = {id(p) for layer in ctl.layers.values() for p in layer.candidate_parameters()}
+    assert {id(p) for p in ctl.parameters_in_use()} == cands
+    assert not any(p.requires_grad for p in model.parameters() if id(p) not in cands)
+    before = clone_state(model)
+    train_epoch(model, ctl.optimizer, gen)  # a dendrite epoch changes nothing but candidates
+    after = clone_state(model)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    ctl.end_epoch(0.0)
+    train_epoch(model, ctl.optimizer, gen)
+    assert ctl.end_epoch(0.0) == Event.INSTALLED
+    in_use = {id(p) for p in ctl.parameters_in_use()}
+    for layer in ctl.layers.values():
+        assert id(layer.output_weight) in in_use and id(layer.dendrites.weight) not in in_use
+
+
+def test_fixed_schedule(gen):
+    cfg = DendriteConfig(switch_mode="fixed", fixed_neuron_epochs=3, fixed_dendrite_epochs=2,
+                         max_dendrites=2, improvement_abs=0.0, improvement_rel=0.0)
+    _, ctl, events, _ = run(cfg, [0.1, 0.2, 0.3, 0, 0, 0.4, 0.5, 0.6, 0, 0, 0.7, 0.8, 0.9], gen)
+    got = {i + 1: e for i, e in enumerate(events) if e != Event.CONTINUE}
+    assert got == {3: Event.DENDRITE_PHASE, 5: Event.INSTALLED, 8: Event.DENDRITE_PHASE,
+                   10: Event.INSTALLED, 13: Event.DONE}  # max_dendrites=2 reached
+    assert ctl.best_score == pytest.approx(0.9)
+
+
+def test_restart_control_never_adds_dendrites(gen):
+    cfg = _config(method="restart")
+    _, ctl, events, _ = run(cfg, [0.5, 0.6, 0.6, 0.6, 0.7, 0.7, 0.7, 0.7, 0.7, 0.7], gen)
+    got = {i + 1: e for i, e in enumerate(events) if e != Event.CONTINUE}
+    assert got == {4: Event.RESTARTED, 7: Event.RESTARTED, 9: Event.RETRY}
+    assert all(layer.slots == 0 for layer in ctl.layers.values())
+    assert ctl.best_score == pytest.approx(0.7)
+
+
+def test_gd_dendrites_are_added_untrained_and_learn(gen):
+    cfg = DendriteConfig.reference_gd(patience=2, improvement_abs=0.01, improvement_rel=0.0)
+    model, ctl, events, _ = run(cfg, [0.5, 0.6, 0.6, 0.6, 0.7], gen)
+    assert events[3] == Event.INSTALLED
+    layer = ctl.layers["0"]
+    assert layer.dendrite_count.tolist() == [1, 1, 1, 1]
+    assert layer.dendrites.weight.requires_grad and not layer.config.perforate
+    assert layer.dendrites.weight.abs().mean() > 0.05  # the layer's own init, not 0.01-scaled
+    assert id(layer.dendrites.weight) in {id(p) for p in ctl.parameters_in_use()}
+
+
+def test_selective_threshold_installs_nothing_and_stops(gen):
+    _, ctl, events, _ = run(_config(install_threshold=1.0), SCRIPT[:6], gen)
+    assert events[-1] == Event.DONE
+    assert all(layer.slots == 0 for layer in ctl.layers.values())
+
+
+def test_max_epochs_ends_with_the_best_state(gen):
+    model, ctl, events, states = run(_config(max_epochs=3), [0.5, 0.7, 0.6], gen)
+    assert events == [Event.CONTINUE, Event.CONTINUE, Event.DONE]
+    final = clone_state(model)
+    assert all(torch.equal(final[k], states[2][k]) for k in final)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), "high", None])
+def test_bad_scores_raise(bad):
+    ctl = Perforator(tiny_model(), optimizer=lambda p: torch.optim.SGD(p, lr=0.1))
+    with pytest.raises(perforate.ScoreError):
+        ctl.end_epoch(bad)
+
+
+def test_dendrite_epoch_without_training_raises(gen):
+    _, ctl, _, _ = run(_config(), SCRIPT[:4], gen)
+    with pytest.raises(perforate.PhaseError, match="loss.backward"):
+        ctl.end_epoch(0.0)
+
+
+def test_optimizer_must_be_a_factory():
+    model = tiny_model()
+    with pytest.raises(TypeError, match="factory"):
+        Perforator(model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
+
+
+def test_scheduler_is_rebuilt_and_stepped(gen):
+    model = tiny_model()
+    ctl = Perforator(model, _config(), optimizer=lambda p: torch.optim.SGD(p, lr=1.0),
+                     scheduler=lambda o: torch.optim.lr_scheduler.StepLR(o, 1, gamma=0.5))
+    for s in SCRIPT[:4]:
+        train_epoch(model, ctl.optimizer, gen)
+        ctl.end_epoch(s)
+    assert [r.lr for r in ctl.history] == [1.0, 0.5, 0.25, 0.125]  # lr each epoch trained with
+    assert ctl.optimizer.param_groups[0]["lr"] == 1.0  # fresh optimizer, fresh scheduler
