@@ -80,7 +80,7 @@ def test_switches_retries_restores_and_stops_at_the_exact_epochs(direction, gen)
 
 
 def test_restore_after_cycle_0_is_the_best_epoch(gen):
-    model, ctl, events, states = run(_config(), SCRIPT[:4], gen)
+    model, _ctl, events, states = run(_config(), SCRIPT[:4], gen)
     assert events[-1] == Event.DENDRITE_PHASE
     # Candidates exist now; everything else equals epoch 2's state.
     now = clone_state(model)
@@ -132,7 +132,7 @@ def test_restart_control_never_adds_dendrites(gen):
 
 def test_gd_dendrites_are_added_untrained_and_learn(gen):
     cfg = DendriteConfig.reference_gd(patience=2, improvement_abs=0.01, improvement_rel=0.0)
-    model, ctl, events, _ = run(cfg, [0.5, 0.6, 0.6, 0.6, 0.7], gen)
+    _model, ctl, events, _ = run(cfg, [0.5, 0.6, 0.6, 0.6, 0.7], gen)
     assert events[3] == Event.INSTALLED
     layer = ctl.layers["0"]
     assert layer.dendrite_count.tolist() == [1, 1, 1, 1]
@@ -148,7 +148,7 @@ def test_selective_threshold_installs_nothing_and_stops(gen):
 
 
 def test_max_epochs_ends_with_the_best_state(gen):
-    model, ctl, events, states = run(_config(max_epochs=3), [0.5, 0.7, 0.6], gen)
+    model, _ctl, events, states = run(_config(max_epochs=3), [0.5, 0.7, 0.6], gen)
     assert events == [Event.CONTINUE, Event.CONTINUE, Event.DONE]
     final = clone_state(model)
     assert all(torch.equal(final[k], states[2][k]) for k in final)
@@ -163,7 +163,7 @@ def test_bad_scores_raise(bad):
 
 def test_dendrite_epoch_without_training_raises(gen):
     _, ctl, _, _ = run(_config(), SCRIPT[:4], gen)
-    with pytest.raises(perforate.PhaseError, match="loss.backward"):
+    with pytest.raises(perforate.PhaseError, match=r"loss\.backward"):
         ctl.end_epoch(0.0)
 
 
