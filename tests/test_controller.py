@@ -109,6 +109,33 @@ def test_optimizer_covers_only_what_trains_in_each_phase(gen):
     in_use = {id(p) for p in ctl.parameters_in_use()}
     for layer in ctl.layers.values():
         assert id(layer.output_weight) in in_use and id(layer.dendrites.weight) not in in_use
+        assert all(id(p) in in_use and p.requires_grad for p in layer.base.parameters())
+    before = clone_state(model)
+    train_epoch(model, ctl.optimizer, gen)  # a neuron epoch after install moves the neurons
+    after = clone_state(model)
+    for name in ("0.base.weight", "2.base.weight", "0.output_weight"):
+        assert not torch.equal(before[name], after[name]), name
+    assert torch.equal(before["0.dendrites.weight"], after["0.dendrites.weight"])
+
+
+def test_user_frozen_parameters_stay_frozen_across_phases(gen):
+    model = nn.Sequential(nn.Embedding(5, 3), nn.Flatten(), nn.Linear(6, 4), nn.Tanh(),
+                          nn.Linear(4, 2))
+    model[0].weight.requires_grad_(False)  # the user froze the embedding
+    model[2].bias.requires_grad_(False)  # and one bias
+    ctl = Perforator(model, _config(), optimizer=lambda p: torch.optim.SGD(p, lr=0.1))
+
+    def epoch():
+        x = torch.randint(0, 5, (8, 2), generator=gen)
+        ctl.optimizer.zero_grad()
+        model(x).square().mean().backward()
+        ctl.optimizer.step()
+
+    for s in [*SCRIPT[:6]]:
+        epoch()
+        ctl.end_epoch(s)
+    assert not model[0].weight.requires_grad and not model[2].base.bias.requires_grad
+    assert model[2].base.weight.requires_grad and model[4].base.bias.requires_grad
 
 
 def test_fixed_schedule(gen):
@@ -182,3 +209,10 @@ def test_scheduler_is_rebuilt_and_stepped(gen):
         ctl.end_epoch(s)
     assert [r.lr for r in ctl.history] == [1.0, 0.5, 0.25, 0.125]  # lr each epoch trained with
     assert ctl.optimizer.param_groups[0]["lr"] == 1.0  # fresh optimizer, fresh scheduler
+
+
+def test_max_cycles_zero_is_plain_early_stopping(gen):
+    model, ctl, events, states = run(_config(max_cycles=0), [0.5, 0.6, 0.6, 0.6], gen)
+    assert events[-1] == Event.DONE and ctl.cycle == 0
+    final = clone_state(model)
+    assert all(torch.equal(final[k], states[2][k]) for k in final)

@@ -146,6 +146,11 @@ class DendriteConfig:
     max_dendrites: int = _f(
         8, "Most dendrites per neuron; when every neuron has them, training stops.", min=1
     )
+    max_cycles: int = _f(
+        1000,
+        "Most cycles after the first neuron phase (0: plain training with early stopping).",
+        min=0,
+    )
     max_retries: int = _f(
         2, "Fresh candidate rounds after a cycle that fails to beat the best score.", min=0
     )

@@ -210,11 +210,14 @@ class Perforator:
                 f"unexpected {result.unexpected_keys}"
             )
 
-    def _freeze_all_but_candidates(self) -> None:
+    def _freeze_outside_layers(self) -> None:
+        """Freeze every parameter the dendritic layers do not manage themselves."""
+        owned = {id(p) for layer in self.layers.values() for p in layer.parameters()}
         self._frozen = {}
         for p in self.model.parameters():
-            self._frozen[id(p)] = p.requires_grad
-            p.requires_grad_(False)
+            if id(p) not in owned:
+                self._frozen[id(p)] = p.requires_grad
+                p.requires_grad_(False)
 
     def _unfreeze(self) -> None:
         for p in self.model.parameters():
@@ -291,7 +294,8 @@ class Perforator:
             self.retries += 1
         self._best = None
         self._restore(self._accepted)
-        if self.retries > self.config.max_retries or not self._can_grow():
+        out_of_cycles = self.cycle >= self.config.max_cycles
+        if self.retries > self.config.max_retries or out_of_cycles or not self._can_grow():
             return self._finish()
         retry = self.retries > 0
         method = self.config.method
@@ -313,9 +317,9 @@ class Perforator:
         self._build_optimizer()
 
     def _start_dendrite_phase(self) -> None:
-        self._freeze_all_but_candidates()
         for layer in self.layers.values():
             layer.start_dendrite_phase(generator=self._generator)
+        self._freeze_outside_layers()
         self.phase = ControllerPhase.DENDRITE
         self._phase_epochs = 0
         self._corr_best = None

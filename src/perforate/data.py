@@ -1,0 +1,150 @@
+"""Built-in datasets, all offline, with fixed train/validation/test splits.
+
+Normalisation statistics come from the training split only.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+
+
+class DatasetError(RuntimeError):
+    """A dataset is not available here; the message says how to get it."""
+
+
+@dataclass(frozen=True)
+class Splits:
+    name: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    num_classes: int
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.x_train.shape[1:])
+
+
+def _split_indices(n: int, fractions: tuple[float, float], seed: int) -> tuple[np.ndarray, ...]:
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(n)
+    n_val, n_test = round(fractions[0] * n), round(fractions[1] * n)
+    return order[n_val + n_test :], order[:n_val], order[n_val : n_val + n_test]
+
+
+def _normalise(name, x, y, idx, num_classes, per_feature: bool) -> Splits:
+    train, val, test = idx
+    x = torch.as_tensor(x, dtype=torch.float32)
+    y = torch.as_tensor(y, dtype=torch.long)
+    xt = x[train]
+    if per_feature:
+        mean, std = xt.mean(0), xt.std(0).clamp_min(1e-6)
+    else:
+        mean, std = xt.mean(), xt.std().clamp_min(1e-6)
+    z = (x - mean) / std
+    return Splits(name, z[train], y[train], z[val], y[val], z[test], y[test], num_classes)
+
+
+def digits(seed: int = 0) -> Splits:
+    """scikit-learn's bundled 8x8 digits: 1,797 images, 10 classes; 60/20/20 split."""
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    idx = _split_indices(len(data.target), (0.2, 0.2), seed)
+    return _normalise("digits", data.data, data.target, idx, 10, per_feature=False)
+
+
+def breast_cancer(seed: int = 0) -> Splits:
+    """scikit-learn's bundled Wisconsin breast cancer set: 569 x 30, 2 classes."""
+    from sklearn.datasets import load_breast_cancer
+
+    data = load_breast_cancer()
+    idx = _split_indices(len(data.target), (0.2, 0.2), seed)
+    return _normalise("breast_cancer", data.data, data.target, idx, 2, per_feature=True)
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """Read an IDX file (optionally gzipped): the MNIST family's format."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as fh:
+        data = fh.read()
+    if len(data) < 4 or data[0] != 0 or data[1] != 0:
+        raise DatasetError(f"{path} is not an IDX file (bad magic number)")
+    dtype = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4",
+             0x0E: ">f8"}.get(data[2])
+    if dtype is None:
+        raise DatasetError(f"{path}: unknown IDX element type 0x{data[2]:02x}")
+    ndim = data[3]
+    shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
+    array = np.frombuffer(data, dtype=dtype, offset=4 + 4 * ndim)
+    if array.size != int(np.prod(shape)):
+        raise DatasetError(f"{path}: truncated ({array.size} of {int(np.prod(shape))} values)")
+    return array.reshape(shape)
+
+
+def _find(directory: Path, stem: str) -> Path:
+    alt = stem.replace("-idx", ".idx")
+    for name in (stem, stem + ".gz", alt, alt + ".gz"):
+        if (directory / name).is_file():
+            return directory / name
+    raise DatasetError(
+        f"{directory} has no {stem}[.gz]. Install Debian's dataset-fashion-mnist "
+        "(apt-get install -y dataset-fashion-mnist) or pass a directory holding the four "
+        "MNIST-format IDX files"
+    )
+
+
+def idx_directory(directory: str | os.PathLike = FASHION_MNIST_DIR, seed: int = 0,
+                  validation: int = 10_000, name: str = "fashion_mnist") -> Splits:
+    """MNIST-format IDX files (Fashion-MNIST by default): the official test set is the test
+    split; `validation` images drawn from the training set (fixed by `seed`) validate."""
+    d = Path(directory)
+    if not d.is_dir():
+        raise DatasetError(
+            f"no dataset directory {d}: apt-get install -y dataset-fashion-mnist, or pass "
+            "your own directory of IDX files"
+        )
+    xtr = read_idx(_find(d, "train-images-idx3-ubyte")).astype(np.float32) / 255.0
+    ytr = read_idx(_find(d, "train-labels-idx1-ubyte")).astype(np.int64)
+    xte = read_idx(_find(d, "t10k-images-idx3-ubyte")).astype(np.float32) / 255.0
+    yte = read_idx(_find(d, "t10k-labels-idx1-ubyte")).astype(np.int64)
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(ytr))
+    val, train = order[:validation], order[validation:]
+    x = np.concatenate([xtr, xte])[:, None]  # (N, 1, 28, 28)
+    y = np.concatenate([ytr, yte])
+    test = np.arange(len(ytr), len(y))
+    return _normalise(name, x, y, (train, val, test), 10, per_feature=False)
+
+
+def mnist1d(seed: int = 0, samples: int = 5000) -> Splits:
+    """MNIST-1D, generated locally by the `mnist1d` package (never downloaded)."""
+    try:
+        from mnist1d.data import get_dataset_args, make_dataset
+    except ImportError as exc:
+        raise DatasetError("MNIST-1D needs the mnist1d package: pip install mnist1d") from exc
+    args = get_dataset_args()
+    args.num_samples = samples
+    args.seed = 42
+    data = make_dataset(args)
+    x = np.concatenate([data["x"], data["x_test"]]).astype(np.float32)
+    y = np.concatenate([data["y"], data["y_test"]]).astype(np.int64)
+    idx = _split_indices(len(y), (0.15, 0.15), seed)
+    return _normalise("mnist1d", x, y, idx, 10, per_feature=False)
+
+
+DATASETS = {"digits": digits, "breast_cancer": breast_cancer, "fashion_mnist": idx_directory,
+            "mnist1d": mnist1d}
