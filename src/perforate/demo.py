@@ -22,13 +22,18 @@ from .config import DendriteConfig
 from .report import cycle_table, plot_runs, summary_table
 from .training import fit_classifier, mlp
 
-CONTROL = "restart control H=8"
+CONTROL_PREFIX = "restart control"
 
 
 def demo_methods(hidden: int) -> list[tuple[str, int, DendriteConfig]]:
     plain = DendriteConfig(method="restart", max_cycles=0)
     ladder = [(f"plain H={h}", h, plain) for h in (4, hidden, 2 * hidden, 4 * hidden)]
-    return [*ladder, (f"restart control H={hidden}", hidden, DendriteConfig(method="restart")), (f"PB H={hidden}", hidden, DendriteConfig()), (f"GD dendrites H={hidden}", hidden, DendriteConfig.reference_gd())]
+    return [
+        *ladder,
+        (f"{CONTROL_PREFIX} H={hidden}", hidden, DendriteConfig(method="restart")),
+        (f"PB H={hidden}", hidden, DendriteConfig()),
+        (f"GD dendrites H={hidden}", hidden, DendriteConfig.reference_gd()),
+    ]
 
 
 def run_demo(
@@ -66,7 +71,7 @@ def report(run_dir: str | Path, log: Callable[[str], None] = print) -> Path:
     """Print the tables and redraw the figure from a saved `results.json`."""
     run_dir = Path(run_dir)
     runs = json.loads((run_dir / "results.json").read_text())
-    control = CONTROL if any(r["label"] == CONTROL for r in runs) else None
+    control = next((r["label"] for r in runs if r["label"].startswith(CONTROL_PREFIX)), None)
     log("Test accuracy at the best validation epoch (mean ± sd over seeds); 'vs control' is "
         "the paired difference to the restart control with its 95% interval:\n")
     log(summary_table(runs, control=control))
@@ -75,7 +80,7 @@ def report(run_dir: str | Path, log: Callable[[str], None] = print) -> Path:
         first = min(pb, key=lambda r: r["seed"])
         log(f"\nPB cycles, seed {first['seed']} (cycle 0 is the plain neuron phase):")
         log(cycle_table(first))
-    labels = [k for k in (CONTROL, *(r["label"] for r in pb[:1])) if k]
+    labels = [k for k in (control, *(r["label"] for r in pb[:1])) if k]
     path = plot_runs(runs, run_dir / "demo.png", "perforate demo: digits, MLP 64-H-10",
                      curve_labels=labels)
     log(f"\nresults: {run_dir / 'results.json'}\nfigure:  {path}")
