@@ -216,3 +216,61 @@ def test_max_cycles_zero_is_plain_early_stopping(gen):
     assert events[-1] == Event.DONE and ctl.cycle == 0
     final = clone_state(model)
     assert all(torch.equal(final[k], states[2][k]) for k in final)
+
+
+def test_step_based_phases(gen):
+    model = tiny_model()
+    cfg = _config(steps_per_evaluation=5)
+    ctl = Perforator(model, cfg, optimizer=lambda p: torch.optim.SGD(p, lr=0.1))
+    scores = iter(SCRIPT[:6])
+    evaluations = []
+    for step in range(1, 31):
+        train_epoch(model, ctl.optimizer, gen)  # here: one step
+        if ctl.end_step():
+            evaluations.append((step, ctl.end_epoch(next(scores))))
+    assert [s for s, _ in evaluations] == [5, 10, 15, 20, 25, 30]
+    assert evaluations[3][1] == Event.DENDRITE_PHASE and evaluations[5][1] == Event.INSTALLED
+    with pytest.raises(perforate.PhaseError, match="steps_per_evaluation"):
+        Perforator(tiny_model(), optimizer=lambda p: torch.optim.SGD(p, lr=0.1)).end_step()
+
+
+def test_dendrite_phase_leaves_norm_running_stats_as_they_were(gen):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Tanh(), nn.Linear(4, 2))
+    ctl = Perforator(model, _config(), optimizer=lambda p: torch.optim.SGD(p, lr=0.1))
+    for s in SCRIPT[:4]:
+        train_epoch(model, ctl.optimizer, gen)
+        ctl.end_epoch(s)
+    before = model[0].norm.running_mean.clone()
+    for s in SCRIPT[4:6]:
+        train_epoch(model, ctl.optimizer, gen)  # train mode: BatchNorm updates running stats
+        assert not torch.equal(model[0].norm.running_mean, before)
+        ctl.end_epoch(s)
+    assert torch.equal(model[0].norm.running_mean, before)
+
+
+def test_signed_output_weight_start_lowers_the_loss_on_average(gen):
+    torch.manual_seed(0)
+    model = tiny_model()
+    ctl = Perforator(model, _config(output_weight_init=0.01),
+                     optimizer=lambda p: torch.optim.SGD(p, lr=0.1))
+    x = torch.randn(64, 3, generator=gen)
+    t = torch.randn(64, 2, generator=gen)
+
+    def full_batch_epoch():
+        ctl.optimizer.zero_grad()
+        nn.functional.mse_loss(model(x), t).backward()
+        ctl.optimizer.step()
+
+    for s in SCRIPT[:5]:
+        full_batch_epoch()
+        ctl.end_epoch(s)
+    with torch.no_grad():
+        loss_before = nn.functional.mse_loss(model(x), t).item()
+    full_batch_epoch()
+    assert ctl.end_epoch(0.0) == Event.INSTALLED
+    with torch.no_grad():
+        loss_after = nn.functional.mse_loss(model(x), t).item()
+    assert loss_after < loss_before
+    v = model[2].output_weight[0]
+    assert torch.allclose(v.abs(), torch.full_like(v, 0.01))

@@ -90,8 +90,9 @@ class DendriteConfig:
     )
     output_weight_init: float = _f(
         0.0,
-        "Initial output weight v of an installed dendrite. 0 keeps the network's function "
-        "exactly; other values are compensated through the unit's bias by v*mean(a).",
+        "Magnitude of the initial output weight v of an installed dendrite; its sign is "
+        "chosen against the neuron's error. 0 keeps the network's function exactly; other "
+        "values are compensated through the unit's bias by v*mean(a).",
     )
     # --- how dendrites are trained (the controller) ---------------------------------
     method: str = _f(
@@ -153,6 +154,13 @@ class DendriteConfig:
     )
     max_retries: int = _f(
         2, "Fresh candidate rounds after a cycle that fails to beat the best score.", min=0
+    )
+    steps_per_evaluation: int = _f(
+        0,
+        "For datasets where an epoch is long: with N > 0, ctl.end_step() returns True every "
+        "N training steps, and the loop then evaluates and calls end_epoch. Every patience "
+        "and cap then counts these evaluations. 0: evaluate once per epoch.",
+        min=0,
     )
     max_epochs: int = _f(
         10_000, "Most evaluations in all; the run then ends with the best accepted model.",

@@ -124,6 +124,7 @@ class Perforator:
         self._generator.manual_seed(seed if seed is not None else torch.initial_seed())
         self.phase = ControllerPhase.NEURON
         self.epoch = 0
+        self.steps = 0
         self.cycle = 0
         self.retries = 0
         self.history: list[EpochRecord] = []
@@ -228,6 +229,22 @@ class Perforator:
     def _can_grow(self) -> bool:
         cap = self.config.max_dendrites
         return any(int(layer.dendrite_count.min()) < cap for layer in self.layers.values())
+
+    def end_step(self) -> bool:
+        """Count one training step; True when an evaluation (and `end_epoch`) is due.
+
+        Needs `steps_per_evaluation > 0`: phases are then measured in steps, not epochs.
+        """
+        n = self.config.steps_per_evaluation
+        if n == 0:
+            raise PhaseError(
+                "end_step needs steps_per_evaluation > 0 in the config; with 0, call "
+                "end_epoch once per epoch instead"
+            )
+        if self.done:
+            raise PhaseError("training is done (ctl.done is True)")
+        self.steps += 1
+        return self.steps % n == 0
 
     # --- the state machine ---------------------------------------------------------------
     def end_epoch(self, score: float) -> Event:
@@ -360,20 +377,24 @@ class Perforator:
 
     def _install_best(self) -> Event:
         cfg = self.config
-        choices = {}
+        choices, starts, means = {}, {}, {}
         for name, layer in self.layers.items():
-            score = layer.stats.score(cfg.objective)
-            best = score.argmax(0)
-            r = layer.stats.pearson().abs().gather(0, best[None]).squeeze(0)
-            ok = (r >= cfg.install_threshold) & (layer.dendrite_count < cfg.max_dendrites)
+            stats = layer.stats
+            best = stats.score(cfg.objective).argmax(0)
+            r = stats.pearson().gather(0, best[None]).squeeze(0)
+            ok = (r.abs() >= cfg.install_threshold) & (layer.dendrite_count < cfg.max_dendrites)
             choices[name] = torch.where(ok.to(best.device), best, torch.full_like(best, -1))
-        means = {n: layer.stats.mean_v for n, layer in self.layers.items()}
+            # A non-zero start points against the error: dL/dv = sum E a, so v0 takes the
+            # sign opposite to the correlation of a with E (a first-order descent step).
+            starts[name] = -torch.where(r >= 0, 1.0, -1.0) * cfg.output_weight_init
+            means[name] = stats.mean_v
         # Undo what the dendrite phase changed outside the candidates (norm running stats).
         self._restore(self._accepted)
         self._unfreeze()
         installed = 0
         for name, layer in self.layers.items():
-            installed += layer.install(choices[name], activation_mean=means[name])
+            installed += layer.install(choices[name], output_weight=starts[name],
+                                       activation_mean=means[name])
         if installed == 0:
             return self._finish()
         self._start_neuron_phase()
@@ -384,7 +405,7 @@ class Perforator:
         for layer in self.layers.values():
             layer.start_dendrite_phase(candidates=1, generator=self._generator, init="default")
             choice = torch.where(layer.dendrite_count < cap, 0, -1)
-            layer.install(choice)
+            layer.install(choice, output_weight=0.0)  # GD dendrites start silent
         self._start_neuron_phase()
 
     def _finish_by_cap(self) -> Event:
