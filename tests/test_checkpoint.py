@@ -133,3 +133,27 @@ def test_failed_write_keeps_the_old_file(tmp_path, gen, monkeypatch):
 def test_save_unwrapped_model_raises(tmp_path):
     with pytest.raises(perforate.NotConvertedError):
         perforate.save(build(), tmp_path / "m.safetensors")
+
+
+def test_save_mid_dendrite_phase_leaves_candidates_out(tmp_path, gen):
+    model = grown(gen)
+    for layer in perforate.dendritic_layers(model).values():
+        layer.start_dendrite_phase(generator=gen)
+    path = tmp_path / "m.safetensors"
+    perforate.save(model, path)
+    _, tensors = perforate.checkpoint.read(path)
+    assert not [k for k in tensors if "candidate" in k]
+    fresh = perforate.load(build(), path)
+    model.eval()
+    fresh.eval()
+    x = torch.randn(2, 2, 6, 6)
+    assert torch.equal(model(x), fresh(x))
+
+
+def test_candidate_key_detection_spares_user_modules():
+    from perforate.layers import is_candidate_key
+
+    assert is_candidate_key("enc.0.candidates.weight") and is_candidate_key("candidates.bias")
+    assert is_candidate_key("fc.candidate_cascade")
+    assert not is_candidate_key("candidates.0.weight")  # a user's Sequential named so
+    assert not is_candidate_key("mycandidates.weight")

@@ -274,3 +274,14 @@ def test_signed_output_weight_start_lowers_the_loss_on_average(gen):
     assert loss_after < loss_before
     v = model[2].output_weight[0]
     assert torch.allclose(v.abs(), torch.full_like(v, 0.01))
+
+
+def test_prewrapped_model_keeps_its_structure_settings():
+    model = perforate.add_dendrites(tiny_model(), DendriteConfig(activation="tanh"))
+    ctl = Perforator(model, optimizer=lambda p: torch.optim.SGD(p, lr=0.1))
+    assert ctl.config.activation == "tanh"
+    with pytest.raises(perforate.ConfigError, match="activation='tanh'"):
+        Perforator(model, DendriteConfig(), optimizer=lambda p: torch.optim.SGD(p, lr=0.1))
+    ctl = Perforator(model, DendriteConfig(activation="tanh", objective="covariance"),
+                     optimizer=lambda p: torch.optim.SGD(p, lr=0.1))
+    assert all(layer.config.objective == "covariance" for layer in ctl.layers.values())

@@ -51,3 +51,13 @@ def test_cli_config_lists_every_setting(capsys):
     out = capsys.readouterr().out
     for name in perforate.DendriteConfig.__dataclass_fields__:
         assert name in out
+
+
+def test_quickstart_example_runs(tmp_path, monkeypatch):
+    import runpy
+    from pathlib import Path
+
+    script = Path(__file__).parent.parent / "examples" / "quickstart.py"
+    monkeypatch.chdir(tmp_path)
+    runpy.run_path(str(script), run_name="__main__")
+    assert (tmp_path / "runs" / "quickstart" / "model.safetensors").is_file()

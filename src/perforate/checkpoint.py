@@ -23,6 +23,7 @@ from torch import nn
 from .config import DendriteConfig
 from .convert import add_dendrites, dendritic_layers, remove_dendrites
 from .errors import CheckpointError, CheckpointMismatchError, ConfigError, NotConvertedError
+from .layers import is_candidate_key
 
 FORMAT = "perforate.model/1"
 _META_KEY = "perforate"
@@ -73,7 +74,11 @@ def model_structure(model: nn.Module) -> dict[str, Any]:
 
 def state_tensors(module: nn.Module) -> dict[str, torch.Tensor]:
     """A state dict safetensors accepts: detached, contiguous, no shared storage."""
-    return {k: v.detach().contiguous().clone() for k, v in module.state_dict().items()}
+    return {
+        k: v.detach().contiguous().clone()
+        for k, v in module.state_dict().items()
+        if not is_candidate_key(k)
+    }
 
 
 def save(model: nn.Module, path: str | os.PathLike, metadata: dict[str, Any] | None = None) -> None:

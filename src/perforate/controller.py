@@ -27,8 +27,8 @@ from torch import nn
 from .accounting import parameter_report
 from .config import DendriteConfig
 from .convert import add_dendrites, dendritic_layers
-from .errors import PerforateError, PhaseError
-from .layers import DendriticLayer
+from .errors import ConfigError, PerforateError, PhaseError
+from .layers import DendriticLayer, is_candidate_key
 
 OptimizerFactory = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
@@ -112,8 +112,11 @@ class Perforator:
                 "optimizer must be a factory, e.g. lambda params: torch.optim.Adam(params), "
                 f"got {type(optimizer).__name__}; the controller rebuilds it at every restructure"
             )
+        existing = dendritic_layers(model)
+        if existing:
+            config = _adopt_config(existing, config)
         self.config = config if config is not None else DendriteConfig()
-        if not dendritic_layers(model):
+        if not existing:
             add_dendrites(model, self.config)
         self.model = model
         self.layers: dict[str, DendriticLayer] = dendritic_layers(model)
@@ -198,13 +201,13 @@ class Perforator:
         state = {
             k: v.detach().clone()
             for k, v in self.model.state_dict().items()
-            if not _is_candidate_key(k)
+            if not is_candidate_key(k)
         }
         return _Snapshot(score, state)
 
     def _restore(self, snap: _Snapshot) -> None:
         result = self.model.load_state_dict(snap.state, strict=False)
-        bad = [k for k in result.missing_keys if not _is_candidate_key(k)]
+        bad = [k for k in result.missing_keys if not is_candidate_key(k)]
         if bad or result.unexpected_keys:
             raise PhaseError(
                 f"could not restore the best state: missing {bad}, "
@@ -447,7 +450,24 @@ class Perforator:
             yield from group["params"]
 
 
-def _is_candidate_key(key: str) -> bool:
-    return ".candidates." in key or key.endswith("candidate_cascade") or key.startswith(
-        "candidates."
-    )
+# Settings that fix the structure of wrapped layers; the rest may change between runs.
+_STRUCTURAL = ("layer_types", "include", "exclude", "pair_norms", "skip_unsupported",
+               "activation", "cascade")
+
+
+def _adopt_config(layers: dict[str, DendriticLayer],
+                  config: DendriteConfig | None) -> DendriteConfig:
+    """Config for a model wrapped earlier: its own, or a new one that agrees on structure."""
+    current = next(iter(layers.values())).config
+    if config is None:
+        return current
+    clash = [f for f in _STRUCTURAL if getattr(config, f) != getattr(current, f)]
+    if clash:
+        raise ConfigError(
+            f"the model was wrapped with different {', '.join(clash)} "
+            f"({', '.join(f'{f}={getattr(current, f)!r}' for f in clash)}); pass the same "
+            "values, or no config to reuse the model's own"
+        )
+    for layer in layers.values():
+        layer.config = config
+    return config

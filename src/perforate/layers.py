@@ -55,6 +55,14 @@ class _CandidateTap(torch.autograd.Function):
         return grad_y, ctx.layer._candidate_gradient(v, grad_y), None
 
 
+def is_candidate_key(key: str) -> bool:
+    """Whether a state-dict key belongs to a dendrite phase's candidates (never saved)."""
+    return any(key == s or key.endswith("." + s) for s in _CANDIDATE_KEYS)
+
+
+_CANDIDATE_KEYS = ("candidates.weight", "candidates.bias", "candidate_cascade")
+
+
 class DendriticLayer(nn.Module):
     """A target layer (or layer+norm unit) with installed dendrites and a candidate pool.
 
