@@ -33,6 +33,10 @@ def grid() -> list[dict]:
     ):
         out.append({"method": "correlation", "objective": objective, "pool": pool, "v0": v0,
                     "cand_lr": cand_lr})
+    # Larger candidate init: do near-linear (small) candidates explain Pearson's weakness?
+    for objective, init in itertools.product(("pearson", "covariance"), (0.1, 0.5)):
+        out.append({"method": "correlation", "objective": objective, "pool": 4, "v0": 0.0,
+                    "cand_lr": 0.05, "init": init})
     return out
 
 
@@ -59,7 +63,8 @@ def run(seeds: int, shard: tuple[int, int]) -> None:
         else:
             config = DendriteConfig(objective=setting["objective"],
                                     candidates_per_neuron=setting["pool"],
-                                    output_weight_init=setting["v0"])
+                                    output_weight_init=setting["v0"],
+                                    candidate_init_scale=setting.get("init", 0.01))
         torch.manual_seed(seed)
         result = training.fit_classifier(
             training.mlp(64, 8, 10), splits, config, seed=seed, lr=LR,
@@ -68,7 +73,8 @@ def run(seeds: int, shard: tuple[int, int]) -> None:
         row = {"setting": setting, "seed": seed, "val": result.val, "test": result.test,
                "params": result.params, "dendrites_per_neuron": result.dendrites_per_neuron,
                "epochs": result.epochs, "seconds": result.seconds,
-               "final_correlation": _last_correlation(result.history)}
+               "final_correlation": _last_correlation(result.history),
+               "installed_output_std": _installed_std(result.history)}
         with RESULTS.open("a") as fh:
             fh.write(json.dumps(row) + "\n")
         print(f"{setting} seed {seed}: val {result.val:.4f} test {result.test:.4f}", flush=True)
@@ -79,6 +85,12 @@ def _last_correlation(history: list[dict]) -> float | None:
     if not corr:
         return None
     return statistics.fmean(corr[-1].values())
+
+
+def _installed_std(history: list[dict]) -> float | None:
+    """Mean output std of installed dendrites: tiny means a near-linear, redundant feature."""
+    stds = [v["mean_output_std"] for h in history for v in h.get("install", {}).values()]
+    return statistics.fmean(stds) if stds else None
 
 
 def summary() -> str:
@@ -97,9 +109,9 @@ def summary() -> str:
         "differences are paired by seed against the restart control (same seeds, same "
         "cycle schedule, no dendrites) with 95% intervals. Rows sorted by validation.",
         "",
-        "| objective | pool | v0 | cand. lr | seeds | dend./neuron | params | val | val vs control "
-        "| test | test vs control | last mean best r | epochs |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| objective | pool | v0 | cand. lr | init | seeds | dend./neuron | params | val "
+        "| val vs control | test | test vs control | last mean best r | installed std | epochs |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     def mean(rs, f):
         return statistics.fmean(r[f] for r in rs)
@@ -109,16 +121,41 @@ def summary() -> str:
         dv, hv, _ = paired_difference({r["seed"]: r["val"] for r in rs}, ctrl_val)
         dt, ht, _ = paired_difference({r["seed"]: r["test"] for r in rs}, ctrl_test)
         corr = [r["final_correlation"] for r in rs if r["final_correlation"] is not None]
+        stds = [r["installed_output_std"] for r in rs if r.get("installed_output_std")]
+        std = f"{statistics.fmean(stds):.3f}" if stds else "-"
+        init = s.get("init", 0.01) if s["pool"] else "-"
         name = "restart control" if s["method"] == "restart" else s["objective"]
         lines.append(
             f"| {name} | {s['pool'] or '-'} | {s['v0'] if s['pool'] else '-'} | "
-            f"{s['cand_lr'] or '-'} | {len(rs)} | {mean(rs, 'dendrites_per_neuron'):.2f} | "
+            f"{s['cand_lr'] or '-'} | {init} | {len(rs)} | {mean(rs, 'dendrites_per_neuron'):.2f} | "
             f"{mean(rs, 'params'):.0f} | {100 * mean(rs, 'val'):.2f} | "
             f"{100 * dv:+.2f} ± {100 * hv:.2f} | {100 * mean(rs, 'test'):.2f} | "
             f"{100 * dt:+.2f} ± {100 * ht:.2f} | "
-            f"{statistics.fmean(corr) if corr else float('nan'):.3f} | {mean(rs, 'epochs'):.0f} |"
+            f"{statistics.fmean(corr) if corr else float('nan'):.3f} | {std} | "
+            f"{mean(rs, 'epochs'):.0f} |"
         )
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + FINDINGS
+
+
+FINDINGS = """
+## Reading (5 seeds, digits: small, one validation sample is 0.28 points)
+
+- **No setting is distinguishable from the restart control**: every 95% interval of the
+  paired difference contains 0. And every PB point lies below the plain width ladder at
+  equal parameters (`make demo`: H=16, 1,210 params, 94.5% test; H=32, 2,410, 95.8%).
+- **Objective**: covariance ranks above Pearson on validation at equal settings, and the
+  installed-std column says why: Pearson winners have output std 0.01 to 0.14 (inside the
+  sigmoid's linear range, i.e. a linear function of the input, which the neuron's own
+  weights already span), covariance winners 0.36 to 0.39 (saturating, genuinely
+  non-linear). A larger candidate init (0.1, 0.5) does not rescue Pearson.
+  Default changed to `covariance`.
+- **Candidate learning rate**: 0.05 (5x the neurons') beats 0.01 for both objectives;
+  at 0.01 Pearson candidates barely leave their init, and the runs with them end
+  identical whatever the pool size or output-weight start. The demo uses 5x.
+- **Pool size** (1, 4, 8) and **output-weight start** (0, or 0.1 signed against the
+  error with bias compensation): no consistent effect; defaults stay 4 and 0 (exact
+  function at install).
+"""
 
 
 if __name__ == "__main__":

@@ -83,9 +83,11 @@ class DendriteConfig:
         "phases (the paper freezes them).",
     )
     objective: str = _f(
-        "pearson",
+        "covariance",
         "Candidate objective: 'covariance' (Fahlman's |sum (V-mean V)(E-mean E)|) or "
-        "'pearson' (the same, normalised by both standard deviations; scale-free).",
+        "'pearson' (the same, normalised by both standard deviations). Pearson is "
+        "scale-free, so nothing pushes a candidate out of the sigmoid's linear range: its "
+        "winners were near-linear, redundant features (docs/pb_settings.md).",
         choices=OBJECTIVES,
     )
     output_weight_init: float = _f(

@@ -71,6 +71,8 @@ class EpochRecord:
     seconds: float
     correlation: dict[str, float] = field(default_factory=dict)  # layer -> mean best |r|
     lr: float | None = None
+    # At an install: per layer, dendrites installed, their mean |r| and mean output std.
+    install: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -141,6 +143,7 @@ class Perforator:
         self._corr_since = 0
         self._frozen: dict[int, bool] = {}
         self._last_time = time.perf_counter()
+        self._install_info: dict[str, dict[str, float]] = {}
         self.optimizer: torch.optim.Optimizer
         self.scheduler: Any = None
         self._build_optimizer()
@@ -391,6 +394,15 @@ class Perforator:
             # sign opposite to the correlation of a with E (a first-order descent step).
             starts[name] = -torch.where(r >= 0, 1.0, -1.0) * cfg.output_weight_init
             means[name] = stats.mean_v
+            picked = choices[name] >= 0
+            if bool(picked.any()):
+                idx = choices[name].clamp_min(0)[None]
+                std = (stats.m_vv / stats.count).sqrt().gather(0, idx).squeeze(0)
+                self._install_info[name] = {
+                    "installed": int(picked.sum()),
+                    "mean_abs_r": float(r.abs()[picked].mean()),
+                    "mean_output_std": float(std[picked].mean()),
+                }
         # Undo what the dendrite phase changed outside the candidates (norm running stats).
         self._restore(self._accepted)
         self._unfreeze()
@@ -441,7 +453,9 @@ class Perforator:
             event=event.value, dendrites=sum(r.dendrites for r in report.layers),
             base_params=report.base, dendrite_params=report.dendrite,
             seconds=now - self._last_time, correlation=correlation, lr=lr,
+            install=self._install_info,
         ))
+        self._install_info = {}
         self._last_time = now
 
     def parameters_in_use(self) -> Iterable[nn.Parameter]:

@@ -55,7 +55,8 @@ def run_demo(
         for label, width, config in methods:
             torch.manual_seed(seed)
             model = mlp(64, width, 10)
-            result = fit_classifier(model, data, config, seed=seed, method_name=config.method)
+            result = fit_classifier(model, data, config, seed=seed, lr=1e-2, candidate_lr=5e-2,
+                                    method_name=config.method)
             record = {"label": label, "width": width, "dataset": "digits", **result.to_dict()}
             runs.append(record)
             log(f"[{len(runs):>2}/{total}] {label:<22} seed {seed}: val {100 * result.val:5.1f}%"
