@@ -127,7 +127,8 @@ def summary() -> str:
         name = "restart control" if s["method"] == "restart" else s["objective"]
         lines.append(
             f"| {name} | {s['pool'] or '-'} | {s['v0'] if s['pool'] else '-'} | "
-            f"{s['cand_lr'] or '-'} | {init} | {len(rs)} | {mean(rs, 'dendrites_per_neuron'):.2f} | "
+            f"{s['cand_lr'] or '-'} | {init} | {len(rs)} | "
+            f"{mean(rs, 'dendrites_per_neuron'):.2f} | "
             f"{mean(rs, 'params'):.0f} | {100 * mean(rs, 'val'):.2f} | "
             f"{100 * dv:+.2f} ± {100 * hv:.2f} | {100 * mean(rs, 'test'):.2f} | "
             f"{100 * dt:+.2f} ± {100 * ht:.2f} | "
