@@ -115,6 +115,11 @@ def plot_runs(runs: Sequence[dict[str, Any]], path: str | Path, title: str,
                             alpha=0.12, lw=0)
             if h["event"] not in ("continue",):
                 ax1.axvline(h["epoch"], color=colours[i % len(colours)], ls=":", lw=0.8)
+    tail = [100 * h["score"] for r in runs if r["label"] in curve_labels
+            for h in r["history"][5:]]
+    if tail:  # the first epochs' climb would flatten everything after it
+        low, high = min(tail), max(tail)
+        ax1.set_ylim(low - 0.1 * (high - low + 1), high + 0.1 * (high - low + 1))
     ax1.set_xlabel("epoch")
     ax1.set_ylabel("validation accuracy %")
     ax1.set_title("validation score; dotted: phase switches, shaded: dendrite phases")
