@@ -17,6 +17,14 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--hidden", type=int, default=8, help="hidden width of the PB model")
     rep = sub.add_parser("report", help="reprint tables and redraw the figure of a run dir")
     rep.add_argument("run_dir")
+    bench = sub.add_parser("bench", help="run a benchmark suite, or write its report")
+    bench.add_argument("--suite", help="suite name (see --list)")
+    bench.add_argument("--seeds", type=int, default=None, help="seeds (default: the suite's)")
+    bench.add_argument("--shard", default="0/1", help="i/n: run every n-th job from the i-th")
+    bench.add_argument("--results", default="benchmarks/results", help="results directory")
+    bench.add_argument("--docs", default="docs", help="where --report writes")
+    bench.add_argument("--list", action="store_true", help="list the suites")
+    bench.add_argument("--report", action="store_true", help="write docs/benchmarks.md")
     sub.add_parser("config", help="list every setting with its default and help")
     args = parser.parse_args(argv)
     if args.command == "demo":
@@ -27,8 +35,38 @@ def main(argv: list[str] | None = None) -> int:
         from .demo import report
 
         report(args.run_dir)
+    elif args.command == "bench":
+        return _bench(args, parser)
     elif args.command == "config":
         print(DendriteConfig.describe())
+    return 0
+
+
+def _bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from pathlib import Path
+
+    from .bench import SUITES, quick_suite, run_suite
+
+    if args.list:
+        for s in SUITES.values():
+            print(f"{s.name:<14} {s.dataset:<14} {s.model}; ladder {s.ladder}, "
+                  f"PB widths {s.pb_widths}, {s.seeds} seeds")
+        return 0
+    if args.suite:
+        suites = {**SUITES, "quick": quick_suite()}
+        if args.suite not in suites:
+            parser.error(f"unknown suite {args.suite!r}; choose from {', '.join(suites)}")
+        i, n = (int(v) for v in args.shard.split("/"))
+        if not 0 <= i < n:
+            parser.error(f"--shard {args.shard}: need 0 <= i < n")
+        run_suite(suites[args.suite], seeds=args.seeds, results_dir=Path(args.results),
+                  shard=(i, n))
+    if args.report:
+        from .bench_report import write_report
+
+        print(write_report(Path(args.results), Path(args.docs)))
+    if not (args.suite or args.report):
+        parser.error("bench needs --suite NAME, --report or --list")
     return 0
 
 

@@ -18,6 +18,7 @@ from .accounting import parameter_report
 from .config import DendriteConfig
 from .controller import Event, Perforator
 from .data import Splits
+from .models import mlp  # noqa: F401  (re-exported for the demo)
 
 
 @torch.no_grad()
@@ -117,12 +118,3 @@ def fit_classifier(
         history=[r.to_dict() for r in ctl.history], test_by_epoch=tests,
     )
 
-
-def mlp(inputs: int, hidden: int, classes: int, depth: int = 1) -> nn.Module:
-    layers: list[nn.Module] = [nn.Flatten()]
-    width = inputs
-    for _ in range(depth):
-        layers += [nn.Linear(width, hidden), nn.ReLU()]
-        width = hidden
-    layers.append(nn.Linear(width, classes))
-    return nn.Sequential(*layers)

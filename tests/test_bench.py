@@ -1,0 +1,46 @@
+"""The benchmark pipeline in quick mode: runs, resumes, reports."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from perforate.bench import SUITES, jobs, quick_suite, run_suite
+from perforate.bench_report import ladder_at, write_report
+
+
+def test_quick_suite_runs_resumes_and_reports(tmp_path):
+    suite = quick_suite()
+    logs: list[str] = []
+    path = run_suite(suite, seeds=1, results_dir=tmp_path / "results", log=logs.append)
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert len(rows) == len(jobs(suite, 1)) == 8
+    for r in rows:
+        assert {"dataset", "model", "width", "method", "seed", "base_params",
+                "dendrite_params", "test", "val", "epochs", "seconds", "phases"} <= set(r)
+        assert r["phases"] and r["epochs"] == len(r["phases"])
+    for method in ("gd", "pb", "pb_learn"):
+        run = next(r for r in rows if r["method"] == method)
+        assert any(event == "installed" for _, _, event in run["phases"]), method
+    pb_hidden = next(r for r in rows if r["method"] == "pb_hidden")
+    assert all(set(i) == {"1"} for i in pb_hidden["installs"])  # not the output layer "3"
+    logs.clear()
+    run_suite(suite, seeds=1, results_dir=tmp_path / "results", log=logs.append)
+    assert "0 runs to do (8 recorded)" in logs[0]
+    page = write_report(tmp_path / "results", tmp_path / "docs").read_text()
+    assert "## quick: digits" in page and "In plain words" in page
+    assert "`pb` at width 4" in page
+    assert (tmp_path / "docs" / "figures" / "bench_quick.png").stat().st_size > 5_000
+
+
+def test_ladder_interpolation_is_log_linear():
+    ladder = [(100.0, 0.5), (400.0, 0.7)]
+    assert ladder_at(ladder, 200.0) == pytest.approx(0.6)
+    assert ladder_at(ladder, 50.0) is None and ladder_at(ladder, 401.0) is None
+
+
+def test_every_suite_has_the_required_methods():
+    for suite in SUITES.values():
+        assert {"plain", "restart", "pb", "pb_learn", "gd"} <= set(suite.methods)
+        assert len(suite.ladder) >= 3 and suite.seeds >= 3
