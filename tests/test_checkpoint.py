@@ -110,7 +110,7 @@ def test_newer_format_is_refused(tmp_path, gen):
     header["format"] = "perforate.model/99"
     tensors = perforate.checkpoint.state_tensors(model)
     save_file(tensors, str(path), metadata={"perforate": json.dumps(header)})
-    with pytest.raises(perforate.CheckpointError, match="newer perforate"):
+    with pytest.raises(perforate.CheckpointError, match="newer format needs a newer"):
         perforate.load(build(), path)
 
 

@@ -181,7 +181,7 @@ def test_max_epochs_ends_with_the_best_state(gen):
     assert all(torch.equal(final[k], states[2][k]) for k in final)
 
 
-@pytest.mark.parametrize("bad", [float("nan"), float("inf"), "high", None])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), "high", None, torch.ones(2)])
 def test_bad_scores_raise(bad):
     ctl = Perforator(tiny_model(), optimizer=lambda p: torch.optim.SGD(p, lr=0.1))
     with pytest.raises(perforate.ScoreError):
@@ -190,8 +190,19 @@ def test_bad_scores_raise(bad):
 
 def test_dendrite_epoch_without_training_raises(gen):
     _, ctl, _, _ = run(_config(), SCRIPT[:4], gen)
+    ctl.optimizer.step()  # a step, but no backward: no candidate statistics
     with pytest.raises(perforate.PhaseError, match=r"loss\.backward"):
         ctl.end_epoch(0.0)
+
+
+def test_end_epoch_without_a_step_on_the_controllers_optimizer_raises(gen):
+    model, ctl, _, _ = run(_config(), SCRIPT[:2], gen)
+    with pytest.raises(perforate.PhaseError, match="without any ctl.optimizer.step"):
+        ctl.end_epoch(0.5)
+    outside = torch.optim.SGD(model.parameters(), lr=0.1)  # made outside the controller
+    outside.step()
+    with pytest.raises(perforate.PhaseError, match="not one made elsewhere"):
+        ctl.end_epoch(0.5)
 
 
 def test_optimizer_must_be_a_factory():

@@ -94,7 +94,19 @@ def save(model: nn.Module, path: str | os.PathLike, metadata: dict[str, Any] | N
 
 
 def read(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """Header and tensors of a perforate file; `CheckpointError` if it is not one."""
+    """Header and tensors of a perforate model file; `CheckpointError` if it is not one."""
+    header, tensors = read_file(path)
+    if header.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{path}: format {header.get('format')!r} is not {FORMAT!r}; a training "
+            "checkpoint resumes with Perforator.resume, and a newer format needs a newer "
+            "perforate"
+        )
+    return header, tensors
+
+
+def read_file(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Header and tensors of any perforate file; `CheckpointError` if it is not one."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
@@ -114,11 +126,8 @@ def read(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tenso
         header = json.loads(meta[_META_KEY])
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{path}: corrupted structure header: {exc}") from exc
-    if header.get("format") != FORMAT:
-        raise CheckpointError(
-            f"{path}: format {header.get('format')!r} is not {FORMAT!r}; "
-            "was it written by a newer perforate?"
-        )
+    if not isinstance(header, dict) or "format" not in header:
+        raise CheckpointError(f"{path}: structure header has no format field")
     return header, tensors
 
 

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import enum
 import math
+import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -97,6 +99,9 @@ class Perforator:
         scheduler: optional factory `optimizer -> scheduler`, rebuilt with the optimizer and
             stepped once per `end_epoch` (with the score, for ReduceLROnPlateau).
         seed: seeds candidate initialisation (a private generator; global RNG untouched).
+        checkpoint_path: if given, the full training state is written there (atomically,
+            the previous file kept as `.prev`) every `checkpoint_every` epochs; resume with
+            `Perforator.resume`. Nothing is written otherwise.
     """
 
     def __init__(
@@ -108,6 +113,8 @@ class Perforator:
         candidate_optimizer: OptimizerFactory | None = None,
         scheduler: SchedulerFactory | None = None,
         seed: int | None = None,
+        checkpoint_path: str | os.PathLike | None = None,
+        checkpoint_every: int = 1,
     ) -> None:
         if not callable(optimizer):
             raise TypeError(
@@ -144,6 +151,11 @@ class Perforator:
         self._frozen: dict[int, bool] = {}
         self._last_time = time.perf_counter()
         self._install_info: dict[str, dict[str, float]] = {}
+        self._steps_since_eval = 0
+        if checkpoint_every < 1:
+            raise ConfigError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
+        self.checkpoint_path = None if checkpoint_path is None else Path(checkpoint_path)
+        self.checkpoint_every = checkpoint_every
         self.optimizer: torch.optim.Optimizer
         self.scheduler: Any = None
         self._build_optimizer()
@@ -197,8 +209,13 @@ class Perforator:
                 f"the optimizer factory returned {type(self.optimizer).__name__}, "
                 "not a torch.optim.Optimizer"
             )
+        self.optimizer.register_step_post_hook(self._count_step)
         if self._scheduler_factory is not None:
             self.scheduler = self._scheduler_factory(self.optimizer)
+
+    def _count_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        if optimizer is self.optimizer:
+            self._steps_since_eval += 1
 
     def _snapshot(self, score: float) -> _Snapshot:
         state = {
@@ -258,6 +275,9 @@ class Perforator:
         if self.done:
             raise PhaseError("training is done (ctl.done is True); stop calling end_epoch")
         if isinstance(score, torch.Tensor):
+            if score.numel() != 1:
+                raise ScoreError(f"score must be one number, got a tensor of shape "
+                                 f"{tuple(score.shape)}")
             score = score.item()
         try:
             score = float(score)
@@ -268,6 +288,13 @@ class Perforator:
                 f"validation score is {score}: the model or the metric produced a non-finite "
                 "value; check the learning rate and the data, or resume from a checkpoint"
             )
+        if self._steps_since_eval == 0:
+            raise PhaseError(
+                "end_epoch was called without any ctl.optimizer.step() since the last call: "
+                "train between evaluations, and step the optimizer the controller owns "
+                "(ctl.optimizer, rebuilt at every restructure), not one made elsewhere"
+            )
+        self._steps_since_eval = 0
         self.epoch += 1
         self._phase_epochs += 1
         phase, cycle, lr = self.phase, self.cycle, self._current_lr()
@@ -282,7 +309,42 @@ class Perforator:
         self._record(score, phase, cycle, lr, event, correlation)
         if self.scheduler is not None and event == Event.CONTINUE:
             self._step_scheduler(score)
+        if self.checkpoint_path is not None and (
+            self.epoch % self.checkpoint_every == 0 or self.done
+        ):
+            self.save_checkpoint(self.checkpoint_path)
         return event
+
+    # --- checkpoints ---------------------------------------------------------------------
+    def save_checkpoint(self, path: str | os.PathLike) -> Path:
+        """Write the full training state (call it at an epoch end) so `resume` continues
+        exactly: model, candidates, snapshots, statistics, optimizer, scheduler, RNGs."""
+        from .state import save_training
+
+        return save_training(self, path)
+
+    @classmethod
+    def resume(
+        cls,
+        path: str | os.PathLike,
+        model: nn.Module,
+        *,
+        optimizer: OptimizerFactory,
+        candidate_optimizer: OptimizerFactory | None = None,
+        scheduler: SchedulerFactory | None = None,
+        checkpoint_path: str | os.PathLike | None = None,
+        checkpoint_every: int = 1,
+    ) -> Perforator:
+        """Continue a run from `save_checkpoint`. `model` is freshly built, as at the start
+        (plain, or wrapped with the same settings); factories as at the start."""
+        from .state import config_of, read_training, restore_training
+
+        header, tensors = read_training(path)
+        ctl = cls(model, config_of(header), optimizer=optimizer,
+                  candidate_optimizer=candidate_optimizer, scheduler=scheduler,
+                  checkpoint_path=checkpoint_path, checkpoint_every=checkpoint_every)
+        restore_training(ctl, header, tensors)
+        return ctl
 
     def _step_scheduler(self, score: float) -> None:
         if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
