@@ -197,7 +197,7 @@ def test_dendrite_epoch_without_training_raises(gen):
 
 def test_end_epoch_without_a_step_on_the_controllers_optimizer_raises(gen):
     model, ctl, _, _ = run(_config(), SCRIPT[:2], gen)
-    with pytest.raises(perforate.PhaseError, match="without any ctl.optimizer.step"):
+    with pytest.raises(perforate.PhaseError, match=r"without any ctl\.optimizer\.step"):
         ctl.end_epoch(0.5)
     outside = torch.optim.SGD(model.parameters(), lr=0.1)  # made outside the controller
     outside.step()
