@@ -102,11 +102,11 @@ def test_resume_into_another_architecture_lists_the_differences(tmp_path):
 
 def test_model_file_and_training_file_are_not_confused(tmp_path):
     path = _saved(tmp_path)
-    with pytest.raises(perforate.CheckpointError, match="Perforator.resume"):
+    with pytest.raises(perforate.CheckpointError, match=r"Perforator\.resume"):
         perforate.load(build(), path)
     model = perforate.add_dendrites(build())
     perforate.save(model, tmp_path / "m.safetensors")
-    with pytest.raises(perforate.CheckpointError, match="perforate.load"):
+    with pytest.raises(perforate.CheckpointError, match=r"perforate\.load"):
         Perforator.resume(tmp_path / "m.safetensors", build(), optimizer=factory)
 
 
