@@ -18,6 +18,7 @@ import enum
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +30,7 @@ from torch import nn
 from .accounting import parameter_report
 from .config import DendriteConfig
 from .convert import add_dendrites, dendritic_layers
-from .errors import ConfigError, PerforateError, PhaseError
+from .errors import ConfigError, PerforateError, PerforateWarning, PhaseError
 from .layers import DendriticLayer, is_candidate_key
 
 OptimizerFactory = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
@@ -75,6 +76,8 @@ class EpochRecord:
     lr: float | None = None
     # At an install: per layer, dendrites installed, their mean |r| and mean output std.
     install: dict[str, dict[str, float]] = field(default_factory=dict)
+    # Dendrite phase: batches whose error was not finite (skipped, statistics untouched).
+    skipped_batches: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -151,6 +154,8 @@ class Perforator:
         self._frozen: dict[int, bool] = {}
         self._last_time = time.perf_counter()
         self._install_info: dict[str, dict[str, float]] = {}
+        self._first_scores: list[float] = []
+        self._skipped = 0
         self._steps_since_eval = 0
         if checkpoint_every < 1:
             raise ConfigError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
@@ -353,6 +358,8 @@ class Perforator:
             self.scheduler.step()
 
     def _neuron_epoch(self, score: float) -> Event:
+        if self._accepted is None:
+            self._first_scores.append(score)
         if self._best is None or self._better(score, self._best.score, margin=False):
             self._best = self._snapshot(score)
         if self._better(score, self._patience_ref):
@@ -366,12 +373,27 @@ class Perforator:
             finished = self._since_improvement >= self.config.patience
         return self._end_neuron_phase() if finished else Event.CONTINUE
 
+    def _check_direction(self, scores: list[float]) -> None:
+        """Warn when every score of the first phase was worse than the one before it."""
+        pairs = list(zip(scores, scores[1:], strict=False))
+        if len(scores) >= 3 and all(self._better(a, b, margin=False) for a, b in pairs):
+            warnings.warn(
+                f"every validation score of the first neuron phase was worse than the one "
+                f"before it ({scores[0]:.4g} -> {scores[-1]:.4g}) with "
+                f"direction={self.config.direction!r}; if the score is a loss, set "
+                "direction='minimize' (an accuracy: 'maximize')",
+                PerforateWarning,
+                stacklevel=4,
+            )
+
     def _cycle_improved(self) -> bool:
         if self._accepted is None:
             return True  # the first neuron phase has nothing to beat
         return self._better(self._best.score, self._accepted.score)
 
     def _end_neuron_phase(self) -> Event:
+        if self._accepted is None:
+            self._check_direction(self._first_scores)
         if self._cycle_improved():
             self._accepted = self._best
             self.retries = 0
@@ -422,6 +444,8 @@ class Perforator:
                     "loss.backward() before end_epoch"
                 )
             out[name] = float(stats.pearson().abs().max(0).values.mean())
+            self._skipped += stats.skipped_batches
+            stats.skipped_batches = 0
         return out
 
     def _dendrite_epoch(self, correlation: dict[str, float]) -> Event:
@@ -515,9 +539,10 @@ class Perforator:
             event=event.value, dendrites=sum(r.dendrites for r in report.layers),
             base_params=report.base, dendrite_params=report.dendrite,
             seconds=now - self._last_time, correlation=correlation, lr=lr,
-            install=self._install_info,
+            install=self._install_info, skipped_batches=self._skipped,
         ))
         self._install_info = {}
+        self._skipped = 0
         self._last_time = now
 
     def parameters_in_use(self) -> Iterable[nn.Parameter]:

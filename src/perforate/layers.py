@@ -257,6 +257,8 @@ class DendriticLayer(nn.Module):
     def _candidate_gradient(self, v: torch.Tensor, grad_y: torch.Tensor) -> torch.Tensor:
         kind = self.kind
         e = kind.patterns_last(grad_y)
+        if e.shape[0] == 0:  # an empty batch carries no pattern
+            return torch.zeros_like(v)
         if self.stats is None or not torch.isfinite(e).all():
             if self.stats is not None:
                 self.stats.skipped_batches += 1

@@ -124,6 +124,7 @@ def training_state(ctl: Perforator) -> tuple[dict[str, Any], dict[str, torch.Ten
             "phase_epochs": ctl._phase_epochs, "corr_best": ctl._corr_best,
             "corr_since": ctl._corr_since, "steps_since_eval": ctl._steps_since_eval,
             "frozen": {names[i]: flag for i, flag in ctl._frozen.items() if i in names},
+            "first_scores": ctl._first_scores,
             "history": [r.to_dict() for r in ctl.history],
         },
         "snapshots": snapshots,
@@ -215,6 +216,7 @@ def restore_training(ctl: Perforator, header: dict[str, Any],
                                                           c["corr_since"])
     ctl._steps_since_eval = c["steps_since_eval"]
     ctl._frozen = {id(params[n]): flag for n, flag in c["frozen"].items()}
+    ctl._first_scores = list(c["first_scores"])
     ctl.history = [EpochRecord(**r) for r in c["history"]]
     for label, snap in header["snapshots"].items():
         setattr(ctl, label, None if snap is None
