@@ -15,6 +15,7 @@ restructure, so the loop never holds a stale one. It costs a few tensor reductio
 from __future__ import annotations
 
 import enum
+import itertools
 import math
 import os
 import time
@@ -375,7 +376,7 @@ class Perforator:
 
     def _check_direction(self, scores: list[float]) -> None:
         """Warn when every score of the first phase was worse than the one before it."""
-        pairs = list(zip(scores, scores[1:], strict=False))
+        pairs = list(itertools.pairwise(scores))
         if len(scores) >= 3 and all(self._better(a, b, margin=False) for a, b in pairs):
             warnings.warn(
                 f"every validation score of the first neuron phase was worse than the one "
