@@ -96,7 +96,7 @@ def test_checkpoint_every_must_be_positive():
 
 
 def test_optimizer_factory_must_return_an_optimizer():
-    with pytest.raises(TypeError, match="not a torch.optim.Optimizer"):
+    with pytest.raises(TypeError, match=r"not a torch\.optim\.Optimizer"):
         Perforator(nn.Sequential(nn.Linear(2, 2)), optimizer=lambda p: list(p))
 
 
@@ -107,7 +107,7 @@ def test_model_without_trainable_parameters_is_refused():
 
 
 def test_wrong_model_and_config_types():
-    with pytest.raises(TypeError, match="torch.nn.Module"):
+    with pytest.raises(TypeError, match=r"torch\.nn\.Module"):
         perforate.add_dendrites("not a model")
     with pytest.raises(TypeError, match="DendriteConfig"):
         perforate.add_dendrites(nn.Sequential(nn.Linear(2, 2)), {"activation": "tanh"})
