@@ -5,12 +5,12 @@ from __future__ import annotations
 import copy
 
 import torch
-from helpers import reference_forward
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
 import perforate
+from helpers import reference_forward
 from perforate import DendriteConfig
 
 SETTINGS = settings(max_examples=25, deadline=None, derandomize=True)
