@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import distributed
 from .accounting import parameter_report
 from .config import DendriteConfig
 from .convert import add_dendrites, dendritic_layers
@@ -106,6 +107,12 @@ class Perforator:
         checkpoint_path: if given, the full training state is written there (atomically,
             the previous file kept as `.prev`) every `checkpoint_every` epochs; resume with
             `Perforator.resume`. Nothing is written otherwise.
+        wrapper: e.g. `lambda m: DistributedDataParallel(m)`. Applied to the model now and
+            again after every phase change or restructure (DDP registers only parameters
+            that train at its construction); train with `ctl.wrapped`.
+        process_group: under torch.distributed, the group whose processes share one run
+            ("auto": the default group when initialised with more than one process; None:
+            act alone). Candidate statistics and validation scores are reconciled over it.
     """
 
     def __init__(
@@ -119,6 +126,8 @@ class Perforator:
         seed: int | None = None,
         checkpoint_path: str | os.PathLike | None = None,
         checkpoint_every: int = 1,
+        wrapper: Callable[[nn.Module], nn.Module] | None = None,
+        process_group: Any = "auto",
     ) -> None:
         if not callable(optimizer):
             raise TypeError(
@@ -164,6 +173,14 @@ class Perforator:
         self.checkpoint_every = checkpoint_every
         self.optimizer: torch.optim.Optimizer
         self.scheduler: Any = None
+        self._wrapper = wrapper
+        self.wrapped: nn.Module = model
+        self.group = distributed.resolve_group(process_group)
+        self.world_size = distributed.world_size(self.group)
+        self.rank = distributed.rank(self.group)
+        for layer in self.layers.values():
+            layer.reduce = distributed.sum_reducer(self.group)
+            layer.world_size = self.world_size
         self._build_optimizer()
 
     # --- public state ------------------------------------------------------------------
@@ -216,6 +233,8 @@ class Perforator:
                 "not a torch.optim.Optimizer"
             )
         self.optimizer.register_step_post_hook(self._count_step)
+        if self._wrapper is not None:
+            self.wrapped = self._wrapper(self.model)
         if self._scheduler_factory is not None:
             self.scheduler = self._scheduler_factory(self.optimizer)
 
@@ -289,6 +308,9 @@ class Perforator:
             score = float(score)
         except (TypeError, ValueError) as exc:
             raise ScoreError(f"score must be a number, got {score!r}") from exc
+        # Every process takes the same decision: on the mean of their scores (a NaN on one
+        # process makes the mean NaN, so all of them raise below, none waits forever).
+        score = distributed.mean_score(score, self.group)
         if not math.isfinite(score):
             raise ScoreError(
                 f"validation score is {score}: the model or the metric produced a non-finite "
@@ -327,7 +349,11 @@ class Perforator:
         exactly: model, candidates, snapshots, statistics, optimizer, scheduler, RNGs."""
         from .state import save_training
 
-        return save_training(self, path)
+        path = Path(path)
+        if self.rank == 0:
+            save_training(self, path)
+        distributed.barrier(self.group)
+        return path
 
     @classmethod
     def resume(
@@ -340,6 +366,8 @@ class Perforator:
         scheduler: SchedulerFactory | None = None,
         checkpoint_path: str | os.PathLike | None = None,
         checkpoint_every: int = 1,
+        wrapper: Callable[[nn.Module], nn.Module] | None = None,
+        process_group: Any = "auto",
     ) -> Perforator:
         """Continue a run from `save_checkpoint`. `model` is freshly built, as at the start
         (plain, or wrapped with the same settings); factories as at the start."""
@@ -348,7 +376,8 @@ class Perforator:
         header, tensors = read_training(path)
         ctl = cls(model, config_of(header), optimizer=optimizer,
                   candidate_optimizer=candidate_optimizer, scheduler=scheduler,
-                  checkpoint_path=checkpoint_path, checkpoint_every=checkpoint_every)
+                  checkpoint_path=checkpoint_path, checkpoint_every=checkpoint_every,
+                  wrapper=wrapper, process_group=process_group)
         restore_training(ctl, header, tensors)
         return ctl
 

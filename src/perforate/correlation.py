@@ -20,6 +20,8 @@ does not flip from batch to batch while a correlation is weak.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from .config import OBJECTIVES
@@ -87,8 +89,13 @@ class CandidateStats:
 
     def add(self, v: torch.Tensor, e: torch.Tensor) -> None:
         """Fold in a batch of patterns: v (N, P, C), e (N, C)."""
-        batch = _center(v, e)
-        self.add_centered(v.shape[0], *batch[:5])
+        try:
+            batch = _center(v, e)
+        except _NonFinite:
+            self.skipped_batches += 1
+            return
+        if batch is not None:
+            self.add_centered(*batch[:6])
 
     # --- derived quantities (float64) -----------------------------------------------
     def covariance(self) -> torch.Tensor:
@@ -112,23 +119,61 @@ class CandidateStats:
         return torch.where(self.covariance() >= 0, 1.0, -1.0)
 
 
-def _center(v: torch.Tensor, e: torch.Tensor):
+Reduce = Callable[[torch.Tensor], None]  # in-place sum of a tensor across processes
+
+
+class _NonFinite(Exception):
+    """A batch's error holds NaN or inf (on some process)."""
+
+
+def _center(v: torch.Tensor, e: torch.Tensor, reduce: Reduce | None = None):
     """Batch means, centred co-moments and the centred tensors. v (N,P,C), e (N,C).
 
     The error side is centred in float64: E may sit on an offset large against its
     spread, and a float32 mean would then leak rounding into the covariance. E is (N, C),
     P times smaller than V, whose values lie in a bounded range and stay in v's precision.
+
+    With `reduce` (distributed training) the means and co-moments are those of the global
+    batch: local sums are added across processes, then each process centres its own
+    patterns on the global means. Returns None when the global batch is empty and raises
+    `_NonFinite` when it holds a non-finite error, so every process skips the same batch.
     """
-    mean_v = v.mean(0)
     e64 = e.double()
-    mean_e = e64.mean(0)
+    n_local = v.shape[0]
+    finite = bool(torch.isfinite(e64).all()) if n_local else True
+    if reduce is None:
+        if not finite:
+            raise _NonFinite
+        if n_local == 0:
+            return None
+        n, mean_v, mean_e = n_local, v.mean(0), e64.mean(0)
+    else:
+        head = torch.tensor([float(n_local), 0.0 if finite else 1.0], dtype=torch.float64,
+                            device=v.device)
+        sums = torch.cat([head, v.sum(0).double().flatten(), e64.sum(0)])
+        reduce(sums)
+        n, bad = int(sums[0]), float(sums[1])
+        if bad:
+            raise _NonFinite
+        if n == 0:
+            return None
+        p_c = v.shape[1] * v.shape[2]
+        mean_v = (sums[2 : 2 + p_c] / n).reshape(v.shape[1:]).to(v.dtype)
+        mean_e = sums[2 + p_c :] / n
     vc = v - mean_v
     ec64 = e64 - mean_e
     ec = ec64.to(v.dtype)
     m_ve = torch.einsum("npc,nc->pc", vc, ec)
     m_vv = (vc * vc).sum(0)
     m_ee = (ec64 * ec64).sum(0)
-    return mean_v, mean_e, m_ve, m_vv, m_ee, vc, ec
+    if reduce is not None:
+        moments = torch.cat([m_ve.double().flatten(), m_vv.double().flatten(), m_ee])
+        reduce(moments)
+        k = m_ve.numel()
+        m_ve = moments[:k].reshape(m_ve.shape).to(v.dtype)
+        m_vv = moments[k : 2 * k].reshape(m_vv.shape).to(v.dtype)
+        m_ee = moments[2 * k :]
+    return n, mean_v, mean_e, m_ve, m_vv, m_ee, vc, ec
 
 
 def surrogate_gradient(
@@ -136,27 +181,43 @@ def surrogate_gradient(
     e: torch.Tensor,
     stats: CandidateStats,
     objective: str,
-) -> torch.Tensor:
+    reduce: Reduce | None = None,
+    world_size: int = 1,
+) -> torch.Tensor | None:
     """Fold a batch into `stats` and return `-dObjective/dV` for it, shape (N, P, C).
 
     For the covariance objective this is `-sigma (E_n - mean E)`, so by the chain rule the
     candidate weights receive `-sum sigma (E - mean E) g'(net) I`: Fahlman's gradient,
     negated for a descending optimizer. For Pearson it is the exact gradient of the batch
     correlation (scale-free in E). Both use batch means; sigma comes from the running sums.
+
+    Returns None and folds nothing for an empty batch, or for a non-finite one (counted in
+    `stats.skipped_batches`). Under
+    DistributedDataParallel (`reduce` given) statistics are the global batch's on every
+    process; the covariance gradient then averages across processes to exactly the
+    single-process gradient (E carries the 1/world factor of the mean loss), and the
+    scale-free Pearson gradient is multiplied by `world_size` to do the same.
     """
     work = torch.promote_types(v.dtype, torch.float32)
-    v32, e32 = v.to(work), e.to(work)
-    mean_v, mean_e, m_ve, m_vv, m_ee, vc, ec = _center(v32, e32)
-    stats.add_centered(v.shape[0], mean_v, mean_e, m_ve, m_vv, m_ee)
+    try:
+        centred = _center(v.to(work), e, reduce)
+    except _NonFinite:
+        stats.skipped_batches += 1
+        return None
+    if centred is None:
+        return None
+    n, mean_v, mean_e, m_ve, m_vv, m_ee, vc, ec = centred
+    stats.add_centered(n, mean_v, mean_e, m_ve, m_vv, m_ee)
     sigma = stats.sign().to(work)
     if objective == "covariance":
         grad = -sigma * ec.unsqueeze(1)
     elif objective == "pearson":
+        m_ee = m_ee.to(work)
         e_norm = torch.sqrt(m_ee.clamp_min(_TINY))
         en = ec / e_norm  # unit-norm error: the correlation does not depend on E's scale
         s_vv = m_vv.clamp_min(_TINY)
         r = (m_ve / e_norm) / torch.sqrt(s_vv)
-        grad = -sigma * (en.unsqueeze(1) / torch.sqrt(s_vv) - r * vc / s_vv)
+        grad = -sigma * (en.unsqueeze(1) / torch.sqrt(s_vv) - r * vc / s_vv) * world_size
     else:
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
     return grad.to(v.dtype)

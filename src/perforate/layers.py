@@ -19,6 +19,7 @@ the user's backward through unchanged and hands `E = dL/dy` to the correlation o
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -98,6 +99,10 @@ class DendriticLayer(nn.Module):
         self.candidates: nn.Module | None = None
         self.register_parameter("candidate_cascade", None)
         self.stats: CandidateStats | None = None
+        # Set by the controller under DistributedDataParallel: sums candidate statistics
+        # across processes so every process sees the global batch.
+        self.reduce: Callable[[torch.Tensor], None] | None = None
+        self.world_size = 1
         self._frozen_flags: dict[str, bool] = {}
         self.register_load_state_dict_post_hook(lambda module, keys: module._refresh_mask())
 
@@ -257,11 +262,7 @@ class DendriticLayer(nn.Module):
     def _candidate_gradient(self, v: torch.Tensor, grad_y: torch.Tensor) -> torch.Tensor:
         kind = self.kind
         e = kind.patterns_last(grad_y)
-        if e.shape[0] == 0:  # an empty batch carries no pattern
-            return torch.zeros_like(v)
-        if self.stats is None or not torch.isfinite(e).all():
-            if self.stats is not None:
-                self.stats.skipped_batches += 1
+        if self.stats is None:
             return torch.zeros_like(v)
         p, c = self.pool_size, self.neurons
         # (..., P, C) / (B, P, C, *S) -> (N, P, C)
@@ -269,7 +270,10 @@ class DendriticLayer(nn.Module):
             vn = v.reshape(-1, p, c)
         else:
             vn = v.movedim(1, -1).movedim(1, -1).reshape(-1, p, c)
-        g = surrogate_gradient(vn, e, self.stats, self.config.objective)
+        g = surrogate_gradient(vn, e, self.stats, self.config.objective,
+                               reduce=self.reduce, world_size=self.world_size)
+        if g is None:  # empty, or a non-finite error somewhere: skipped everywhere
+            return torch.zeros_like(v)
         if kind.spatial_dims == 0:
             return g.reshape(v.shape)
         shape = (v.shape[0], *v.shape[3:], p, c)
