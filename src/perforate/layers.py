@@ -252,7 +252,7 @@ class DendriticLayer(nn.Module):
         if k:
             a = self._installed(xd)
             v = self.kind.per_neuron(self.output_weight)
-            y = y + (a * v).sum(self.kind.group_axis())
+            y = y + (a * v).sum(self.kind.group_axis()).to(y.dtype)  # autocast: keep y's dtype
         if training_candidates and torch.is_grad_enabled():
             cand = self._candidate_outputs(xd, a)
             y = _CandidateTap.apply(y, cand, self)
