@@ -40,8 +40,13 @@ torch.manual_seed(0)  # the same initial model everywhere (DDP also broadcasts r
 model = nn.Sequential(nn.Flatten(), nn.Linear(784, args.hidden), nn.ReLU(),
                       nn.Linear(args.hidden, 10)).to(device)
 config = perforate.DendriteConfig(patience=4, max_dendrites=2, max_epochs=args.max_epochs)
-wrap = (lambda m: DistributedDataParallel(m, device_ids=[device] if device.type == "cuda"
-                                          else None))
+
+
+def wrap(module):
+    ids = [device] if device.type == "cuda" else None
+    return DistributedDataParallel(module, device_ids=ids)
+
+
 ctl = perforate.Perforator(model, config, seed=0, wrapper=wrap,
                            optimizer=lambda p: torch.optim.Adam(p, lr=1e-3),
                            candidate_optimizer=lambda p: torch.optim.Adam(p, lr=5e-3),
