@@ -88,7 +88,7 @@ class CandidateStats:
         self.skipped_batches += other.skipped_batches
 
     def add(self, v: torch.Tensor, e: torch.Tensor) -> None:
-        """Fold in a batch of patterns: v (N, P, C), e (N, C)."""
+        """Fold in a batch of patterns: v (N, P, C, *S), e (N, C, *S)."""
         try:
             batch = _center(v, e)
         except _NonFinite:
@@ -126,53 +126,61 @@ class _NonFinite(Exception):
     """A batch's error holds NaN or inf (on some process)."""
 
 
-def _center(v: torch.Tensor, e: torch.Tensor, reduce: Reduce | None = None):
-    """Batch means, centred co-moments and the centred tensors. v (N,P,C), e (N,C).
+def _layout(v: torch.Tensor) -> tuple[tuple[int, ...], tuple[int, ...], tuple, tuple]:
+    """Pattern axes of v (N, P, C, *S) and e (N, C, *S), and broadcast shapes for (P, C)
+    and (C,) values: patterns are the batch and the trailing (spatial) axes."""
+    s = v.dim() - 3
+    p, c = v.shape[1], v.shape[2]
+    return ((0, *range(3, 3 + s)), (0, *range(2, 2 + s)), (1, p, c) + (1,) * s,
+            (1, c) + (1,) * s)
 
-    The error side is centred in float64: E may sit on an offset large against its
-    spread, and a float32 mean would then leak rounding into the covariance. E is (N, C),
-    P times smaller than V, whose values lie in a bounded range and stay in v's precision.
+
+def _center(v: torch.Tensor, e: torch.Tensor, reduce: Reduce | None = None):
+    """Batch count, means, centred co-moments and centred tensors.
+
+    v is (N, P, C, *S) and e is (N, C, *S), in their natural layout (no transposes). The
+    means are accumulated in float64: E may sit on an offset large against its spread,
+    and the error's own rounding is then removed from its second moment (a two-pass
+    correction), so the covariance keeps its precision.
 
     With `reduce` (distributed training) the means and co-moments are those of the global
     batch: local sums are added across processes, then each process centres its own
     patterns on the global means. Returns None when the global batch is empty and raises
-    `_NonFinite` when it holds a non-finite error, so every process skips the same batch.
+    `_NonFinite` when it holds a non-finite value, so every process skips the same batch.
     """
-    e64 = e.double()
-    n_local = v.shape[0]
-    finite = bool(torch.isfinite(e64).all()) if n_local else True
-    if reduce is None:
-        if not finite:
-            raise _NonFinite
-        if n_local == 0:
-            return None
-        n, mean_v, mean_e = n_local, v.mean(0), e64.mean(0)
-    else:
-        head = torch.tensor([float(n_local), 0.0 if finite else 1.0], dtype=torch.float64,
-                            device=v.device)
-        sums = torch.cat([head, v.sum(0).double().flatten(), e64.sum(0)])
-        reduce(sums)
-        n, bad = int(sums[0]), float(sums[1])
-        if bad:
-            raise _NonFinite
-        if n == 0:
-            return None
-        p_c = v.shape[1] * v.shape[2]
-        mean_v = (sums[2 : 2 + p_c] / n).reshape(v.shape[1:]).to(v.dtype)
-        mean_e = sums[2 + p_c :] / n
-    vc = v - mean_v
-    ec64 = e64 - mean_e
-    ec = ec64.to(v.dtype)
-    m_ve = torch.einsum("npc,nc->pc", vc, ec)
-    m_vv = (vc * vc).sum(0)
-    m_ee = (ec64 * ec64).sum(0)
+    dims_v, dims_e, shape_v, shape_e = _layout(v)
+    p, c = v.shape[1], v.shape[2]
+    n_local = e.numel() // c if c else 0
+    s_v = v.sum(dims_v, dtype=torch.float64)
+    s_e = e.sum(dims_e, dtype=torch.float64)
+    n = n_local
     if reduce is not None:
-        moments = torch.cat([m_ve.double().flatten(), m_vv.double().flatten(), m_ee])
+        sums = torch.cat([torch.tensor([float(n_local)], dtype=torch.float64, device=v.device),
+                          s_v.flatten(), s_e])
+        reduce(sums)
+        n = int(sums[0])
+        s_v = sums[1 : 1 + p * c].reshape(p, c)
+        s_e = sums[1 + p * c :]
+    if not (torch.isfinite(s_e).all() and torch.isfinite(s_v).all()):
+        raise _NonFinite
+    if n == 0:
+        return None
+    mean_v, mean_e = s_v / n, s_e / n
+    vc = v - mean_v.to(v.dtype).view(shape_v)
+    ec = e - mean_e.to(e.dtype).view(shape_e)
+    eq = "npc...,nc...->pc"
+    m_ve = torch.einsum(eq, vc, ec)
+    m_vv = (vc * vc).sum(dims_v)
+    e_sq = (ec * ec).sum(dims_e, dtype=torch.float64)
+    e_res = ec.sum(dims_e, dtype=torch.float64)  # what rounding left of the mean
+    if reduce is not None:
+        moments = torch.cat([m_ve.double().flatten(), m_vv.double().flatten(), e_sq, e_res])
         reduce(moments)
-        k = m_ve.numel()
-        m_ve = moments[:k].reshape(m_ve.shape).to(v.dtype)
-        m_vv = moments[k : 2 * k].reshape(m_vv.shape).to(v.dtype)
-        m_ee = moments[2 * k :]
+        k = p * c
+        m_ve = moments[:k].reshape(p, c).to(v.dtype)
+        m_vv = moments[k : 2 * k].reshape(p, c).to(v.dtype)
+        e_sq, e_res = moments[2 * k : 2 * k + c], moments[2 * k + c :]
+    m_ee = (e_sq - e_res * e_res / n).clamp_min(0.0)
     return n, mean_v, mean_e, m_ve, m_vv, m_ee, vc, ec
 
 
@@ -200,7 +208,8 @@ def surrogate_gradient(
     """
     work = torch.promote_types(v.dtype, torch.float32)
     try:
-        centred = _center(v.to(work), e, reduce)
+        centred = _center(v.to(work), e.to(torch.promote_types(e.dtype, torch.float32)),
+                          reduce)
     except _NonFinite:
         stats.skipped_batches += 1
         return None
@@ -208,16 +217,18 @@ def surrogate_gradient(
         return None
     n, mean_v, mean_e, m_ve, m_vv, m_ee, vc, ec = centred
     stats.add_centered(n, mean_v, mean_e, m_ve, m_vv, m_ee)
-    sigma = stats.sign().to(work)
+    _, _, shape_v, _ = _layout(vc)
+    sigma = stats.sign().to(work).view(shape_v)
+    ec = ec.to(work).unsqueeze(1)
     if objective == "covariance":
-        grad = -sigma * ec.unsqueeze(1)
+        grad = -sigma * ec
     elif objective == "pearson":
-        m_ee = m_ee.to(work)
-        e_norm = torch.sqrt(m_ee.clamp_min(_TINY))
-        en = ec / e_norm  # unit-norm error: the correlation does not depend on E's scale
+        e_norm = torch.sqrt(m_ee.clamp_min(_TINY)).to(work)
         s_vv = m_vv.clamp_min(_TINY)
-        r = (m_ve / e_norm) / torch.sqrt(s_vv)
-        grad = -sigma * (en.unsqueeze(1) / torch.sqrt(s_vv) - r * vc / s_vv) * world_size
+        r = ((m_ve / e_norm) / torch.sqrt(s_vv)).view(shape_v)
+        en = ec / e_norm.view(1, 1, -1, *([1] * (vc.dim() - 3)))  # unit-norm error
+        grad = -sigma * (en / torch.sqrt(s_vv).view(shape_v) - r * vc / s_vv.view(shape_v))
+        grad = grad * world_size
     else:
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
     return grad.to(v.dtype)

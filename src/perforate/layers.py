@@ -213,23 +213,48 @@ class DendriticLayer(nn.Module):
         y = self.base(x)
         return y if self.norm is None else self.norm(y)
 
-    def _installed(self, xd: torch.Tensor) -> torch.Tensor:
-        """Activations a of all slots, (..., k, C) or (B, k, C, *S); absent slots are 0."""
-        kind, k, c = self.kind, self.slots, self.neurons
-        ax = kind.group_axis()
-        net = kind.split(self.dendrites(xd), k, c)
-        mask = kind.per_neuron(self.slot_mask)
+    def _slot_activations(self, xd: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        """Unmasked activations of every slot: one (..., k, C) / (B, k, C, *S) tensor when
+        slots are independent, else a list of per-slot tensors (the cascade is sequential).
+
+        Absent slots compute garbage that is never used: their output weight is masked, and
+        a slot only cascades into later slots of its neuron, which are absent too.
+        """
+        kind, k = self.kind, self.slots
+        net = kind.split(self.dendrites(xd), k, self.neurons)
         if self.cascade_weight is None or k == 1:
-            return self._g(net) * mask
+            return self._g(net)
+        ax = kind.group_axis()
         acts: list[torch.Tensor] = []
         for j in range(k):
             nj = net.select(ax, j)
-            if j:
-                prev = torch.stack(acts, ax)
-                u = kind.per_neuron(self.cascade_weight[j, :j])
-                nj = nj + (prev * u).sum(ax)
-            acts.append(self._g(nj) * kind.per_neuron(self.slot_mask[j]))
-        return torch.stack(acts, ax)
+            for i in range(j):
+                u = kind.per_neuron(self.cascade_weight[j, i]).to(nj.dtype)
+                nj = torch.addcmul(nj, acts[i], u)
+            acts.append(self._g(nj))
+        return acts
+
+    def _installed(self, xd: torch.Tensor) -> torch.Tensor:
+        """Activations a of all slots, (..., k, C) or (B, k, C, *S); absent slots are 0."""
+        a = self._slot_activations(xd)
+        if isinstance(a, list):
+            a = torch.stack(a, self.kind.group_axis())
+        return a * self.kind.per_neuron(self.slot_mask).to(a.dtype)
+
+    def _add_dendrites(self, y: torch.Tensor, xd: torch.Tensor) -> torch.Tensor:
+        """y + sum_j v_j a_j over present slots, without materialising more than needed."""
+        kind = self.kind
+        a = self._slot_activations(xd)
+        dtype = a[0].dtype if isinstance(a, list) else a.dtype
+        v = (self.output_weight * self.slot_mask).to(dtype)  # absent slots weigh 0
+        if isinstance(a, list):
+            out = y.to(dtype) if y.dtype != dtype else y
+            for j, aj in enumerate(a):
+                # Not addcmul: a fused multiply-add would round differently from the
+                # single-slot path, and installing must leave the output bit-identical.
+                out = out + aj * kind.per_neuron(v[j])
+            return out.to(y.dtype)
+        return y + (a * kind.per_neuron(v)).sum(kind.group_axis()).to(y.dtype)
 
     def _candidate_outputs(self, xd: torch.Tensor, a: torch.Tensor | None) -> torch.Tensor:
         """V for the pool, (..., P, C) or (B, P, C, *S)."""
@@ -248,12 +273,10 @@ class DendriticLayer(nn.Module):
         if k == 0 and not training_candidates:
             return y
         xd = x.detach() if self.config.perforate else x
-        a = None
         if k:
-            a = self._installed(xd)
-            v = self.kind.per_neuron(self.output_weight)
-            y = y + (a * v).sum(self.kind.group_axis()).to(y.dtype)  # autocast: keep y's dtype
+            y = self._add_dendrites(y, xd)
         if training_candidates and torch.is_grad_enabled():
+            a = self._installed(xd.detach()).detach() if k else None
             cand = self._candidate_outputs(xd, a)
             y = _CandidateTap.apply(y, cand, self)
         return y
@@ -261,23 +284,17 @@ class DendriticLayer(nn.Module):
     # --- candidate objective (called from backward) ----------------------------------
     def _candidate_gradient(self, v: torch.Tensor, grad_y: torch.Tensor) -> torch.Tensor:
         kind = self.kind
-        e = kind.patterns_last(grad_y)
         if self.stats is None:
             return torch.zeros_like(v)
         p, c = self.pool_size, self.neurons
-        # (..., P, C) / (B, P, C, *S) -> (N, P, C)
-        if kind.spatial_dims == 0:
-            vn = v.reshape(-1, p, c)
-        else:
-            vn = v.movedim(1, -1).movedim(1, -1).reshape(-1, p, c)
-        g = surrogate_gradient(vn, e, self.stats, self.config.objective,
+        # Linear: (..., P, C) -> (N, P, C), a view. Conv: (B, P, C, *S) as it is.
+        vn = v.reshape(-1, p, c) if kind.spatial_dims == 0 else v
+        en = grad_y.reshape(-1, c) if kind.spatial_dims == 0 else grad_y
+        g = surrogate_gradient(vn, en, self.stats, self.config.objective,
                                reduce=self.reduce, world_size=self.world_size)
-        if g is None:  # empty, or a non-finite error somewhere: skipped everywhere
+        if g is None:  # empty, or a non-finite value somewhere: skipped everywhere
             return torch.zeros_like(v)
-        if kind.spatial_dims == 0:
-            return g.reshape(v.shape)
-        shape = (v.shape[0], *v.shape[3:], p, c)
-        return g.reshape(shape).movedim(-2, 1).movedim(-1, 2)
+        return g.reshape(v.shape)
 
     # --- phases ------------------------------------------------------------------------
     def _unit_parameters(self) -> list[tuple[str, nn.Parameter]]:

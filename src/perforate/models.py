@@ -36,3 +36,38 @@ def cnn1d(width: int, length: int = 40, classes: int = 10) -> nn.Module:
         nn.MaxPool1d(2),
         nn.Flatten(), nn.Linear(2 * width * (length // 4), classes),
     )
+
+
+class BasicBlock(nn.Module):
+    """ResNet basic block: two conv+BN units, a residual add, a 1x1 downsample if needed."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = None
+        if stride != 1 or cin != cout:
+            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False),
+                                            nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        identity = x if self.downsample is None else self.downsample(x)
+        return self.relu(out + identity)
+
+
+def resnet18(classes: int = 10, width: int = 64, channels: int = 3) -> nn.Module:
+    """ResNet-18 for 32x32 inputs (CIFAR stem): 11.2M parameters at width 64."""
+    layers: list[nn.Module] = [nn.Conv2d(channels, width, 3, padding=1, bias=False),
+                               nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+    cin = width
+    for i, cout in enumerate((width, 2 * width, 4 * width, 8 * width)):
+        stride = 1 if i == 0 else 2
+        layers += [BasicBlock(cin, cout, stride), BasicBlock(cout, cout)]
+        cin = cout
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, classes)]
+    return nn.Sequential(*layers)
