@@ -138,10 +138,10 @@ def _layout(v: torch.Tensor) -> tuple[tuple[int, ...], tuple[int, ...], tuple, t
 def _center(v: torch.Tensor, e: torch.Tensor, reduce: Reduce | None = None):
     """Batch count, means, centred co-moments and centred tensors.
 
-    v is (N, P, C, *S) and e is (N, C, *S), in their natural layout (no transposes). The
-    means are accumulated in float64: E may sit on an offset large against its spread,
-    and the error's own rounding is then removed from its second moment (a two-pass
-    correction), so the covariance keeps its precision.
+    v is (N, P, C, *S) and e is (N, C, *S), in their natural layout (no transposes). E may
+    sit on an offset large against its spread: a second pass sums the centred errors
+    (small numbers, summed accurately in the working precision) and corrects the mean and
+    the second moment with that residual, so no float64 copy of the batch is made.
 
     With `reduce` (distributed training) the means and co-moments are those of the global
     batch: local sums are added across processes, then each process centres its own
@@ -151,8 +151,8 @@ def _center(v: torch.Tensor, e: torch.Tensor, reduce: Reduce | None = None):
     dims_v, dims_e, shape_v, shape_e = _layout(v)
     p, c = v.shape[1], v.shape[2]
     n_local = e.numel() // c if c else 0
-    s_v = v.sum(dims_v, dtype=torch.float64)
-    s_e = e.sum(dims_e, dtype=torch.float64)
+    s_v = v.sum(dims_v).double()
+    s_e = e.sum(dims_e).double()
     n = n_local
     if reduce is not None:
         sums = torch.cat([torch.tensor([float(n_local)], dtype=torch.float64, device=v.device),
@@ -165,14 +165,17 @@ def _center(v: torch.Tensor, e: torch.Tensor, reduce: Reduce | None = None):
         raise _NonFinite
     if n == 0:
         return None
-    mean_v, mean_e = s_v / n, s_e / n
-    vc = v - mean_v.to(v.dtype).view(shape_v)
-    ec = e - mean_e.to(e.dtype).view(shape_e)
-    eq = "npc...,nc...->pc"
-    m_ve = torch.einsum(eq, vc, ec)
+    # Centre on the means as rounded to the working precision, and keep exactly those
+    # values: the residual pass below corrects relative to them.
+    mean_v = (s_v / n).to(v.dtype)
+    mean_e = (s_e / n).to(e.dtype)
+    vc = v - mean_v.view(shape_v)
+    ec = e - mean_e.view(shape_e)
+    mean_v, mean_e = mean_v.double(), mean_e.double()
+    m_ve = (vc * ec.unsqueeze(1)).sum(dims_v)
     m_vv = (vc * vc).sum(dims_v)
-    e_sq = (ec * ec).sum(dims_e, dtype=torch.float64)
-    e_res = ec.sum(dims_e, dtype=torch.float64)  # what rounding left of the mean
+    e_sq = (ec * ec).sum(dims_e).double()
+    e_res = ec.sum(dims_e).double()  # what rounding left of the mean
     if reduce is not None:
         moments = torch.cat([m_ve.double().flatten(), m_vv.double().flatten(), e_sq, e_res])
         reduce(moments)
@@ -181,6 +184,7 @@ def _center(v: torch.Tensor, e: torch.Tensor, reduce: Reduce | None = None):
         m_vv = moments[k : 2 * k].reshape(p, c).to(v.dtype)
         e_sq, e_res = moments[2 * k : 2 * k + c], moments[2 * k + c :]
     m_ee = (e_sq - e_res * e_res / n).clamp_min(0.0)
+    mean_e = mean_e + e_res / n
     return n, mean_v, mean_e, m_ve, m_vv, m_ee, vc, ec
 
 
