@@ -99,10 +99,10 @@ SUITES: dict[str, Suite] = {
               lambda w: models.cnn1d(w), "CNN1d (conv+BN x2, width c, 2c)", (2, 4, 8, 16), (4,),
               3),
         Suite("fashion_cnn", "fashion_mnist",
-              lambda seed: _subset(datasets.idx_directory(seed=0), 10_000, 5_000),
-              lambda w: models.cnn2d(w), "CNN2d (conv+BN x2, width c, 2c), 10k train images",
+              lambda seed: _subset(datasets.idx_directory(seed=0), 5_000, 2_000),
+              lambda w: models.cnn2d(w), "CNN2d (conv+BN x2, width c, 2c), 5k train images",
               (2, 4, 8), (4,), 3, batch_size=128,
-              settings={"patience": 5, "max_epochs": 150, "dendrite_max_epochs": 10}),
+              settings={"patience": 4, "max_epochs": 60, "dendrite_max_epochs": 5}),
     ]
 }
 
