@@ -1,0 +1,2 @@
+"""Integrations with training frameworks; each imports its framework, so import the one you
+use: `perforate.integrations.lightning`."""
