@@ -232,14 +232,20 @@ class Perforator:
                 f"the optimizer factory returned {type(self.optimizer).__name__}, "
                 "not a torch.optim.Optimizer"
             )
-        self.optimizer.register_step_post_hook(self._count_step)
+        # Count steps on the innermost optimizer: wrappers (accelerate's, Lightning's) call
+        # its step, and may not carry hooks of their own.
+        inner = self.optimizer
+        while isinstance(getattr(inner, "optimizer", None), torch.optim.Optimizer):
+            inner = inner.optimizer
+        self._stepped_optimizer = inner
+        inner.register_step_post_hook(self._count_step)
         if self._wrapper is not None:
             self.wrapped = self._wrapper(self.model)
         if self._scheduler_factory is not None:
             self.scheduler = self._scheduler_factory(self.optimizer)
 
     def _count_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        if optimizer is self.optimizer:
+        if optimizer is self._stepped_optimizer:
             self._steps_since_eval += 1
 
     def _snapshot(self, score: float) -> _Snapshot:
