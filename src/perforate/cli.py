@@ -15,6 +15,9 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--out", default="runs/demo", help="where results and the figure go")
     demo.add_argument("--seeds", type=int, default=5, help="number of seeds (default 5)")
     demo.add_argument("--hidden", type=int, default=8, help="hidden width of the PB model")
+    train = sub.add_parser("train", help="train from a TOML file (see examples/*.toml)")
+    train.add_argument("config_file")
+    train.add_argument("--resume", action="store_true", help="continue from the run's checkpoint")
     rep = sub.add_parser("report", help="reprint tables and redraw the figure of a run dir")
     rep.add_argument("run_dir")
     bench = sub.add_parser("bench", help="run a benchmark suite, or write its report")
@@ -25,7 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--docs", default="docs", help="where --report writes")
     bench.add_argument("--list", action="store_true", help="list the suites")
     bench.add_argument("--report", action="store_true", help="write docs/benchmarks.md")
-    sub.add_parser("config", help="list every setting with its default and help")
+    cfg = sub.add_parser("config", help="list every setting with its default and help")
+    cfg.add_argument("--markdown", action="store_true", help="as the table of docs/settings.md")
     args = parser.parse_args(argv)
     if args.command == "demo":
         from .demo import run_demo
@@ -37,8 +41,13 @@ def main(argv: list[str] | None = None) -> int:
         report(args.run_dir)
     elif args.command == "bench":
         return _bench(args, parser)
+    elif args.command == "train":
+        from .experiment import run_experiment
+
+        run_experiment(args.config_file, resume=args.resume)
     elif args.command == "config":
-        print(DendriteConfig.describe())
+        print(DendriteConfig.markdown() if args.markdown else DendriteConfig.describe(),
+              end="" if args.markdown else "\n")
     return 0
 
 

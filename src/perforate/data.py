@@ -148,3 +148,20 @@ def mnist1d(seed: int = 0, samples: int = 5000) -> Splits:
 
 DATASETS = {"digits": digits, "breast_cancer": breast_cancer, "fashion_mnist": idx_directory,
             "mnist1d": mnist1d}
+
+
+def load(name: str, **kwargs) -> Splits:
+    """A built-in dataset by name (see `DATASETS`); keyword arguments go to its loader
+    (e.g. `directory=` for fashion_mnist, `seed=` for the split)."""
+    if name not in DATASETS:
+        raise DatasetError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
+    return DATASETS[name](**kwargs)
+
+
+def as_datasets(splits: Splits) -> tuple[torch.utils.data.TensorDataset, ...]:
+    """(train, validation, test) as torch Datasets, for DataLoaders and frameworks."""
+    from torch.utils.data import TensorDataset
+
+    return (TensorDataset(splits.x_train, splits.y_train),
+            TensorDataset(splits.x_val, splits.y_val),
+            TensorDataset(splits.x_test, splits.y_test))
