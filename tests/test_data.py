@@ -47,7 +47,8 @@ def test_users_own_idx_directory_loads_with_fixed_splits(tmp_path):
 
 def test_truncated_idx_and_missing_files_say_what_to_do(tmp_path):
     _fake_mnist_dir(tmp_path)
-    raw = gzip.open(tmp_path / "t10k-labels-idx1-ubyte.gz").read()
+    with gzip.open(tmp_path / "t10k-labels-idx1-ubyte.gz") as fh:
+        raw = fh.read()
     (tmp_path / "t10k-labels-idx1-ubyte.gz").unlink()
     (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(raw[:-3])
     with pytest.raises(data.DatasetError, match="truncated"):

@@ -140,8 +140,8 @@ def run_experiment(path: str | Path, resume: bool = False,
             loss_fn(model(data.x_train[idx]), data.y_train[idx]).backward()
             ctl.optimizer.step()
             if sys.stderr.isatty():
-                print(f"\repoch {ctl.epoch + 1} {ctl.phase.value:<8} {_bar(i, len(batches))}",
-                      end="", file=sys.stderr)
+                sys.stderr.write(f"\repoch {ctl.epoch + 1} {ctl.phase.value:<8} "
+                                 f"{_bar(i, len(batches))}")
         val = accuracy(model, data.x_val, data.y_val)
         event = ctl.end_epoch(val)
         report = parameter_report(model)
