@@ -66,7 +66,7 @@ def test_bad_experiment_files_raise_config_errors(tmp_path, text, message):
 def test_bad_factory_path():
     from perforate.experiment import import_factory
 
-    with pytest.raises(perforate.ConfigError, match="package.module:function"):
+    with pytest.raises(perforate.ConfigError, match=r"package\.module:function"):
         import_factory("perforate.models.mlp")
     with pytest.raises(perforate.ConfigError, match="cannot import"):
         import_factory("perforate.models:nope")
