@@ -108,9 +108,11 @@ def _find(directory: Path, stem: str) -> Path:
 
 
 def idx_directory(directory: str | os.PathLike = FASHION_MNIST_DIR, seed: int = 0,
-                  validation: int = 10_000, name: str = "fashion_mnist") -> Splits:
+                  validation: int = 10_000, name: str = "fashion_mnist",
+                  train_limit: int | None = None) -> Splits:
     """MNIST-format IDX files (Fashion-MNIST by default): the official test set is the test
-    split; `validation` images drawn from the training set (fixed by `seed`) validate."""
+    split; `validation` images drawn from the training set (fixed by `seed`) validate;
+    `train_limit` keeps only that many of the remaining training images (for quick runs)."""
     d = Path(directory)
     if not d.is_dir():
         raise DatasetError(
@@ -124,6 +126,8 @@ def idx_directory(directory: str | os.PathLike = FASHION_MNIST_DIR, seed: int = 
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(ytr))
     val, train = order[:validation], order[validation:]
+    if train_limit is not None:
+        train = train[:train_limit]
     x = np.concatenate([xtr, xte])[:, None]  # (N, 1, 28, 28)
     y = np.concatenate([ytr, yte])
     test = np.arange(len(ytr), len(y))
