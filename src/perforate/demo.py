@@ -82,6 +82,8 @@ def report(run_dir: str | Path, log: Callable[[str], None] = print) -> Path:
         log(f"\nPB cycles, seed {first['seed']} (cycle 0 is the plain neuron phase):")
         log(cycle_table(first))
     labels = [k for k in (control, *(r["label"] for r in pb[:1])) if k]
+    if not labels:  # a run directory of `perforate train`: draw what it holds
+        labels = sorted({r["label"] for r in runs})
     path = plot_runs(runs, run_dir / "demo.png", "perforate demo: digits, MLP 64-H-10",
                      curve_labels=labels)
     log(f"\nresults: {run_dir / 'results.json'}\nfigure:  {path}")
