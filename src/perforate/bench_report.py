@@ -71,6 +71,7 @@ def suite_section(name: str, rows: list[dict[str, Any]], figure: str) -> tuple[s
                  "| epochs |")
     lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
     verdicts = []
+    summary_rows: list[tuple] = []
     order = sorted(groups, key=lambda k: (k[1], list(METHOD_DESCRIPTIONS).index(k[0])
                                           if k[0] in METHOD_DESCRIPTIONS else 99))
     for method, width in order:
@@ -99,13 +100,49 @@ def suite_section(name: str, rows: list[dict[str, Any]], figure: str) -> tuple[s
             f"{statistics.fmean(r['epochs'] for r in rs):.0f} |")
         if d is not None:
             verdicts.append(_verdict(method, width, d, half, gap, ratio))
+            summary_rows.append((method, width, d, half, gap, ratio))
     lines.append("")
     lines.append("In plain words:")
     lines.append("")
     lines += [f"- {v}" for v in verdicts] or ["- no dendrite method recorded yet"]
     lines.append("")
     goal = [v for v in verdicts if v.endswith("**meets the goal**.")]
-    return "\n".join(lines), goal
+    suite_summary = _summary(name, first, summary_rows, groups)
+    return "\n".join(lines), goal, suite_summary
+
+
+def _summary(name, first, rows, groups) -> str:
+    """One paragraph per suite: the answers to the four questions, from the numbers."""
+    if not rows:
+        return f"- **{name}**: no dendrite method recorded yet."
+    beats = [r for r in rows if not math.isnan(r[3]) and r[2] - r[3] > 0]
+    loses = [r for r in rows if not math.isnan(r[3]) and r[2] + r[3] < 0]
+    best = max(rows, key=lambda r: r[2])
+    on_ladder = [r for r in rows if r[4] is not None and r[4] >= 0]
+    closest = max((r for r in rows if r[4] is not None), key=lambda r: r[4], default=None)
+    pb_vs_gd = []
+    for (m, w), rs in groups.items():
+        if m == "pb" and ("gd", w) in groups:
+            d, h, n = paired_difference({r["seed"]: r["test"] for r in rs},
+                                        {r["seed"]: r["test"] for r in groups[("gd", w)]})
+            pb_vs_gd.append(f"{100 * d:+.2f} ± {100 * h:.2f} points at width {w}")
+    times = sorted(r[5] for r in rows if r[5] is not None)
+    text = (f"- **{name}** ({first['dataset']}, {first['model']}): "
+            f"{len(beats)} of {len(rows)} dendrite runs beat the restart control outside "
+            f"noise ({', '.join(f'`{m}` w{w}' for m, w, *_ in beats) or 'none'}), "
+            f"{len(loses)} lose to it; the largest mean gain is `{best[0]}` at width "
+            f"{best[1]}, {100 * best[2]:+.2f} ± {100 * best[3]:.2f} points. ")
+    if pb_vs_gd:
+        text += f"PB minus GD dendrites (paired): {'; '.join(pb_vs_gd)}. "
+    if on_ladder:
+        text += ("On or above the width ladder: "
+                 + ", ".join(f"`{m}` w{w} ({g:+.2f})" for m, w, _, _, g, _ in on_ladder) + ". ")
+    elif closest is not None:
+        text += (f"All below the width ladder; closest `{closest[0]}` at width {closest[1]} "
+                 f"({closest[4]:+.2f} points). ")
+    if times:
+        text += f"Wall time {times[0]:.1f}x to {times[-1]:.1f}x the plain run."
+    return text
 
 
 def _verdict(method, width, d, half, gap, ratio) -> str:
@@ -174,14 +211,15 @@ def plot_suite(name: str, rows: list[dict[str, Any]], path: Path) -> None:
 def write_report(results_dir: Path = Path("benchmarks/results"),
                  docs_dir: Path = Path("docs")) -> Path:
     runs = load_runs(results_dir)
-    sections, goal = [], []
+    sections, goal, summaries = [], [], []
     for name, rows in runs.items():
         if name not in SUITES and name != "quick":
             continue
         fig = docs_dir / "figures" / f"bench_{name}.png"
         plot_suite(name, rows, fig)
-        text, met = suite_section(name, rows, str(fig))
+        text, met, summary = suite_section(name, rows, str(fig))
         sections.append(text)
+        summaries.append(summary)
         goal += [f"{name}: {m}" for m in met]
     head = [
         "# Benchmarks: when do dendrites earn their parameters?",
@@ -210,6 +248,10 @@ def write_report(results_dir: Path = Path("benchmarks/results"),
         "",
         ("Met by: " + "; ".join(goal)) if goal else
         "**Not met by any recorded variant.** The sections below show how far each came.",
+        "",
+        "## Summary, per dataset",
+        "",
+        *summaries,
         "",
     ]
     page = "\n".join(head + sections) + "\n"
