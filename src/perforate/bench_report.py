@@ -123,7 +123,7 @@ def _summary(name, first, rows, groups) -> str:
     pb_vs_gd = []
     for (m, w), rs in groups.items():
         if m == "pb" and ("gd", w) in groups:
-            d, h, n = paired_difference({r["seed"]: r["test"] for r in rs},
+            d, h, _ = paired_difference({r["seed"]: r["test"] for r in rs},
                                         {r["seed"]: r["test"] for r in groups[("gd", w)]})
             pb_vs_gd.append(f"{100 * d:+.2f} ± {100 * h:.2f} points at width {w}")
     times = sorted(r[5] for r in rows if r[5] is not None)
