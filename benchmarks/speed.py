@@ -185,7 +185,7 @@ def bench_inference(repeats: int = 200) -> list[dict]:
             ts = time_steps(lambda m=same_flops: m(x), repeats)
             r = ratio_to(lambda m=same_flops: m(x), lambda m=perf: m(x), repeats)
             cp, cs = torch.compile(perf), torch.compile(same_flops)
-            rc = ratio_to(lambda: cs(x), lambda: cp(x), repeats)
+            rc = ratio_to(lambda m=cs: m(x), lambda m=cp: m(x), repeats)
         out.append({"model": f"mlp 784-64-10, k={k}", "vs_plain_same_flops": r,
                     "compiled_vs_compiled_plain": rc,
                     "perforated_ms": 1e3 * tp, "plain_same_flops_ms": 1e3 * ts})
