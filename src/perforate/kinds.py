@@ -87,12 +87,6 @@ class LayerKind:
         """Axis of the `groups` dimension in a `split` output."""
         return -2 if self.spatial_dims == 0 else 1
 
-    def expected_input_rank(self) -> tuple[int, ...]:
-        if self.spatial_dims == 0:
-            return ()  # any rank >= 1
-        d = self.spatial_dims
-        return (d + 1, d + 2)  # unbatched or batched
-
     def patterns_last(self, t: torch.Tensor) -> torch.Tensor:
         """(..., C) or (B, C, *S) -> (N, C): one row per pattern, neurons last."""
         if self.spatial_dims == 0:
