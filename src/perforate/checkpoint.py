@@ -23,7 +23,7 @@ from torch import nn
 from .config import DendriteConfig
 from .convert import add_dendrites, dendritic_layers, remove_dendrites
 from .errors import CheckpointError, CheckpointMismatchError, ConfigError, NotConvertedError
-from .layers import is_candidate_key
+from .layers import is_candidate_key, is_sized_on_load
 
 FORMAT = "perforate.model/1"
 _META_KEY = "perforate"
@@ -133,15 +133,11 @@ def read_file(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.
 
 def _mismatches(model: nn.Module, header: dict[str, Any],
                 tensors: dict[str, torch.Tensor]) -> list[str]:
-    problems = []
     layers = dendritic_layers(model)
     saved = header["layers"]
-    for name in saved:
-        if name not in layers:
-            problems.append(f"layer {name!r} is in the checkpoint but not in the model")
+    problems = layer_set_mismatches(layers, saved)
     for name, layer in layers.items():
         if name not in saved:
-            problems.append(f"layer {name!r} is in the model but not in the checkpoint")
             continue
         s = saved[name]
         if s["kind"] != layer.kind.name:
@@ -155,19 +151,32 @@ def _mismatches(model: nn.Module, header: dict[str, Any],
         if s["norm"] != layer.norm_path:
             problems.append(f"layer {name!r}: paired norm {layer.norm_path!r} here, "
                             f"{s['norm']!r} saved")
-    dendrite_keys = ("dendrites.", "output_weight", "cascade_weight", "dendrite_count")
+    return problems + tensor_mismatches(model, tensors)
+
+
+def layer_set_mismatches(here: dict[str, Any], saved: dict[str, Any]) -> list[str]:
+    """Wrapped layers present on one side only."""
+    return ([f"layer {n!r} is in the checkpoint but not in the model"
+             for n in saved if n not in here]
+            + [f"layer {n!r} is in the model but not in the checkpoint"
+               for n in here if n not in saved])
+
+
+def tensor_mismatches(model: nn.Module, tensors: dict[str, torch.Tensor]) -> list[str]:
+    """Missing, unexpected and differently shaped tensors, leaving out those whose shape
+    follows the saved structure (dendrite slots, candidates: sized while loading)."""
+    problems = []
     own = model.state_dict()
     for key, value in own.items():
-        if any(part in key for part in dendrite_keys):
+        if is_sized_on_load(key):
             continue
         if key not in tensors:
             problems.append(f"tensor {key!r} is missing from the checkpoint")
         elif tuple(tensors[key].shape) != tuple(value.shape):
             problems.append(f"tensor {key!r}: shape {tuple(value.shape)} here, "
                             f"{tuple(tensors[key].shape)} saved")
-    for key in tensors:
-        if key not in own and not any(part in key for part in dendrite_keys):
-            problems.append(f"tensor {key!r} is in the checkpoint but not in the model")
+    problems += [f"tensor {key!r} is in the checkpoint but not in the model"
+                 for key in tensors if key not in own and not is_sized_on_load(key)]
     return problems
 
 
@@ -194,7 +203,5 @@ def load(model: nn.Module, path: str | os.PathLike) -> nn.Module:
             f"{path} does not match this model ({len(problems)} difference(s)):\n  - "
             + "\n  - ".join(problems)
         )
-    for name, layer in dendritic_layers(model).items():
-        layer._resize(header["layers"][name]["slots"])
-    model.load_state_dict(tensors, strict=True)
+    model.load_state_dict(tensors, strict=True)  # layers size their slots from the tensors
     return model

@@ -190,13 +190,11 @@ class Perforator:
 
     @property
     def best_score(self) -> float | None:
-        snap = self._accepted if self._accepted is not None else self._best
-        best = self._best
-        if snap is None:
+        """The best score seen so far: of the accepted state or of the cycle in flight."""
+        scores = [s.score for s in (self._accepted, self._best) if s is not None]
+        if not scores:
             return None
-        if best is not None and self._better(best.score, snap.score, margin=False):
-            return best.score
-        return snap.score
+        return max(scores) if self._maximize else min(scores)
 
     def dendrite_counts(self) -> dict[str, list[int]]:
         return {n: layer.dendrite_count.tolist() for n, layer in self.layers.items()}

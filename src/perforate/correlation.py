@@ -13,7 +13,7 @@ has an offset large against its spread. The merge is associative, so per-process
 statistics combine across processes with `CandidateStats.merge`.
 
 The per-batch surrogate gradient is what the user's `loss.backward()` delivers to the
-candidates (see `candidate_tap`): `dObjective/dV_n`, negated so that a descending
+candidates (see `layers._CandidateTap`): `dObjective/dV_n`, negated so that a descending
 optimizer ascends the objective. Its sign `sigma` comes from the running statistics, so it
 does not flip from batch to batch while a correlation is weak.
 """
@@ -27,6 +27,7 @@ import torch
 from .config import OBJECTIVES
 
 _TINY = 1e-30  # floor of squared norms: a saturated candidate gives 0, never NaN
+Reduce = Callable[[torch.Tensor], None]  # in-place sum of a tensor across processes
 
 
 class CandidateStats:
@@ -89,13 +90,19 @@ class CandidateStats:
 
     def add(self, v: torch.Tensor, e: torch.Tensor) -> None:
         """Fold in a batch of patterns: v (N, P, C, *S), e (N, C, *S)."""
+        self.fold(v, e)
+
+    def fold(self, v: torch.Tensor, e: torch.Tensor, reduce: Reduce | None = None):
+        """Fold in a batch and return its centred moments and tensors, or None for an
+        empty batch or a non-finite one (counted in `skipped_batches`)."""
         try:
-            batch = _center(v, e)
+            batch = _center(v, e, reduce)
         except _NonFinite:
             self.skipped_batches += 1
-            return
+            return None
         if batch is not None:
             self.add_centered(*batch[:6])
+        return batch
 
     # --- derived quantities (float64) -----------------------------------------------
     def covariance(self) -> torch.Tensor:
@@ -117,9 +124,6 @@ class CandidateStats:
     def sign(self) -> torch.Tensor:
         """sigma: the sign of the running covariance, +1 where it is exactly 0."""
         return torch.where(self.covariance() >= 0, 1.0, -1.0)
-
-
-Reduce = Callable[[torch.Tensor], None]  # in-place sum of a tensor across processes
 
 
 class _NonFinite(Exception):
@@ -211,16 +215,10 @@ def surrogate_gradient(
     scale-free Pearson gradient is multiplied by `world_size` to do the same.
     """
     work = torch.promote_types(v.dtype, torch.float32)
-    try:
-        centred = _center(v.to(work), e.to(torch.promote_types(e.dtype, torch.float32)),
-                          reduce)
-    except _NonFinite:
-        stats.skipped_batches += 1
-        return None
+    centred = stats.fold(v.to(work), e.to(torch.promote_types(e.dtype, torch.float32)), reduce)
     if centred is None:
         return None
-    n, mean_v, mean_e, m_ve, m_vv, m_ee, vc, ec = centred
-    stats.add_centered(n, mean_v, mean_e, m_ve, m_vv, m_ee)
+    _, _, _, m_ve, m_vv, m_ee, vc, ec = centred
     _, _, shape_v, _ = _layout(vc)
     sigma = stats.sign().to(work).view(shape_v)
     ec = ec.to(work).unsqueeze(1)

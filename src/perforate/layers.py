@@ -7,12 +7,12 @@
 dendrite slots of all `C` neurons live in ONE layer of the base's kind with `k*C` outputs
 (row `j*C + c` is slot `j` of neuron `c`); `u` is one (k, k, C) tensor whose strictly lower
 triangle is used; `v` is (k, C). Neuron `c` owns slots `0 .. count[c]-1`: installation is
-selective, a neuron may have fewer dendrites than `k`, and an absent slot's activation is
-masked to zero, so it contributes nothing, gets no gradient, and is not counted.
+selective, a neuron may have fewer dendrites than `k`, and an absent slot's output weight
+is masked to zero, so it contributes nothing, gets no gradient, and is not counted.
 
 In a dendrite phase a pool of `P` candidates per neuron is one more layer with `P*C`
 outputs. Candidates read the detached input and the neuron's own installed dendrites, and
-never touch the network output: their gradient comes from `candidate_tap`, which passes
+never touch the network output: their gradient comes from `_CandidateTap`, which passes
 the user's backward through unchanged and hands `E = dL/dy` to the correlation objective.
 """
 
@@ -56,12 +56,24 @@ class _CandidateTap(torch.autograd.Function):
         return grad_y, ctx.layer._candidate_gradient(v, grad_y), None
 
 
+_CANDIDATE_KEYS = ("candidates.weight", "candidates.bias", "candidate_cascade")
+_SLOT_KEYS = ("dendrites.weight", "dendrites.bias", "output_weight", "cascade_weight",
+              "dendrite_count")
+
+
+def _ends_with_any(key: str, suffixes: tuple[str, ...]) -> bool:
+    return any(key == s or key.endswith("." + s) for s in suffixes)
+
+
 def is_candidate_key(key: str) -> bool:
     """Whether a state-dict key belongs to a dendrite phase's candidates (never saved)."""
-    return any(key == s or key.endswith("." + s) for s in _CANDIDATE_KEYS)
+    return _ends_with_any(key, _CANDIDATE_KEYS)
 
 
-_CANDIDATE_KEYS = ("candidates.weight", "candidates.bias", "candidate_cascade")
+def is_sized_on_load(key: str) -> bool:
+    """Whether a key's shape follows the saved structure (dendrite slots, candidates), so a
+    fresh model cannot be compared against it before loading."""
+    return _ends_with_any(key, _SLOT_KEYS) or is_candidate_key(key)
 
 
 class DendriticLayer(nn.Module):
@@ -125,14 +137,20 @@ class DendriticLayer(nn.Module):
         slots = torch.arange(k, device=self.dendrite_count.device)
         self.slot_mask = (slots[:, None] < self.dendrite_count[None, :]).to(ref.dtype)
 
-    def _resize(self, k: int) -> None:
-        """Grow (or set, when empty) the slot count to k, keeping existing slots."""
+    def set_slots(self, k: int) -> None:
+        """Set the slot count to k, keeping the first min(k, slots) slots; new slots are
+        zero. Parameters are new objects afterwards (optimizers must be rebuilt)."""
         old = self.slots
         if k == old:
             return
-        if k < old:
-            raise InstallError(f"{self.path}: cannot shrink dendrite slots from {old} to {k}")
-        c = self.neurons
+        self.dendrite_count.clamp_(max=k)
+        if k == 0:
+            self.dendrites = None
+            self.output_weight = None
+            self.cascade_weight = None
+            self._refresh_mask()
+            return
+        c, m = self.neurons, min(old, k)
         ref = self.base.weight
         bank = self.kind.make_bank(self.base, k * c)
         out_w = torch.zeros(k, c, dtype=ref.dtype, device=ref.device)
@@ -140,12 +158,12 @@ class DendriticLayer(nn.Module):
         with torch.no_grad():
             bank.weight.zero_()
             bank.bias.zero_()
-            if old:
-                bank.weight[: old * c] = self.dendrites.weight
-                bank.bias[: old * c] = self.dendrites.bias
-                out_w[:old] = self.output_weight
+            if m:
+                bank.weight[: m * c] = self.dendrites.weight[: m * c]
+                bank.bias[: m * c] = self.dendrites.bias[: m * c]
+                out_w[:m] = self.output_weight[:m]
                 if self.cascade_weight is not None:
-                    casc[:old, :old] = self.cascade_weight
+                    casc[:m, :m] = self.cascade_weight[:m, :m]
         learn = self.config.dendrites_learn and self.phase == Phase.NEURON
         bank.requires_grad_(learn)
         self.dendrites = bank
@@ -153,33 +171,6 @@ class DendriticLayer(nn.Module):
         if self.config.cascade:
             self.cascade_weight = nn.Parameter(casc, requires_grad=learn)
         self._refresh_mask()
-
-    def set_slots(self, k: int) -> None:
-        """Set the slot count to k, keeping the first min(k, slots) slots (to restore)."""
-        if k >= self.slots:
-            self._resize(k)
-            return
-        keep = {
-            "weight": self.dendrites.weight[: k * self.neurons].detach().clone(),
-            "bias": self.dendrites.bias[: k * self.neurons].detach().clone(),
-            "v": self.output_weight[:k].detach().clone(),
-            "u": None if self.cascade_weight is None
-            else self.cascade_weight[:k, :k].detach().clone(),
-        }
-        self.dendrites = None
-        self.output_weight = None
-        self.cascade_weight = None
-        self.dendrite_count.clamp_(max=k)
-        self._refresh_mask()
-        if k == 0:
-            return
-        self._resize(k)
-        with torch.no_grad():
-            self.dendrites.weight.copy_(keep["weight"])
-            self.dendrites.bias.copy_(keep["bias"])
-            self.output_weight.copy_(keep["v"])
-            if keep["u"] is not None:
-                self.cascade_weight.copy_(keep["u"])
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # Size the slots from the incoming tensors, so a model can load a state with more
@@ -234,17 +225,20 @@ class DendriticLayer(nn.Module):
             acts.append(self._g(nj))
         return acts
 
-    def _installed(self, xd: torch.Tensor) -> torch.Tensor:
-        """Activations a of all slots, (..., k, C) or (B, k, C, *S); absent slots are 0."""
-        a = self._slot_activations(xd)
+    def _masked(self, a: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
+        """Slot activations as one (..., k, C) / (B, k, C, *S) tensor, absent slots 0."""
         if isinstance(a, list):
             a = torch.stack(a, self.kind.group_axis())
         return a * self.kind.per_neuron(self.slot_mask).to(a.dtype)
 
-    def _add_dendrites(self, y: torch.Tensor, xd: torch.Tensor) -> torch.Tensor:
+    def _installed(self, xd: torch.Tensor) -> torch.Tensor:
+        """Activations a of all slots, (..., k, C) or (B, k, C, *S); absent slots are 0."""
+        return self._masked(self._slot_activations(xd))
+
+    def _add_dendrites(self, y: torch.Tensor, a: torch.Tensor | list[torch.Tensor]
+                       ) -> torch.Tensor:
         """y + sum_j v_j a_j over present slots, without materialising more than needed."""
         kind = self.kind
-        a = self._slot_activations(xd)
         dtype = a[0].dtype if isinstance(a, list) else a.dtype
         v = (self.output_weight * self.slot_mask).to(dtype)  # absent slots weigh 0
         if isinstance(a, list):
@@ -273,10 +267,12 @@ class DendriticLayer(nn.Module):
         if k == 0 and not training_candidates:
             return y
         xd = x.detach() if self.config.perforate else x
+        acts = self._slot_activations(xd) if k else None
         if k:
-            y = self._add_dendrites(y, xd)
+            y = self._add_dendrites(y, acts)
         if training_candidates and torch.is_grad_enabled():
-            a = self._installed(xd.detach()).detach() if k else None
+            # The same activations feed the candidates' cascade: no second bank forward.
+            a = self._masked(acts).detach() if k else None
             cand = self._candidate_outputs(xd, a)
             y = _CandidateTap.apply(y, cand, self)
         return y
@@ -368,8 +364,9 @@ class DendriticLayer(nn.Module):
         was_dendrite = self.phase == Phase.DENDRITE
         self._drop_candidates()
         learn = self.config.dendrites_learn
-        for n, q in self._unit_parameters():
-            q.requires_grad_(self._frozen_flags.get(n, True) if was_dendrite else q.requires_grad)
+        if was_dendrite:  # give the unit back the trainability it had before
+            for n, q in self._unit_parameters():
+                q.requires_grad_(self._frozen_flags.get(n, True))
         for n, q in self._installed_parameters():
             q.requires_grad_(True if n == "output_weight" else learn)
         self._frozen_flags = {}
@@ -424,7 +421,7 @@ class DendriticLayer(nn.Module):
         if bool((v0[chosen] != 0).any()):
             self._compensate_bias(chosen, picks, v0, activation_mean)
         j = self.dendrite_count[chosen]
-        self._resize(max(self.slots, int(j.max()) + 1))
+        self.set_slots(max(self.slots, int(j.max()) + 1))
         with torch.no_grad():
             dst, src = j * c + chosen, picks * c + chosen
             self.dendrites.weight[dst] = self.candidates.weight[src]

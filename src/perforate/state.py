@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from safetensors.torch import save as save_bytes
 
-from .checkpoint import atomic_write, read_file
+from .checkpoint import atomic_write, layer_set_mismatches, read_file, tensor_mismatches
 from .config import DendriteConfig
 from .errors import CheckpointError, CheckpointMismatchError
 
@@ -160,24 +160,8 @@ def read_training(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, to
 
 def check_structure(ctl: Perforator, header: dict[str, Any],
                     model_state: dict[str, torch.Tensor]) -> None:
-    problems = []
-    saved, here = header["layers"], ctl.layers
-    problems += [f"layer {n!r} is in the checkpoint but not in the model"
-                 for n in saved if n not in here]
-    problems += [f"layer {n!r} is in the model but not in the checkpoint"
-                 for n in here if n not in saved]
-    own = {k: v for k, v in ctl.model.state_dict().items()}
-    for key, value in model_state.items():
-        if key not in own:
-            continue
-        if any(s in key for s in ("dendrites.", "output_weight", "cascade_weight", "candidate")):
-            continue  # sized from the checkpoint below
-        if tuple(value.shape) != tuple(own[key].shape):
-            problems.append(f"tensor {key!r}: shape {tuple(own[key].shape)} here, "
-                            f"{tuple(value.shape)} saved")
-    missing = [k for k in own if k not in model_state
-               and not any(s in k for s in ("dendrites.", "output_weight", "cascade_weight"))]
-    problems += [f"tensor {k!r} is missing from the checkpoint" for k in missing]
+    problems = (layer_set_mismatches(ctl.layers, header["layers"])
+                + tensor_mismatches(ctl.model, model_state))
     if problems:
         raise CheckpointMismatchError(
             f"the checkpoint does not match this model ({len(problems)} difference(s)):\n  - "
