@@ -19,8 +19,11 @@ from pathlib import Path
 
 import torch
 
-from perforate import DendriteConfig, data, training
-from perforate.report import paired_difference
+from perforate import DendriteConfig
+from perforate.experiments import datasets as data
+from perforate.experiments import loop as training
+from perforate.experiments import models
+from perforate.experiments.report import paired_difference
 
 RESULTS = Path(__file__).parent / "results" / "pb_settings.jsonl"
 LR = 1e-2
@@ -31,12 +34,27 @@ def grid() -> list[dict]:
     for objective, pool, v0, cand_lr in itertools.product(
         ("pearson", "covariance"), (1, 4, 8), (0.0, 0.1), (0.01, 0.05)
     ):
-        out.append({"method": "correlation", "objective": objective, "pool": pool, "v0": v0,
-                    "cand_lr": cand_lr})
+        out.append(
+            {
+                "method": "correlation",
+                "objective": objective,
+                "pool": pool,
+                "v0": v0,
+                "cand_lr": cand_lr,
+            }
+        )
     # Larger candidate init: do near-linear (small) candidates explain Pearson's weakness?
     for objective, init in itertools.product(("pearson", "covariance"), (0.1, 0.5)):
-        out.append({"method": "correlation", "objective": objective, "pool": 4, "v0": 0.0,
-                    "cand_lr": 0.05, "init": init})
+        out.append(
+            {
+                "method": "correlation",
+                "objective": objective,
+                "pool": 4,
+                "v0": 0.0,
+                "cand_lr": 0.05,
+                "init": init,
+            }
+        )
     return out
 
 
@@ -61,20 +79,33 @@ def run(seeds: int, shard: tuple[int, int]) -> None:
         if setting["method"] == "restart":
             config = DendriteConfig(method="restart")
         else:
-            config = DendriteConfig(objective=setting["objective"],
-                                    candidates_per_neuron=setting["pool"],
-                                    output_weight_init=setting["v0"],
-                                    candidate_init_scale=setting.get("init", 0.01))
+            config = DendriteConfig(
+                objective=setting["objective"],
+                candidates_per_neuron=setting["pool"],
+                output_weight_init=setting["v0"],
+                candidate_init_scale=setting.get("init", 0.01),
+            )
         torch.manual_seed(seed)
         result = training.fit_classifier(
-            training.mlp(64, 8, 10), splits, config, seed=seed, lr=LR,
+            models.mlp(64, 8, 10),
+            splits,
+            config,
+            seed=seed,
+            lr=LR,
             candidate_lr=setting["cand_lr"] or None,
         )
-        row = {"setting": setting, "seed": seed, "val": result.val, "test": result.test,
-               "params": result.params, "dendrites_per_neuron": result.dendrites_per_neuron,
-               "epochs": result.epochs, "seconds": result.seconds,
-               "final_correlation": _last_correlation(result.history),
-               "installed_output_std": _installed_std(result.history)}
+        row = {
+            "setting": setting,
+            "seed": seed,
+            "val": result.val,
+            "test": result.test,
+            "params": result.params,
+            "dendrites_per_neuron": result.dendrites_per_neuron,
+            "epochs": result.epochs,
+            "seconds": result.seconds,
+            "final_correlation": _last_correlation(result.history),
+            "installed_output_std": _installed_std(result.history),
+        }
         with RESULTS.open("a") as fh:
             fh.write(json.dumps(row) + "\n")
         print(f"{setting} seed {seed}: val {result.val:.4f} test {result.test:.4f}", flush=True)
@@ -113,8 +144,10 @@ def summary() -> str:
         "| val vs control | test | test vs control | last mean best r | installed std | epochs |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+
     def mean(rs, f):
         return statistics.fmean(r[f] for r in rs)
+
     order = sorted(groups.items(), key=lambda kv: -mean(kv[1], "val"))
     for k, rs in order:
         s = json.loads(k)

@@ -21,7 +21,8 @@ import torch
 from torch import nn
 
 import perforate
-from perforate import DendriteConfig, models
+from perforate import DendriteConfig
+from perforate.experiments import models
 
 RESULTS = Path(__file__).parent / "results" / "speed.json"
 
@@ -46,8 +47,11 @@ def forward_flops(model: nn.Module, x: torch.Tensor) -> tuple[float, float]:
         if id(module) in wrapped_ids:
             wrapped[0] += f
 
-    handles = [m.register_forward_hook(hook) for m in model.modules()
-               if type(m) in (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)]
+    handles = [
+        m.register_forward_hook(hook)
+        for m in model.modules()
+        if type(m) in (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+    ]
     with torch.no_grad():
         model(x)
     for h in handles:
@@ -115,10 +119,18 @@ def bench_model(name: str) -> dict:
     wrapped = grown(build, 0)
     f_total, f_wrapped = forward_flops(wrapped, x)
     share = f_wrapped / f_total
-    out = {"model": name, "batch": shape[0], "params": sum(p.numel() for p in plain.parameters()),
-           "plain_step_s": plain_t, "wrapped_share_of_flops": share, "neuron": [], "dendrite": []}
-    out["wrapped_k0_ratio"] = ratio_to(plain_step, make_step(wrapped, x, y,
-                                                              wrapped.parameters()), repeats)
+    out = {
+        "model": name,
+        "batch": shape[0],
+        "params": sum(p.numel() for p in plain.parameters()),
+        "plain_step_s": plain_t,
+        "wrapped_share_of_flops": share,
+        "neuron": [],
+        "dendrite": [],
+    }
+    out["wrapped_k0_ratio"] = ratio_to(
+        plain_step, make_step(wrapped, x, y, wrapped.parameters()), repeats
+    )
     for k in (1, 2, 3):
         m = grown(build, k)
         params = [p for p in m.parameters() if p.requires_grad]
@@ -126,37 +138,55 @@ def bench_model(name: str) -> dict:
         # Plain step ~ 3F (forward, input grads, weight grads). Frozen perforated dendrites
         # add only their forward: k * F_wrapped. The bound: 1 + k * share.
         ideal = (3 * f_total + k * f_wrapped) / (3 * f_total)
-        out["neuron"].append({"k": k, "ratio": ratio, "flop_ideal": ideal,
-                              "bound_1_plus_k_share": 1 + k * share,
-                              "vs_flop_ideal": ratio / ideal})
+        out["neuron"].append(
+            {
+                "k": k,
+                "ratio": ratio,
+                "flop_ideal": ideal,
+                "bound_1_plus_k_share": 1 + k * share,
+                "vs_flop_ideal": ratio / ideal,
+            }
+        )
     for p in (1, 4, 8):
         m = grown(build, 0)
         for layer in perforate.dendritic_layers(m).values():
             layer.start_dendrite_phase(candidates=p)
         for q in m.parameters():
             q.requires_grad_(False)
-        cands = [q for layer in perforate.dendritic_layers(m).values()
-                 for q in layer.candidate_parameters()]
+        cands = [
+            q
+            for layer in perforate.dendritic_layers(m).values()
+            for q in layer.candidate_parameters()
+        ]
         for q in cands:
             q.requires_grad_(True)
         ratio = ratio_to(plain_step, make_step(m, x, y, cands), repeats)
         # Forward F + input-grad backward F (no weight grads) + candidates: forward and
         # weight grads, 2 * P * F_wrapped.
         ideal = (2 * f_total + 2 * p * f_wrapped) / (3 * f_total)
-        stats_bytes = sum(sum(t.numel() * t.element_size() for t in layer.stats.state_tensors()
-                              .values()) for layer in perforate.dendritic_layers(m).values())
-        out["dendrite"].append({"P": p, "ratio": ratio, "flop_ideal": ideal,
-                                "bound_1_plus_P_share": 1 + p * share,
-                                "vs_flop_ideal": ratio / ideal,
-                                "stats_bytes_after_all_steps": stats_bytes})
+        stats_bytes = sum(
+            sum(t.numel() * t.element_size() for t in layer.stats.state_tensors().values())
+            for layer in perforate.dendritic_layers(m).values()
+        )
+        out["dendrite"].append(
+            {
+                "P": p,
+                "ratio": ratio,
+                "flop_ideal": ideal,
+                "bound_1_plus_P_share": 1 + p * share,
+                "vs_flop_ideal": ratio / ideal,
+                "stats_bytes_after_all_steps": stats_bytes,
+            }
+        )
     return out
 
 
 def bench_controller(epochs: int = 40) -> dict:
     torch.manual_seed(0)
     model = models.resnet18()
-    ctl = perforate.Perforator(model, DendriteConfig(patience=1000),
-                               optimizer=lambda p: torch.optim.SGD(p, lr=1e-3))
+    ctl = perforate.Perforator(
+        model, DendriteConfig(patience=1000), optimizer=lambda p: torch.optim.SGD(p, lr=1e-3)
+    )
     plain, improving = [], []
     for i in range(epochs):
         ctl.optimizer.step()  # no gradients: a stand-in for an epoch of training
@@ -166,10 +196,13 @@ def bench_controller(epochs: int = 40) -> dict:
         dt = time.perf_counter() - t0
         (improving if i % 4 == 0 else plain).append(dt)
     allt = plain + improving
-    return {"model": "resnet18", "params": sum(p.numel() for p in model.parameters()),
-            "median_ms": 1e3 * statistics.median(allt),
-            "median_ms_no_new_best": 1e3 * statistics.median(plain),
-            "median_ms_new_best": 1e3 * statistics.median(improving)}
+    return {
+        "model": "resnet18",
+        "params": sum(p.numel() for p in model.parameters()),
+        "median_ms": 1e3 * statistics.median(allt),
+        "median_ms_no_new_best": 1e3 * statistics.median(plain),
+        "median_ms_new_best": 1e3 * statistics.median(improving),
+    }
 
 
 def bench_inference(repeats: int = 200) -> list[dict]:
@@ -186,9 +219,15 @@ def bench_inference(repeats: int = 200) -> list[dict]:
             r = ratio_to(lambda m=same_flops: m(x), lambda m=perf: m(x), repeats)
             cp, cs = torch.compile(perf), torch.compile(same_flops)
             rc = ratio_to(lambda m=cs: m(x), lambda m=cp: m(x), repeats)
-        out.append({"model": f"mlp 784-64-10, k={k}", "vs_plain_same_flops": r,
-                    "compiled_vs_compiled_plain": rc,
-                    "perforated_ms": 1e3 * tp, "plain_same_flops_ms": 1e3 * ts})
+        out.append(
+            {
+                "model": f"mlp 784-64-10, k={k}",
+                "vs_plain_same_flops": r,
+                "compiled_vs_compiled_plain": rc,
+                "perforated_ms": 1e3 * tp,
+                "plain_same_flops_ms": 1e3 * ts,
+            }
+        )
     return out
 
 
@@ -201,39 +240,65 @@ def main() -> None:
         print(table(json.loads(RESULTS.read_text())))
         return
     torch.set_num_threads(args.threads)
-    result = {"torch": torch.__version__, "machine": platform.machine(),
-              "threads": args.threads, "models": [bench_model(n) for n in SETUPS],
-              "controller": bench_controller(), "inference": bench_inference()}
+    result = {
+        "torch": torch.__version__,
+        "machine": platform.machine(),
+        "threads": args.threads,
+        "models": [bench_model(n) for n in SETUPS],
+        "controller": bench_controller(),
+        "inference": bench_inference(),
+    }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=1))
     print(table(result))
 
 
 def table(r: dict) -> str:
-    lines = [f"torch {r['torch']}, {r['machine']}, {r['threads']} threads; ratios are medians "
-             "measured in one process.", "",
-             "| model | plain step | wrapped, k=0 | neuron k=1 | k=2 | k=3 | dendrite P=1 | P=4 "
-             "| P=8 |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"torch {r['torch']}, {r['machine']}, {r['threads']} threads; ratios are medians "
+        "measured in one process.",
+        "",
+        "| model | plain step | wrapped, k=0 | neuron k=1 | k=2 | k=3 | dendrite P=1 | P=4 | P=8 |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for m in r["models"]:
-        cells = [f"{n['ratio']:.2f}x (ideal {n['flop_ideal']:.2f}, bound "
-                 f"{n['bound_1_plus_k_share']:.2f})" for n in m["neuron"]]
+        cells = [
+            f"{n['ratio']:.2f}x (ideal {n['flop_ideal']:.2f}, bound "
+            f"{n['bound_1_plus_k_share']:.2f})"
+            for n in m["neuron"]
+        ]
         cells += [f"{d['ratio']:.2f}x (ideal {d['flop_ideal']:.2f})" for d in m["dendrite"]]
-        lines.append(f"| {m['model']} | {1e3 * m['plain_step_s']:.1f} ms | "
-                     f"{m['wrapped_k0_ratio']:.2f}x | " + " | ".join(cells) + " |")
+        lines.append(
+            f"| {m['model']} | {1e3 * m['plain_step_s']:.1f} ms | "
+            f"{m['wrapped_k0_ratio']:.2f}x | " + " | ".join(cells) + " |"
+        )
     c = r["controller"]
-    lines += ["", f"Controller, `end_epoch` on ResNet-18 ({c['params']:,} parameters), nothing "
-              f"written: median {c['median_ms']:.2f} ms ({c['median_ms_no_new_best']:.2f} ms "
-              f"without a new best, {c['median_ms_new_best']:.2f} ms when the best state is "
-              "copied).", ""]
+    lines += [
+        "",
+        f"Controller, `end_epoch` on ResNet-18 ({c['params']:,} parameters), nothing "
+        f"written: median {c['median_ms']:.2f} ms ({c['median_ms_no_new_best']:.2f} ms "
+        f"without a new best, {c['median_ms_new_best']:.2f} ms when the best state is "
+        "copied).",
+        "",
+    ]
     for i in r["inference"]:
-        lines.append(f"Inference, {i['model']}: {i['vs_plain_same_flops']:.2f}x a plain MLP of "
-                     f"the same FLOPs eagerly ({i['perforated_ms']:.2f} vs "
-                     f"{i['plain_same_flops_ms']:.2f} ms per 1024 rows); "
-                     f"{i['compiled_vs_compiled_plain']:.2f}x with both under torch.compile.")
-    stats = [(m["model"], d["P"], d["stats_bytes_after_all_steps"]) for m in r["models"]
-             for d in m["dendrite"]]
-    lines += ["", "Candidate statistics memory (float64, independent of the number of batches): "
-              + ", ".join(f"{n} P={p}: {b / 1024:.1f} KiB" for n, p, b in stats) + "."]
+        lines.append(
+            f"Inference, {i['model']}: {i['vs_plain_same_flops']:.2f}x a plain MLP of "
+            f"the same FLOPs eagerly ({i['perforated_ms']:.2f} vs "
+            f"{i['plain_same_flops_ms']:.2f} ms per 1024 rows); "
+            f"{i['compiled_vs_compiled_plain']:.2f}x with both under torch.compile."
+        )
+    stats = [
+        (m["model"], d["P"], d["stats_bytes_after_all_steps"])
+        for m in r["models"]
+        for d in m["dendrite"]
+    ]
+    lines += [
+        "",
+        "Candidate statistics memory (float64, independent of the number of batches): "
+        + ", ".join(f"{n} P={p}: {b / 1024:.1f} KiB" for n, p, b in stats)
+        + ".",
+    ]
     return "\n".join(lines)
 
 

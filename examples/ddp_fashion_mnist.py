@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 import perforate
-from perforate.data import FASHION_MNIST_DIR, idx_directory
+from perforate.experiments.datasets import FASHION_MNIST_DIR, idx_directory
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--backend", default="gloo")
@@ -29,16 +29,16 @@ args = parser.parse_args()
 
 dist.init_process_group(args.backend)
 rank, world = dist.get_rank(), dist.get_world_size()
-device = torch.device(f"cuda:{int(os.environ['LOCAL_RANK'])}" if args.backend == "nccl"
-                      else "cpu")
+device = torch.device(f"cuda:{int(os.environ['LOCAL_RANK'])}" if args.backend == "nccl" else "cpu")
 torch.set_num_threads(1 if device.type == "cpu" else torch.get_num_threads())
 data = idx_directory(args.data)
 x_train, y_train = data.x_train.to(device), data.y_train.to(device)
 x_val, y_val = data.x_val.to(device), data.y_val.to(device)
 
 torch.manual_seed(0)  # the same initial model everywhere (DDP also broadcasts rank 0's)
-model = nn.Sequential(nn.Flatten(), nn.Linear(784, args.hidden), nn.ReLU(),
-                      nn.Linear(args.hidden, 10)).to(device)
+model = nn.Sequential(
+    nn.Flatten(), nn.Linear(784, args.hidden), nn.ReLU(), nn.Linear(args.hidden, 10)
+).to(device)
 config = perforate.DendriteConfig(patience=4, max_dendrites=2, max_epochs=args.max_epochs)
 
 
@@ -47,10 +47,15 @@ def wrap(module):
     return DistributedDataParallel(module, device_ids=ids)
 
 
-ctl = perforate.Perforator(model, config, seed=0, wrapper=wrap,
-                           optimizer=lambda p: torch.optim.Adam(p, lr=1e-3),
-                           candidate_optimizer=lambda p: torch.optim.Adam(p, lr=5e-3),
-                           checkpoint_path=f"{args.out}/ckpt.safetensors")
+ctl = perforate.Perforator(
+    model,
+    config,
+    seed=0,
+    wrapper=wrap,
+    optimizer=lambda p: torch.optim.Adam(p, lr=1e-3),
+    candidate_optimizer=lambda p: torch.optim.Adam(p, lr=5e-3),
+    checkpoint_path=f"{args.out}/ckpt.safetensors",
+)
 order = torch.Generator().manual_seed(0)  # same global order on every rank; each takes a shard
 while not ctl.done:
     perm = torch.randperm(len(y_train), generator=order).to(device)

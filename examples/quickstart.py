@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import perforate
-from perforate.data import digits
+from perforate.experiments.datasets import digits
 
 torch.manual_seed(0)
 data = digits()

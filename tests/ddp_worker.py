@@ -13,7 +13,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 import perforate
-from perforate.data import digits
+from perforate.experiments.datasets import digits
 
 GLOBAL_BATCH = 64
 
@@ -23,18 +23,31 @@ def main(rank: int, world: int, init_file: str, out: str, mode: str) -> None:
     out_dir = Path(out)
     distributed = world > 1
     if distributed:
-        dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
-                                world_size=world, timeout=timedelta(seconds=30))
+        dist.init_process_group(
+            "gloo",
+            init_method=f"file://{init_file}",
+            rank=rank,
+            world_size=world,
+            timeout=timedelta(seconds=30),
+        )
     data = digits()
     x_train, y_train = data.x_train.double(), data.y_train
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(64, 8), nn.Tanh(), nn.Linear(8, 10)).double()
-    config = perforate.DendriteConfig(patience=2, dendrite_patience=1, dendrite_max_epochs=2,
-                                      max_dendrites=2, max_retries=0, max_epochs=14,
-                                      improvement_rel=0.0, improvement_abs=0.0)
+    config = perforate.DendriteConfig(
+        patience=2,
+        dendrite_patience=1,
+        dendrite_max_epochs=2,
+        max_dendrites=2,
+        max_retries=0,
+        max_epochs=14,
+        improvement_rel=0.0,
+        improvement_abs=0.0,
+    )
     wrapper = (lambda m: DistributedDataParallel(m)) if distributed else None
-    ctl = perforate.Perforator(model, config, seed=0, wrapper=wrapper,
-                               optimizer=lambda p: torch.optim.SGD(p, lr=0.2))
+    ctl = perforate.Perforator(
+        model, config, seed=0, wrapper=wrapper, optimizer=lambda p: torch.optim.SGD(p, lr=0.2)
+    )
     order = torch.Generator().manual_seed(123)  # the same global batches everywhere
     local = GLOBAL_BATCH // world
     while not ctl.done:

@@ -64,9 +64,9 @@ def reference_forward(layer: DendriticLayer, x: torch.Tensor):
         acts_all[c] = acts
         if layer.candidates is not None:
             for p in range(layer.pool_size):
-                net = _one_neuron(layer, layer.candidates, p * c_all + c, x)
-                if layer.candidate_cascade is not None:
+                net = _one_neuron(layer, layer.candidates.bank, p * c_all + c, x)
+                if layer.candidates.cascade is not None:
                     for i, a in enumerate(acts):
-                        net = net + layer.candidate_cascade[p, i, c] * a
+                        net = net + layer.candidates.cascade[p, i, c] * a
                 cand_all[(p, c)] = g(net)
     return y, acts_all, cand_all

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 import perforate
-from perforate.data import digits
+from perforate.experiments.datasets import digits
 
 torch.set_num_threads(1)
 torch.use_deterministic_algorithms(True)
@@ -26,8 +26,9 @@ data = digits()
 
 def build():
     torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(64, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Dropout(0.1),
-                         nn.Linear(8, 10))
+    return nn.Sequential(
+        nn.Linear(64, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Dropout(0.1), nn.Linear(8, 10)
+    )
 
 
 def factory(params):
@@ -38,16 +39,24 @@ def scheduler(opt):
     return torch.optim.lr_scheduler.StepLR(opt, step_size=3, gamma=0.9)
 
 
-config = perforate.DendriteConfig(patience=2, dendrite_patience=2, dendrite_max_epochs=3,
-                                  max_dendrites=2, max_retries=1, max_epochs=40)
+config = perforate.DendriteConfig(
+    patience=2,
+    dendrite_patience=2,
+    dendrite_max_epochs=3,
+    max_dendrites=2,
+    max_retries=1,
+    max_epochs=40,
+)
 model = build()
 if ckpt.exists():
-    ctl = perforate.Perforator.resume(ckpt, model, optimizer=factory, scheduler=scheduler,
-                                      checkpoint_path=ckpt)
+    ctl = perforate.Perforator.resume(
+        ckpt, model, optimizer=factory, scheduler=scheduler, checkpoint_path=ckpt
+    )
 else:
     torch.manual_seed(1)
-    ctl = perforate.Perforator(model, config, optimizer=factory, scheduler=scheduler, seed=3,
-                               checkpoint_path=ckpt)
+    ctl = perforate.Perforator(
+        model, config, optimizer=factory, scheduler=scheduler, seed=3, checkpoint_path=ckpt
+    )
 while not ctl.done:
     print(f"start {ctl.epoch + 1} {ctl.phase.value}", flush=True)
     model.train()

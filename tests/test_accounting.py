@@ -15,8 +15,14 @@ def _install(layer, choice):
 
 
 def test_counts_match_hand_computation():
-    model = nn.Sequential(nn.Linear(10, 5), nn.BatchNorm1d(5), nn.ReLU(), nn.Conv1d(1, 4, 3),
-                          nn.Flatten(), nn.Linear(4 * 3, 2, bias=False))
+    model = nn.Sequential(
+        nn.Linear(10, 5),
+        nn.BatchNorm1d(5),
+        nn.ReLU(),
+        nn.Conv1d(1, 4, 3),
+        nn.Flatten(),
+        nn.Linear(4 * 3, 2, bias=False),
+    )
     model = perforate.add_dendrites(model, DendriteConfig(include=("0", "3")))
     fc, conv = model[0], model[3]
     _install(fc, [0, 0, 0, 0, 0])

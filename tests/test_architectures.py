@@ -6,7 +6,8 @@ import torch
 from torch import nn
 
 import perforate
-from perforate import DendriteConfig, Event, Perforator, models
+from perforate import DendriteConfig, Event, Perforator
+from perforate.experiments import models
 
 
 class EncoderBlock(nn.Module):
@@ -24,8 +25,9 @@ class EncoderBlock(nn.Module):
     def forward(self, x):
         b, t, d = x.shape
         h = self.ln1(x)
-        q, k, v = (f(h).view(b, t, self.heads, -1).transpose(1, 2)
-                   for f in (self.q, self.k, self.v))
+        q, k, v = (
+            f(h).view(b, t, self.heads, -1).transpose(1, 2) for f in (self.q, self.k, self.v)
+        )
         att = nn.functional.scaled_dot_product_attention(q, k, v)
         x = x + self.proj(att.transpose(1, 2).reshape(b, t, d))
         return x + self.fc2(nn.functional.gelu(self.fc1(self.ln2(x))))
@@ -66,8 +68,13 @@ def test_transformer_converts_and_trains_through_an_install():
     tokens = torch.randint(0, 20, (8, 5))
     model.eval()
     y0 = model(tokens)
-    config = DendriteConfig(patience=1, dendrite_patience=1, dendrite_max_epochs=1,
-                            improvement_abs=0.01, improvement_rel=0.0)
+    config = DendriteConfig(
+        patience=1,
+        dendrite_patience=1,
+        dendrite_max_epochs=1,
+        improvement_abs=0.01,
+        improvement_rel=0.0,
+    )
     ctl = Perforator(model, config, optimizer=lambda p: torch.optim.Adam(p, lr=1e-3))
     model.eval()
     assert torch.equal(model(tokens), y0)

@@ -13,8 +13,14 @@ from perforate import DendriteConfig, Event, Perforator
 def model_and_ctl(**cfg):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
-    settings = {"patience": 1, "dendrite_patience": 1, "dendrite_max_epochs": 2,
-                "improvement_abs": 0.01, "improvement_rel": 0.0, **cfg}
+    settings = {
+        "patience": 1,
+        "dendrite_patience": 1,
+        "dendrite_max_epochs": 2,
+        "improvement_abs": 0.01,
+        "improvement_rel": 0.0,
+        **cfg,
+    }
     config = DendriteConfig(**settings)
     return model, Perforator(model, config, optimizer=lambda p: torch.optim.SGD(p, lr=0.1))
 
@@ -41,7 +47,7 @@ def test_nan_loss_in_dendrite_phase_is_skipped_counted_and_harmless():
     step(model, ctl, scale=float("nan"))
     for n, layer in ctl.layers.items():
         assert torch.equal(layer.stats.m_ve, before[n])
-        assert torch.isfinite(layer.candidates.weight).all()
+        assert torch.isfinite(layer.candidates.bank.weight).all()
     ctl.end_epoch(0.5)
     assert ctl.history[-1].skipped_batches == 2  # one batch, seen by both layers
 
@@ -71,7 +77,7 @@ def test_model_moved_to_float64_after_wrapping_keeps_working():
         step(model, ctl, x=torch.randn(8, 3, dtype=torch.float64))
         ctl.end_epoch(s)
     layer = ctl.layers["0"]
-    assert layer.candidates.weight.dtype == torch.float64
+    assert layer.candidates.bank.weight.dtype == torch.float64
     step(model, ctl, x=torch.randn(8, 3, dtype=torch.float64))
     ctl.end_epoch(0.5)
     step(model, ctl, x=torch.randn(8, 3, dtype=torch.float64))
@@ -83,10 +89,10 @@ def test_eval_mode_forward_in_dendrite_phase_changes_nothing():
     model, ctl = model_and_ctl()
     to_dendrite_phase(model, ctl)
     model.eval()
-    w = ctl.layers["0"].candidates.weight.clone()
+    w = ctl.layers["0"].candidates.bank.weight.clone()
     model(torch.randn(5, 3))  # grad enabled, no backward: no statistics, no update
     assert float(ctl.layers["0"].stats.count) == 0
-    assert torch.equal(ctl.layers["0"].candidates.weight, w)
+    assert torch.equal(ctl.layers["0"].candidates.bank.weight, w)
 
 
 def test_checkpoint_every_must_be_positive():

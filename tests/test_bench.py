@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from perforate.bench import SUITES, jobs, quick_suite, run_suite
-from perforate.bench_report import ladder_at, write_report
+from perforate.experiments.bench import SUITES, jobs, quick_suite, run_suite
+from perforate.experiments.bench_report import ladder_at, write_report
 
 
 def test_quick_suite_runs_resumes_and_reports(tmp_path):
@@ -17,8 +17,20 @@ def test_quick_suite_runs_resumes_and_reports(tmp_path):
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     assert len(rows) == len(jobs(suite, 1)) == 8
     for r in rows:
-        assert {"dataset", "model", "width", "method", "seed", "base_params",
-                "dendrite_params", "test", "val", "epochs", "seconds", "phases"} <= set(r)
+        assert {
+            "dataset",
+            "model",
+            "width",
+            "method",
+            "seed",
+            "base_params",
+            "dendrite_params",
+            "test",
+            "val",
+            "epochs",
+            "seconds",
+            "phases",
+        } <= set(r)
         assert r["phases"] and r["epochs"] == len(r["phases"])
     for method in ("gd", "pb", "pb_learn"):
         run = next(r for r in rows if r["method"] == method)

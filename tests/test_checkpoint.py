@@ -16,8 +16,15 @@ from perforate import DendriteConfig
 
 
 def build() -> nn.Module:
-    return nn.Sequential(nn.Conv2d(2, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
-                         nn.Linear(4 * 4 * 4, 5), nn.Tanh(), nn.Linear(5, 3))
+    return nn.Sequential(
+        nn.Conv2d(2, 4, 3),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(4 * 4 * 4, 5),
+        nn.Tanh(),
+        nn.Linear(5, 3),
+    )
 
 
 def grown(gen) -> nn.Module:
@@ -64,8 +71,16 @@ def test_plain_load_state_dict_resizes_a_fresh_wrapped_model(gen):
 def test_mismatched_architecture_lists_every_difference(tmp_path, gen):
     path = tmp_path / "m.safetensors"
     perforate.save(grown(gen), path)
-    other = nn.Sequential(nn.Conv2d(2, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
-                          nn.Linear(4 * 4 * 4, 6), nn.Tanh(), nn.Linear(6, 3), nn.Linear(3, 3))
+    other = nn.Sequential(
+        nn.Conv2d(2, 4, 3),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(4 * 4 * 4, 6),
+        nn.Tanh(),
+        nn.Linear(6, 3),
+        nn.Linear(3, 3),
+    )
     with pytest.raises(perforate.CheckpointMismatchError) as err:
         perforate.load(other, path)
     text = str(err.value)
@@ -153,7 +168,9 @@ def test_save_mid_dendrite_phase_leaves_candidates_out(tmp_path, gen):
 def test_candidate_key_detection_spares_user_modules():
     from perforate.layers import is_candidate_key
 
-    assert is_candidate_key("enc.0.candidates.weight") and is_candidate_key("candidates.bias")
-    assert is_candidate_key("fc.candidate_cascade")
+    assert is_candidate_key("enc.0.candidates.bank.weight") and is_candidate_key(
+        "candidates.bank.bias"
+    )
+    assert is_candidate_key("fc.candidates.cascade")
     assert not is_candidate_key("candidates.0.weight")  # a user's Sequential named so
     assert not is_candidate_key("mycandidates.weight")

@@ -22,11 +22,20 @@ def grown(model):
 
 
 MODELS = {
-    "mlp": (lambda: nn.Sequential(nn.Linear(12, 16), nn.BatchNorm1d(16), nn.ReLU(),
-                                  nn.Linear(16, 3)), (6, 12)),
-    "cnn": (lambda: nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4),
-                                  nn.ReLU(inplace=True), nn.Flatten(), nn.Linear(4 * 36, 3)),
-            (4, 2, 6, 6)),
+    "mlp": (
+        lambda: nn.Sequential(nn.Linear(12, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 3)),
+        (6, 12),
+    ),
+    "cnn": (
+        lambda: nn.Sequential(
+            nn.Conv2d(2, 4, 3, padding=1),
+            nn.BatchNorm2d(4),
+            nn.ReLU(inplace=True),
+            nn.Flatten(),
+            nn.Linear(4 * 36, 3),
+        ),
+        (4, 2, 6, 6),
+    ),
 }
 
 
@@ -83,5 +92,5 @@ def test_bf16_autocast_keeps_statistics_in_float64():
     y.float().square().mean().backward()
     assert layer.stats.m_ve.dtype == torch.float64 and int(layer.stats.count) == 32
     assert torch.isfinite(layer.stats.pearson()).all()
-    assert layer.candidates.weight.grad.dtype == torch.float32
-    assert layer.candidates.weight.grad.abs().sum() > 0
+    assert layer.candidates.bank.weight.grad.dtype == torch.float32
+    assert layer.candidates.bank.weight.grad.abs().sum() > 0

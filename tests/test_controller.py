@@ -25,8 +25,7 @@ def train_epoch(model, optimizer, gen):
 
 
 def clone_state(model):
-    return {k: v.detach().clone() for k, v in model.state_dict().items()
-            if "candidate" not in k}
+    return {k: v.detach().clone() for k, v in model.state_dict().items() if "candidate" not in k}
 
 
 def run(config, scores, gen):
@@ -41,20 +40,47 @@ def run(config, scores, gen):
     return model, ctl, events, states
 
 
-SCRIPT = [0.5, 0.6, 0.6, 0.6,  # cycle 0: best at 2, patience 2 runs out at 4
-          0.0, 0.0,  # dendrite phase: install after dendrite_max_epochs=2
-          0.65, 0.64, 0.64,  # cycle 1 beats 0.6 by more than 0.01 -> accepted
-          0.0, 0.0,
-          0.655, 0.65,  # cycle 2: best 0.655 is within the 0.01 margin -> rejected, retry
-          0.0, 0.0,
-          0.6, 0.6]  # retry cycle fails too -> retries exhausted: done, best of cycle 1
-EXPECTED = {4: Event.DENDRITE_PHASE, 6: Event.INSTALLED, 9: Event.DENDRITE_PHASE,
-            11: Event.INSTALLED, 13: Event.RETRY, 15: Event.INSTALLED, 17: Event.DONE}
+SCRIPT = [
+    0.5,
+    0.6,
+    0.6,
+    0.6,  # cycle 0: best at 2, patience 2 runs out at 4
+    0.0,
+    0.0,  # dendrite phase: install after dendrite_max_epochs=2
+    0.65,
+    0.64,
+    0.64,  # cycle 1 beats 0.6 by more than 0.01 -> accepted
+    0.0,
+    0.0,
+    0.655,
+    0.65,  # cycle 2: best 0.655 is within the 0.01 margin -> rejected, retry
+    0.0,
+    0.0,
+    0.6,
+    0.6,
+]  # retry cycle fails too -> retries exhausted: done, best of cycle 1
+EXPECTED = {
+    4: Event.DENDRITE_PHASE,
+    6: Event.INSTALLED,
+    9: Event.DENDRITE_PHASE,
+    11: Event.INSTALLED,
+    13: Event.RETRY,
+    15: Event.INSTALLED,
+    17: Event.DONE,
+}
 
 
 def _config(direction="maximize", **kw):
-    return DendriteConfig(patience=2, dendrite_patience=5, dendrite_max_epochs=2, max_retries=1,
-                          improvement_rel=0.0, improvement_abs=0.01, direction=direction, **kw)
+    return DendriteConfig(
+        patience=2,
+        dendrite_patience=5,
+        dendrite_max_epochs=2,
+        max_retries=1,
+        improvement_rel=0.0,
+        improvement_abs=0.01,
+        direction=direction,
+        **kw,
+    )
 
 
 @pytest.mark.parametrize("direction", ["maximize", "minimize"])
@@ -71,8 +97,16 @@ def test_switches_retries_restores_and_stops_at_the_exact_epochs(direction, gen)
         assert torch.equal(final[k], states[7][k]), k
     assert all(int(layer.dendrite_count.sum()) > 0 for layer in ctl.layers.values())
     phases = [r.phase for r in ctl.history]
-    assert phases == ["neuron"] * 4 + ["dendrite"] * 2 + ["neuron"] * 3 + ["dendrite"] * 2 + [
-        "neuron"] * 2 + ["dendrite"] * 2 + ["neuron"] * 2
+    assert (
+        phases
+        == ["neuron"] * 4
+        + ["dendrite"] * 2
+        + ["neuron"] * 3
+        + ["dendrite"] * 2
+        + ["neuron"] * 2
+        + ["dendrite"] * 2
+        + ["neuron"] * 2
+    )
     assert [r.cycle for r in ctl.history][:7] == [0, 0, 0, 0, 0, 0, 1]
     assert ctl.history[4].correlation and ctl.history[0].correlation == {}
     with pytest.raises(perforate.PhaseError, match="done"):
@@ -119,8 +153,9 @@ def test_optimizer_covers_only_what_trains_in_each_phase(gen):
 
 
 def test_user_frozen_parameters_stay_frozen_across_phases(gen):
-    model = nn.Sequential(nn.Embedding(5, 3), nn.Flatten(), nn.Linear(6, 4), nn.Tanh(),
-                          nn.Linear(4, 2))
+    model = nn.Sequential(
+        nn.Embedding(5, 3), nn.Flatten(), nn.Linear(6, 4), nn.Tanh(), nn.Linear(4, 2)
+    )
     model[0].weight.requires_grad_(False)  # the user froze the embedding
     model[2].bias.requires_grad_(False)  # and one bias
     ctl = Perforator(model, _config(), optimizer=lambda p: torch.optim.SGD(p, lr=0.1))
@@ -139,12 +174,23 @@ def test_user_frozen_parameters_stay_frozen_across_phases(gen):
 
 
 def test_fixed_schedule(gen):
-    cfg = DendriteConfig(switch_mode="fixed", fixed_neuron_epochs=3, fixed_dendrite_epochs=2,
-                         max_dendrites=2, improvement_abs=0.0, improvement_rel=0.0)
+    cfg = DendriteConfig(
+        switch_mode="fixed",
+        fixed_neuron_epochs=3,
+        fixed_dendrite_epochs=2,
+        max_dendrites=2,
+        improvement_abs=0.0,
+        improvement_rel=0.0,
+    )
     _, ctl, events, _ = run(cfg, [0.1, 0.2, 0.3, 0, 0, 0.4, 0.5, 0.6, 0, 0, 0.7, 0.8, 0.9], gen)
     got = {i + 1: e for i, e in enumerate(events) if e != Event.CONTINUE}
-    assert got == {3: Event.DENDRITE_PHASE, 5: Event.INSTALLED, 8: Event.DENDRITE_PHASE,
-                   10: Event.INSTALLED, 13: Event.DONE}  # max_dendrites=2 reached
+    assert got == {
+        3: Event.DENDRITE_PHASE,
+        5: Event.INSTALLED,
+        8: Event.DENDRITE_PHASE,
+        10: Event.INSTALLED,
+        13: Event.DONE,
+    }  # max_dendrites=2 reached
     assert ctl.best_score == pytest.approx(0.9)
 
 
@@ -213,8 +259,12 @@ def test_optimizer_must_be_a_factory():
 
 def test_scheduler_is_rebuilt_and_stepped(gen):
     model = tiny_model()
-    ctl = Perforator(model, _config(), optimizer=lambda p: torch.optim.SGD(p, lr=1.0),
-                     scheduler=lambda o: torch.optim.lr_scheduler.StepLR(o, 1, gamma=0.5))
+    ctl = Perforator(
+        model,
+        _config(),
+        optimizer=lambda p: torch.optim.SGD(p, lr=1.0),
+        scheduler=lambda o: torch.optim.lr_scheduler.StepLR(o, 1, gamma=0.5),
+    )
     for s in SCRIPT[:4]:
         train_epoch(model, ctl.optimizer, gen)
         ctl.end_epoch(s)
@@ -263,8 +313,9 @@ def test_dendrite_phase_leaves_norm_running_stats_as_they_were(gen):
 def test_signed_output_weight_start_lowers_the_loss_on_average(gen):
     torch.manual_seed(0)
     model = tiny_model()
-    ctl = Perforator(model, _config(output_weight_init=0.01),
-                     optimizer=lambda p: torch.optim.SGD(p, lr=0.1))
+    ctl = Perforator(
+        model, _config(output_weight_init=0.01), optimizer=lambda p: torch.optim.SGD(p, lr=0.1)
+    )
     x = torch.randn(64, 3, generator=gen)
     t = torch.randn(64, 2, generator=gen)
 
@@ -293,6 +344,9 @@ def test_prewrapped_model_keeps_its_structure_settings():
     assert ctl.config.activation == "tanh"
     with pytest.raises(perforate.ConfigError, match="activation='tanh'"):
         Perforator(model, DendriteConfig(), optimizer=lambda p: torch.optim.SGD(p, lr=0.1))
-    ctl = Perforator(model, DendriteConfig(activation="tanh", objective="covariance"),
-                     optimizer=lambda p: torch.optim.SGD(p, lr=0.1))
+    ctl = Perforator(
+        model,
+        DendriteConfig(activation="tanh", objective="covariance"),
+        optimizer=lambda p: torch.optim.SGD(p, lr=0.1),
+    )
     assert all(layer.config.objective == "covariance" for layer in ctl.layers.values())

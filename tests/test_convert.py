@@ -91,8 +91,13 @@ def test_norm_pairing_in_sequential(layer, norm, shape):
 
 
 def test_norm_of_other_width_is_not_paired():
-    model = nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4, elementwise_affine=False),
-                          nn.Linear(4, 4), nn.Dropout(), nn.BatchNorm1d(4))
+    model = nn.Sequential(
+        nn.Linear(3, 4),
+        nn.LayerNorm(4, elementwise_affine=False),
+        nn.Linear(4, 4),
+        nn.Dropout(),
+        nn.BatchNorm1d(4),
+    )
     perforate.add_dendrites(model)
     assert model[0].norm_path == "1"
     assert model[2].norm is None  # Dropout sits between the layer and the norm

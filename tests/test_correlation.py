@@ -23,7 +23,7 @@ def test_streaming_equals_full_batch_even_with_a_large_error_offset(gen):
     e = 1e3 + 1e-3 * torch.randn(1000, 4, generator=gen, dtype=torch.float64)
     stats = CandidateStats(3, 4)
     for vb, eb in zip(v.split(77), e.split(77), strict=True):
-        stats.add(vb.float(), eb.float())
+        stats.fold(vb.float(), eb.float())
     cov, r = _direct(v.float().double(), e.float().double())
     assert int(stats.count) == 1000
     torch.testing.assert_close(stats.pearson(), r, rtol=1e-3, atol=1e-4)
@@ -36,8 +36,9 @@ def test_saturated_candidate_gives_zero_not_nan():
     v = torch.full((10, 1, 2), 1.0)
     e = torch.randn(10, 2)
     g = surrogate_gradient(v, e, stats, "pearson")
-    assert torch.isfinite(g).all() and torch.equal(stats.pearson(), torch.zeros(1, 2,
-                                                                                  dtype=torch.float64))
+    assert torch.isfinite(g).all() and torch.equal(
+        stats.pearson(), torch.zeros(1, 2, dtype=torch.float64)
+    )
 
 
 def _pool(gen, n=50, f=6, p=3, c=4):
@@ -80,17 +81,18 @@ def test_layer_delivers_closed_form_gradient_from_users_backward(kind, gen):
         base, x = nn.Linear(5, 3), torch.randn(4, 7, 5, generator=gen)
     else:
         base, x = nn.Conv2d(2, 3, 3, padding=1), torch.randn(4, 2, 5, 5, generator=gen)
-    layer = DendriticLayer(base.double(), KINDS[kind],
-                           DendriteConfig(objective="covariance", cascade=False))
+    layer = DendriticLayer(
+        base.double(), KINDS[kind], DendriteConfig(objective="covariance", cascade=False)
+    )
     x = x.double()
     layer.start_dendrite_phase(candidates=2, generator=gen)
     with torch.no_grad():
-        layer.candidates.weight.normal_(0, 0.5, generator=gen)
+        layer.candidates.bank.weight.normal_(0, 0.5, generator=gen)
     y = layer(x)
     e = torch.randn(y.shape, generator=gen, dtype=torch.float64)
     (y * e).sum().backward()
     # Expected, by hand: patterns are all positions, neurons on the channel/last axis.
-    net = layer.candidates(x)
+    net = layer.candidates.bank(x)
     v = torch.sigmoid(net)
     to_rows = layer.kind.patterns_last
     vr, er = to_rows(v).reshape(-1, 2, 3), to_rows(e)
@@ -102,11 +104,12 @@ def test_layer_delivers_closed_form_gradient_from_users_backward(kind, gen):
         expected_b = coef.sum(0)
     else:
         coef_map = coef.reshape(4, 5, 5, 6).permute(0, 3, 1, 2)
-        expected_w = torch.nn.grad.conv2d_weight(x, layer.candidates.weight.shape, coef_map,
-                                                 padding=1)
+        expected_w = torch.nn.grad.conv2d_weight(
+            x, layer.candidates.bank.weight.shape, coef_map, padding=1
+        )
         expected_b = coef.sum(0)
-    torch.testing.assert_close(layer.candidates.weight.grad, expected_w, rtol=1e-8, atol=1e-10)
-    torch.testing.assert_close(layer.candidates.bias.grad, expected_b, rtol=1e-8, atol=1e-10)
+    torch.testing.assert_close(layer.candidates.bank.weight.grad, expected_w, rtol=1e-8, atol=1e-10)
+    torch.testing.assert_close(layer.candidates.bank.bias.grad, expected_b, rtol=1e-8, atol=1e-10)
     assert int(layer.stats.count) == vr.shape[0]
 
 
@@ -120,7 +123,7 @@ def test_error_is_captured_when_everything_upstream_is_frozen(gen):
     assert y.requires_grad
     torch.nn.functional.mse_loss(y, torch.randn(8, 3)).backward()
     assert int(layer.stats.count) == 8
-    assert layer.candidates.weight.grad.abs().sum() > 0
+    assert layer.candidates.bank.weight.grad.abs().sum() > 0
 
 
 def test_non_finite_error_batch_is_skipped_and_counted(gen):
@@ -129,7 +132,9 @@ def test_non_finite_error_batch_is_skipped_and_counted(gen):
     y = layer(torch.randn(8, 4))
     (y * float("nan")).sum().backward()
     assert layer.stats.skipped_batches == 1 and int(layer.stats.count) == 0
-    assert torch.equal(layer.candidates.weight.grad, torch.zeros_like(layer.candidates.weight))
+    assert torch.equal(
+        layer.candidates.bank.weight.grad, torch.zeros_like(layer.candidates.bank.weight)
+    )
     layer(torch.randn(8, 4)).sum().backward()
     assert int(layer.stats.count) == 8 and torch.isfinite(layer.stats.pearson()).all()
 

@@ -10,27 +10,35 @@ import numpy as np
 import pytest
 import torch
 
-from perforate import data
+from perforate.experiments import datasets as data
 
 
 def _write_idx(path, array: np.ndarray, code: int) -> None:
     header = struct.pack(">BBBB", 0, 0, code, array.ndim)
     header += struct.pack(f">{array.ndim}I", *array.shape)
     payload = header + array.astype(">u1" if code == 0x08 else array.dtype).tobytes()
-    with (gzip.open(path, "wb") if str(path).endswith(".gz") else open(path, "wb")) as fh:
+    with gzip.open(path, "wb") if str(path).endswith(".gz") else open(path, "wb") as fh:
         fh.write(payload)
 
 
 def _fake_mnist_dir(tmp_path, n_train=30, n_test=10):
     rng = np.random.default_rng(0)
-    _write_idx(tmp_path / "train-images-idx3-ubyte.gz",
-               rng.integers(0, 256, (n_train, 28, 28)).astype(np.uint8), 0x08)
-    _write_idx(tmp_path / "train-labels-idx1-ubyte",
-               rng.integers(0, 10, n_train).astype(np.uint8), 0x08)
-    _write_idx(tmp_path / "t10k-images-idx3-ubyte.gz",
-               rng.integers(0, 256, (n_test, 28, 28)).astype(np.uint8), 0x08)
-    _write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz",
-               rng.integers(0, 10, n_test).astype(np.uint8), 0x08)
+    _write_idx(
+        tmp_path / "train-images-idx3-ubyte.gz",
+        rng.integers(0, 256, (n_train, 28, 28)).astype(np.uint8),
+        0x08,
+    )
+    _write_idx(
+        tmp_path / "train-labels-idx1-ubyte", rng.integers(0, 10, n_train).astype(np.uint8), 0x08
+    )
+    _write_idx(
+        tmp_path / "t10k-images-idx3-ubyte.gz",
+        rng.integers(0, 256, (n_test, 28, 28)).astype(np.uint8),
+        0x08,
+    )
+    _write_idx(
+        tmp_path / "t10k-labels-idx1-ubyte.gz", rng.integers(0, 10, n_test).astype(np.uint8), 0x08
+    )
 
 
 def test_users_own_idx_directory_loads_with_fixed_splits(tmp_path):
@@ -66,8 +74,10 @@ def test_digits_split_is_fixed_and_normalised_on_train():
     assert abs(float(a.x_train.mean())) < 1e-5
 
 
-@pytest.mark.skipif(not os.path.isdir(data.FASHION_MNIST_DIR) and os.environ.get("CI") != "true",
-                    reason="Debian's dataset-fashion-mnist is not installed (CI installs it)")
+@pytest.mark.skipif(
+    not os.path.isdir(data.FASHION_MNIST_DIR) and os.environ.get("CI") != "true",
+    reason="Debian's dataset-fashion-mnist is not installed (CI installs it)",
+)
 def test_debian_fashion_mnist():
     s = data.load("fashion_mnist")
     assert s.x_train.shape == (50_000, 1, 28, 28) and s.x_test.shape == (10_000, 1, 28, 28)

@@ -18,12 +18,20 @@ WORKER = Path(__file__).with_name("ddp_worker.py")
 
 def _launch(tmp: Path, world: int, mode: str = "ok") -> list[subprocess.CompletedProcess]:
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parent.parent / "src"),
-                                         env.get("PYTHONPATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(Path(__file__).parent.parent / "src"), env.get("PYTHONPATH", "")]
+    )
     init = tmp / "pg_init"
-    procs = [subprocess.Popen([sys.executable, str(WORKER), str(r), str(world), str(init),
-                               str(tmp), mode], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for r in range(world)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(WORKER), str(r), str(world), str(init), str(tmp), mode],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for r in range(world)
+    ]
     out = []
     for p in procs:
         stdout, stderr = p.communicate(timeout=240)
@@ -49,7 +57,8 @@ def test_two_ranks_agree_with_each_other_and_with_one_process(tmp_path):
     single = _tensors(one / "model0.safetensors")
     hs = json.loads((one / "history0.json").read_text())
     assert [(r["phase"], r["event"], r["dendrites"]) for r in hs] == [
-        (r["phase"], r["event"], r["dendrites"]) for r in h0]
+        (r["phase"], r["event"], r["dendrites"]) for r in h0
+    ]
     for rs, r2 in zip(hs, h0, strict=True):
         assert abs(rs["score"] - r2["score"]) < 1e-12
         for layer, corr in rs["correlation"].items():
@@ -65,5 +74,7 @@ def test_a_failing_rank_makes_the_other_fail_not_hang(tmp_path):
     assert time.monotonic() - start < 120
     assert results[1].returncode != 0 and "fails on purpose" in results[1].stderr
     assert results[0].returncode != 0
-    assert any(word in results[0].stderr for word in ("Connection", "closed", "Timed out",
-                                                      "timeout", "Gloo", "gloo"))
+    assert any(
+        word in results[0].stderr
+        for word in ("Connection", "closed", "Timed out", "timeout", "Gloo", "gloo")
+    )

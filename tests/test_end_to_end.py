@@ -7,16 +7,20 @@ import json
 import torch
 
 import perforate
-from perforate import DendriteConfig, data, training
-from perforate.cli import main
+from perforate import DendriteConfig
+from perforate.experiments import datasets as data
+from perforate.experiments import loop as training
+from perforate.experiments import models
+from perforate.experiments.cli import main
 
 
 def test_pb_run_installs_dendrites_and_never_ends_below_its_first_phase():
     torch.manual_seed(0)
     splits = data.digits(seed=0)
-    model = training.mlp(64, 8, 10)
-    config = DendriteConfig(patience=4, dendrite_patience=2, dendrite_max_epochs=4,
-                            max_dendrites=2, max_retries=1)
+    model = models.mlp(64, 8, 10)
+    config = DendriteConfig(
+        patience=4, dendrite_patience=2, dendrite_max_epochs=4, max_dendrites=2, max_retries=1
+    )
     result = training.fit_classifier(model, splits, config, seed=0)
     first_phase = [r for r in result.history if r["cycle"] == 0 and r["phase"] == "neuron"]
     assert any(r["event"] == "installed" for r in result.history)
@@ -31,13 +35,13 @@ def test_pb_run_installs_dendrites_and_never_ends_below_its_first_phase():
 def test_cli_report_redraws_from_saved_results(tmp_path, capsys):
     splits = data.digits(seed=0)
     runs = []
-    for label, config in [("restart control H=8", DendriteConfig(method="restart", patience=2,
-                                                                  max_cycles=1)),
-                          ("PB H=8", DendriteConfig(patience=2, dendrite_max_epochs=2,
-                                                    max_cycles=1))]:
+    for label, config in [
+        ("restart control H=8", DendriteConfig(method="restart", patience=2, max_cycles=1)),
+        ("PB H=8", DendriteConfig(patience=2, dendrite_max_epochs=2, max_cycles=1)),
+    ]:
         torch.manual_seed(0)
-        r = training.fit_classifier(training.mlp(64, 8, 10), splits, config, seed=0)
-        runs.append({"label": label, **r.to_dict()})
+        r = training.fit_classifier(models.mlp(64, 8, 10), splits, config, seed=0)
+        runs.append({**r.to_dict(), "label": label})
     (tmp_path / "results.json").write_text(json.dumps(runs))
     assert main(["report", str(tmp_path)]) == 0
     out = capsys.readouterr().out

@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 
 import perforate
-from perforate.cli import main
-from perforate.experiment import read_experiment
+from perforate.experiments.cli import main
+from perforate.experiments.train_config import read_experiment
 
 TOML = """
 [model]
-factory = "perforate.models:mlp"
+factory = "perforate.experiments.models:mlp"
 kwargs = {{ inputs = 64, hidden = 4, classes = 10 }}
 [data]
 name = "digits"
@@ -48,14 +48,17 @@ def test_train_writes_a_complete_run_dir_and_resumes(tmp_path, capsys):
     assert main(["report", str(run)]) == 0
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("[model]\nfactory='x'\n[data]\nname='digits'\n[bogus]\n", r"unknown section \[bogus\]"),
-    ("[model]\nfactory='x'\ncolour=1\n[data]\nname='digits'\n", "unknown key"),
-    ("[data]\nname='digits'\n", r"missing section \[model\]"),
-    ("[model]\nfactory='x'\n[data]\nname='digits'\n[dendrites]\npatince=3\n", "patience"),
-    ("[model]\nfactory='x'\n[data]\nname='digits'\n[train]\noptimizer='Lion'\n", "Lion"),
-    ("[model\n", "cannot read"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[model]\nfactory='x'\n[data]\nname='digits'\n[bogus]\n", r"unknown section \[bogus\]"),
+        ("[model]\nfactory='x'\ncolour=1\n[data]\nname='digits'\n", "unknown key"),
+        ("[data]\nname='digits'\n", r"missing section \[model\]"),
+        ("[model]\nfactory='x'\n[data]\nname='digits'\n[dendrites]\npatince=3\n", "patience"),
+        ("[model]\nfactory='x'\n[data]\nname='digits'\n[train]\noptimizer='Lion'\n", "Lion"),
+        ("[model\n", "cannot read"),
+    ],
+)
 def test_bad_experiment_files_raise_config_errors(tmp_path, text, message):
     path = tmp_path / "bad.toml"
     path.write_text(text)
@@ -64,18 +67,19 @@ def test_bad_experiment_files_raise_config_errors(tmp_path, text, message):
 
 
 def test_bad_factory_path():
-    from perforate.experiment import import_factory
+    from perforate.experiments.train_config import import_factory
 
     with pytest.raises(perforate.ConfigError, match=r"package\.module:function"):
-        import_factory("perforate.models.mlp")
+        import_factory("perforate.experiments.models.mlp")
     with pytest.raises(perforate.ConfigError, match="cannot import"):
-        import_factory("perforate.models:nope")
+        import_factory("perforate.experiments.models:nope")
 
 
 def test_docs_settings_page_is_generated_from_the_config():
     page = Path(__file__).parent.parent / "docs" / "settings.md"
     assert page.read_text() == perforate.DendriteConfig.markdown(), (
-        "docs/settings.md is stale: run perforate config --markdown > docs/settings.md")
+        "docs/settings.md is stale: run perforate config --markdown > docs/settings.md"
+    )
 
 
 def test_example_configs_are_valid():

@@ -36,15 +36,15 @@ def test_batched_forward_matches_reference(name, cascade, activation, gen):
     grow(layer, cycles=3, gen=gen)
     layer.start_dendrite_phase(candidates=3, generator=gen)
     with torch.no_grad():
-        layer.candidates.weight.normal_(0, 0.5, generator=gen)
-        if layer.candidate_cascade is not None:
-            layer.candidate_cascade.normal_(0, 1, generator=gen)
+        layer.candidates.bank.weight.normal_(0, 0.5, generator=gen)
+        if layer.candidates.cascade is not None:
+            layer.candidates.cascade.normal_(0, 1, generator=gen)
     assert layer.slots >= 2 and int(layer.dendrite_count.min()) < layer.slots  # selective
     y_ref, acts_ref, cand_ref = reference_forward(layer, x)
     y = layer(x)
     torch.testing.assert_close(y, y_ref, rtol=1e-12, atol=1e-12)
-    a = layer._installed(x)
-    v = layer._candidate_outputs(x, a)
+    a = layer.installed_activations(x)
+    v = layer.candidates.outputs(x, a)
     ax = layer.kind.group_axis()
     for c, acts in acts_ref.items():
         for j, a_ref in enumerate(acts):
@@ -77,13 +77,15 @@ def test_nonzero_output_weight_is_compensated_through_the_bias(gen):
     y1 = layer(x).detach()
     assert not torch.allclose(y1, y0)  # per pattern the function moves...
     torch.testing.assert_close(y1.mean(0), y0.mean(0), rtol=0, atol=1e-12)  # ...not on average
-    torch.testing.assert_close(layer.output_weight[0], torch.tensor(
-        [0.5, 0.5, 0.5, 0, 0.5], dtype=torch.float64))
+    torch.testing.assert_close(
+        layer.output_weight[0], torch.tensor([0.5, 0.5, 0.5, 0, 0.5], dtype=torch.float64)
+    )
 
 
 def test_nonzero_output_weight_without_bias_raises(gen):
-    layer = DendriticLayer(nn.Linear(3, 2, bias=False), KINDS["Linear"],
-                           DendriteConfig(output_weight_init=1.0))
+    layer = DendriticLayer(
+        nn.Linear(3, 2, bias=False), KINDS["Linear"], DendriteConfig(output_weight_init=1.0)
+    )
     layer.start_dendrite_phase(generator=gen)
     layer(torch.randn(4, 3)).sum().backward()
     with pytest.raises(perforate.InstallError, match="no bias"):
@@ -132,21 +134,25 @@ def test_dendrite_phase_output_unchanged_and_only_candidates_get_grads(gen):
         is_candidate = name.startswith("candidate")
         assert p.requires_grad == is_candidate, name
         assert (p.grad is not None) == is_candidate, name
-    assert layer.candidates.weight.grad.abs().sum() > 0
-    assert layer.candidate_cascade.grad.abs().sum() > 0
+    assert layer.candidates.bank.weight.grad.abs().sum() > 0
+    assert layer.candidates.cascade.grad.abs().sum() > 0
     assert int(layer.stats.count) == x.shape[0] * y.shape[2] * y.shape[3]
 
 
 def test_phase_switches_restore_user_trainability(gen):
-    layer, _ = make_layer("linear2d", dendrites_learn=True)
+    layer, _ = make_layer("linear2d")
     layer.base.bias.requires_grad_(False)  # the user froze it
     grow(layer, cycles=1, gen=gen)
+    assert not layer.dendrites.weight.requires_grad  # inputs frozen unless a rule says so
     layer.start_dendrite_phase(generator=gen)
     assert not layer.base.weight.requires_grad and not layer.output_weight.requires_grad
-    layer.start_neuron_phase()
+    layer.start_neuron_phase(dendrite_inputs_train=True)
     assert layer.base.weight.requires_grad and not layer.base.bias.requires_grad
     assert layer.output_weight.requires_grad
-    assert layer.dendrites.weight.requires_grad  # dendrites_learn=True
+    assert layer.dendrites.weight.requires_grad and layer.cascade_weight.requires_grad
+    layer.start_dendrite_phase(generator=gen)
+    layer.start_neuron_phase()  # keeps the rule's last choice
+    assert layer.dendrites.weight.requires_grad
     assert layer.candidates is None and layer.stats is None
     layer.start_inference()
     assert not any(p.requires_grad for p in layer.parameters())

@@ -11,7 +11,7 @@ from torch import nn  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
 import perforate  # noqa: E402
-from perforate.data import digits  # noqa: E402
+from perforate.experiments.datasets import digits  # noqa: E402
 from perforate.integrations.lightning import PerforateCallback  # noqa: E402
 
 
@@ -40,13 +40,20 @@ def test_callback_drives_pb_and_stops_the_trainer():
     data = digits()
     train = DataLoader(TensorDataset(data.x_train, data.y_train), batch_size=64, shuffle=True)
     val = DataLoader(TensorDataset(data.x_val, data.y_val), batch_size=512)
-    config = perforate.DendriteConfig(patience=2, dendrite_patience=1, dendrite_max_epochs=2,
-                                      max_dendrites=1, max_retries=0)
+    config = perforate.DendriteConfig(
+        patience=2, dendrite_patience=1, dendrite_max_epochs=2, max_dendrites=1, max_retries=0
+    )
     callback = PerforateCallback(config, monitor="val_acc", seed=0)
     module = Classifier()
-    trainer = pl.Trainer(max_epochs=60, callbacks=[callback], accelerator="cpu",
-                         enable_progress_bar=False, logger=False, enable_checkpointing=False,
-                         enable_model_summary=False)
+    trainer = pl.Trainer(
+        max_epochs=60,
+        callbacks=[callback],
+        accelerator="cpu",
+        enable_progress_bar=False,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+    )
     trainer.fit(module, train, val)
     ctl = callback.controller
     assert perforate.Event.INSTALLED in callback.events

@@ -29,17 +29,18 @@ def layer_and_input(draw):
     dims = 1 if kind == "Conv1d" else 2
     size = [draw(st.integers(dil * (k - 1) + 1, 7)) for _ in range(dims)]
     cls = nn.Conv1d if dims == 1 else nn.Conv2d
-    layer = cls(c_in, c_out, k, stride=stride, padding=pad, dilation=dil,
-                bias=draw(st.booleans()))
+    layer = cls(c_in, c_out, k, stride=stride, padding=pad, dilation=dil, bias=draw(st.booleans()))
     return layer, (batch, c_in, *size)
 
 
 @st.composite
 def grown(draw):
     base, shape = draw(layer_and_input())
-    cfg = DendriteConfig(cascade=draw(st.booleans()),
-                         activation=draw(st.sampled_from(["sigmoid", "tanh"])),
-                         candidates_per_neuron=draw(st.integers(1, 3)))
+    cfg = DendriteConfig(
+        cascade=draw(st.booleans()),
+        activation=draw(st.sampled_from(["sigmoid", "tanh"])),
+        candidates_per_neuron=draw(st.integers(1, 3)),
+    )
     torch.manual_seed(draw(st.integers(0, 2**16)))
     model = perforate.add_dendrites(nn.Sequential(base.double()), cfg)
     layer = model[0]
@@ -48,8 +49,15 @@ def grown(draw):
     for _ in range(rounds):
         layer.start_dendrite_phase()
         y0 = layer(x).detach()
-        choice = torch.tensor(draw(st.lists(st.integers(-1, layer.pool_size - 1),
-                                            min_size=layer.neurons, max_size=layer.neurons)))
+        choice = torch.tensor(
+            draw(
+                st.lists(
+                    st.integers(-1, layer.pool_size - 1),
+                    min_size=layer.neurons,
+                    max_size=layer.neurons,
+                )
+            )
+        )
         layer.install(choice)
         assert torch.equal(layer(x).detach(), y0)  # function preserved at every install
         with torch.no_grad():
@@ -70,7 +78,7 @@ def test_batched_layer_equals_reference_loop(case):
     y_ref, _, cand_ref = reference_forward(layer, x)
     torch.testing.assert_close(layer(x), y_ref, rtol=1e-10, atol=1e-10)
     if layer.candidates is not None:
-        v = layer._candidate_outputs(x, layer._installed(x) if layer.slots else None)
+        v = layer.candidates.outputs(x, layer.installed_activations(x) if layer.slots else None)
         ax = layer.kind.group_axis()
         for (p, c), v_ref in cand_ref.items():
             got = v.select(ax, p)[..., c] if ax == -2 else v[:, p, c]

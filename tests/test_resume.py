@@ -12,22 +12,28 @@ from pathlib import Path
 import torch
 
 import perforate
-import perforate.state
+import perforate.training_state
 
 WORKER = Path(__file__).with_name("resume_worker.py")
 
 
 def _env():
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONHASHSEED="0")
-    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parent.parent / "src"),
-                                         env.get("PYTHONPATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(Path(__file__).parent.parent / "src"), env.get("PYTHONPATH", "")]
+    )
     return env
 
 
 def _run(out: Path, kill_at_dendrite_epoch: int | None = None) -> bool:
     """Run the worker; kill it (SIGKILL) once it is inside its n-th dendrite epoch."""
-    proc = subprocess.Popen([sys.executable, str(WORKER), str(out)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=_env())
+    proc = subprocess.Popen(
+        [sys.executable, str(WORKER), str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
+    )
     seen = 0
     killed = False
     for line in proc.stdout:
@@ -50,8 +56,8 @@ def test_sigkill_mid_dendrite_phase_then_resume_matches_uninterrupted(tmp_path):
     assert not _run(clean)
     assert _run(crashed, kill_at_dendrite_epoch=2)  # killed inside a dendrite phase
     assert not (crashed / "final.safetensors").exists()
-    header, _ = perforate.state.read_training(crashed / "ckpt.safetensors")
-    assert header["controller"]["phase"] == "dendrite"
+    state = perforate.training_state.load(crashed / "ckpt.safetensors")
+    assert state["controller"]["phase"] == "dendrite"
     assert not _run(crashed)  # resumes from the checkpoint and finishes
     h_clean = json.loads((clean / "history.json").read_text())
     h_crash = json.loads((crashed / "history.json").read_text())

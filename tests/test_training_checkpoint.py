@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import perforate
-import perforate.state
+import perforate.training_state
 from perforate import DendriteConfig, Perforator
 
 
@@ -20,8 +20,14 @@ def factory(params):
     return torch.optim.Adam(params, lr=0.05)
 
 
-CFG = DendriteConfig(patience=1, dendrite_patience=1, dendrite_max_epochs=2, max_retries=1,
-                     improvement_abs=0.01, improvement_rel=0.0)
+CFG = DendriteConfig(
+    patience=1,
+    dendrite_patience=1,
+    dendrite_max_epochs=2,
+    max_retries=1,
+    improvement_abs=0.01,
+    improvement_rel=0.0,
+)
 SCORES = [0.1, 0.2, 0.2, 0.0, 0.0, 0.3, 0.3, 0.0, 0.0, 0.31, 0.31]
 
 
@@ -58,8 +64,7 @@ def test_save_anywhere_and_resume_gives_the_same_run(tmp_path, stop_after):
     run(model, ctl, SCORES[stop_after:], gen)
 
     strip = [{k: v for k, v in r.to_dict().items() if k != "seconds"} for r in ctl.history]
-    assert strip == [{k: v for k, v in r.to_dict().items() if k != "seconds"}
-                     for r in ref.history]
+    assert strip == [{k: v for k, v in r.to_dict().items() if k != "seconds"} for r in ref.history]
     a, b = ref_model.state_dict(), model.state_dict()
     assert sorted(a) == sorted(b)
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -80,8 +85,8 @@ def test_checkpoint_every_epoch_keeps_the_previous_one(tmp_path):
     path = _saved(tmp_path)
     prev = path.with_name(path.name + ".prev")
     assert path.is_file() and prev.is_file()
-    assert perforate.state.read_training(path)[0]["controller"]["epoch"] == 5
-    assert perforate.state.read_training(prev)[0]["controller"]["epoch"] == 4
+    assert perforate.training_state.load(path)["controller"]["epoch"] == 5
+    assert perforate.training_state.load(prev)["controller"]["epoch"] == 4
 
 
 def test_corrupted_checkpoint_is_refused_and_prev_still_resumes(tmp_path):
@@ -118,11 +123,15 @@ def test_pickled_file_is_never_unpickled(tmp_path):
 
 def test_scheduler_with_a_callable_cannot_be_checkpointed(tmp_path):
     model = build()
-    ctl = Perforator(model, CFG, optimizer=factory,
-                     scheduler=lambda o: torch.optim.lr_scheduler.LambdaLR(o, lambda e: 0.9))
+    ctl = Perforator(
+        model,
+        CFG,
+        optimizer=factory,
+        scheduler=lambda o: torch.optim.lr_scheduler.LambdaLR(o, lambda e: 0.9),
+    )
     epoch(model, ctl, torch.Generator().manual_seed(0))
     ctl.end_epoch(0.1)
     # LambdaLR leaves lambdas out of its state_dict, so this one does checkpoint.
     ctl.save_checkpoint(tmp_path / "ok.safetensors")
     with pytest.raises(perforate.CheckpointError, match="cannot store a function"):
-        perforate.state.flatten({"f": lambda: 0}, "x", {})
+        perforate.files.flatten({"f": lambda: 0}, "x", {})

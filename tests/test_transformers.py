@@ -34,19 +34,42 @@ class Tokens(torch.utils.data.Dataset):
 
 def test_trainer_callback_installs_dendrites_in_attention_and_mlp(tmp_path):
     torch.manual_seed(0)
-    cfg = transformers.BertConfig(vocab_size=32, hidden_size=16, num_hidden_layers=1,
-                                  num_attention_heads=2, intermediate_size=32,
-                                  max_position_embeddings=16, num_labels=2)
+    cfg = transformers.BertConfig(
+        vocab_size=32,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=16,
+        num_labels=2,
+    )
     model = transformers.BertForSequenceClassification(cfg)
     args = transformers.TrainingArguments(
-        output_dir=str(tmp_path), num_train_epochs=40, per_device_train_batch_size=32,
-        learning_rate=3e-3, eval_strategy="epoch", save_strategy="no", logging_strategy="no",
-        report_to=[], use_cpu=True, disable_tqdm=True, seed=0)
-    trainer = transformers.Trainer(model=model, args=args, train_dataset=Tokens(256, 0),
-                                   eval_dataset=Tokens(128, 1))
-    config = perforate.DendriteConfig(direction="minimize", pair_norms=False, patience=2,
-                                      dendrite_patience=1, dendrite_max_epochs=2,
-                                      max_dendrites=1, max_retries=0, improvement_rel=0.05)
+        output_dir=str(tmp_path),
+        num_train_epochs=40,
+        per_device_train_batch_size=32,
+        learning_rate=3e-3,
+        eval_strategy="epoch",
+        save_strategy="no",
+        logging_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=0,
+    )
+    trainer = transformers.Trainer(
+        model=model, args=args, train_dataset=Tokens(256, 0), eval_dataset=Tokens(128, 1)
+    )
+    config = perforate.DendriteConfig(
+        direction="minimize",
+        pair_norms=False,
+        patience=2,
+        dendrite_patience=1,
+        dendrite_max_epochs=2,
+        max_dendrites=1,
+        max_retries=0,
+        improvement_rel=0.05,
+    )
     callback = attach(trainer, config, metric="eval_loss", seed=0)
     layers = perforate.dendritic_layers(model)
     assert "bert.encoder.layer.0.attention.self.query" in layers

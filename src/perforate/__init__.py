@@ -1,14 +1,23 @@
 """perforate: Perforated Backpropagation for PyTorch.
 
 Dendrite nodes, trained by the cascade-correlation objective against each neuron's
-remaining error, grown into the layers of any model.
+remaining error, grown into the layers of any model. This package is the library; the
+demo, benchmarks and command line live in `perforate.experiments`, which it never imports.
 """
 
 from .accounting import LayerParameters, ParameterReport, parameter_report
+from .candidates import CandidatePool
 from .checkpoint import load, save
 from .config import DendriteConfig
-from .controller import ControllerPhase, EpochRecord, Event, Perforator, ScoreError
-from .convert import add_dendrites, dendritic_layers, find_norm_pairs, remove_dendrites
+from .controller import Perforator
+from .convert import (
+    add_dendrites,
+    dendritic_layers,
+    find_norm_pairs,
+    hidden_layers_only,
+    output_layer,
+    remove_dendrites,
+)
 from .correlation import CandidateStats, surrogate_gradient
 from .errors import (
     AlreadyConvertedError,
@@ -22,41 +31,56 @@ from .errors import (
     PerforateError,
     PerforateWarning,
     PhaseError,
+    ScoreError,
     UnsupportedLayerError,
 )
+from .events import EpochRecord, Event
 from .layers import DendriticLayer, Phase
+from .rules import CorrelationRule, GradientRule, RestartRule, TrainingRule
+from .selection import BestCandidate
+from .switching import FixedSwitching, PatienceSwitching, Switching
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "AlreadyConvertedError",
+    "BestCandidate",
+    "CandidatePool",
     "CandidateStats",
     "CheckpointError",
     "CheckpointMismatchError",
     "ConfigError",
-    "ControllerPhase",
+    "CorrelationRule",
     "DendriteConfig",
     "DendriticLayer",
     "EpochRecord",
     "Event",
+    "FixedSwitching",
+    "GradientRule",
     "InputShapeError",
     "InstallError",
     "LayerParameters",
     "NoTargetLayersError",
     "NotConvertedError",
     "ParameterReport",
+    "PatienceSwitching",
     "PerforateError",
     "PerforateWarning",
     "Perforator",
     "Phase",
     "PhaseError",
+    "RestartRule",
     "ScoreError",
+    "Switching",
+    "TrainingRule",
     "UnsupportedLayerError",
     "__version__",
     "add_dendrites",
     "dendritic_layers",
     "find_norm_pairs",
+    "hidden_layers_only",
     "load",
+    "output_layer",
     "parameter_report",
     "remove_dendrites",
     "save",

@@ -60,13 +60,21 @@ def parameter_report(model: nn.Module) -> ParameterReport:
     for name, layer in layers.items():
         unit, dend = layer.parameter_counts()
         counts = layer.dendrite_count
-        rows.append(LayerParameters(
-            name=name, kind=layer.kind.name, neurons=layer.neurons, base=unit, dendrite=dend,
-            dendrites=int(counts.sum()), max_per_neuron=int(counts.max()) if counts.numel() else 0,
-        ))
+        rows.append(
+            LayerParameters(
+                name=name,
+                kind=layer.kind.name,
+                neurons=layer.neurons,
+                base=unit,
+                dendrite=dend,
+                dendrites=int(counts.sum()),
+                max_per_neuron=int(counts.max()) if counts.numel() else 0,
+            )
+        )
         for p in layer.parameters():
             seen.add(id(p))
     other = sum(p.numel() for p in model.parameters() if id(p) not in seen)
     base = sum(r.base for r in rows) + other
-    return ParameterReport(tuple(rows), base=base, dendrite=sum(r.dendrite for r in rows),
-                           other=other)
+    return ParameterReport(
+        tuple(rows), base=base, dendrite=sum(r.dendrite for r in rows), other=other
+    )

@@ -8,47 +8,19 @@ unpickled.
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load as load_bytes
-from safetensors.torch import save as save_bytes
 from torch import nn
 
+from . import files
 from .config import DendriteConfig
 from .convert import add_dendrites, dendritic_layers, remove_dendrites
 from .errors import CheckpointError, CheckpointMismatchError, ConfigError, NotConvertedError
 from .layers import is_candidate_key, is_sized_on_load
 
 FORMAT = "perforate.model/1"
-_META_KEY = "perforate"
-
-
-def atomic_write(path: str | os.PathLike, data: bytes) -> None:
-    """Write `data` to `path` so that readers see the old file or the new one, never half."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def model_structure(model: nn.Module) -> dict[str, Any]:
@@ -89,13 +61,12 @@ def save(model: nn.Module, path: str | os.PathLike, metadata: dict[str, Any] | N
     header = model_structure(model)
     if metadata:
         header["user"] = metadata
-    data = save_bytes(state_tensors(model), metadata={_META_KEY: json.dumps(header)})
-    atomic_write(path, data)
+    files.write(path, header, state_tensors(model))
 
 
 def read(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """Header and tensors of a perforate model file; `CheckpointError` if it is not one."""
-    header, tensors = read_file(path)
+    header, tensors = files.read(path)
     if header.get("format") != FORMAT:
         raise CheckpointError(
             f"{path}: format {header.get('format')!r} is not {FORMAT!r}; a training "
@@ -105,34 +76,9 @@ def read(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tenso
     return header, tensors
 
 
-def read_file(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """Header and tensors of any perforate file; `CheckpointError` if it is not one."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"no checkpoint at {path}")
-    data = path.read_bytes()
-    try:
-        tensors = load_bytes(data)
-        with safe_open(str(path), framework="pt") as fh:
-            meta = fh.metadata() or {}
-    except (SafetensorError, ValueError, OSError, RuntimeError) as exc:
-        raise CheckpointError(
-            f"{path} is not a readable safetensors file (truncated, corrupted, or another "
-            f"format; perforate never unpickles): {exc}"
-        ) from exc
-    if _META_KEY not in meta:
-        raise CheckpointError(f"{path} is a safetensors file but not a perforate checkpoint")
-    try:
-        header = json.loads(meta[_META_KEY])
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path}: corrupted structure header: {exc}") from exc
-    if not isinstance(header, dict) or "format" not in header:
-        raise CheckpointError(f"{path}: structure header has no format field")
-    return header, tensors
-
-
-def _mismatches(model: nn.Module, header: dict[str, Any],
-                tensors: dict[str, torch.Tensor]) -> list[str]:
+def _mismatches(
+    model: nn.Module, header: dict[str, Any], tensors: dict[str, torch.Tensor]
+) -> list[str]:
     layers = dendritic_layers(model)
     saved = header["layers"]
     problems = layer_set_mismatches(layers, saved)
@@ -149,17 +95,17 @@ def _mismatches(model: nn.Module, header: dict[str, Any],
                 f"layer {name!r}: already has {layer.slots} dendrite slots, checkpoint {s['slots']}"
             )
         if s["norm"] != layer.norm_path:
-            problems.append(f"layer {name!r}: paired norm {layer.norm_path!r} here, "
-                            f"{s['norm']!r} saved")
+            problems.append(
+                f"layer {name!r}: paired norm {layer.norm_path!r} here, {s['norm']!r} saved"
+            )
     return problems + tensor_mismatches(model, tensors)
 
 
 def layer_set_mismatches(here: dict[str, Any], saved: dict[str, Any]) -> list[str]:
     """Wrapped layers present on one side only."""
-    return ([f"layer {n!r} is in the checkpoint but not in the model"
-             for n in saved if n not in here]
-            + [f"layer {n!r} is in the model but not in the checkpoint"
-               for n in here if n not in saved])
+    return [
+        f"layer {n!r} is in the checkpoint but not in the model" for n in saved if n not in here
+    ] + [f"layer {n!r} is in the model but not in the checkpoint" for n in here if n not in saved]
 
 
 def tensor_mismatches(model: nn.Module, tensors: dict[str, torch.Tensor]) -> list[str]:
@@ -173,10 +119,15 @@ def tensor_mismatches(model: nn.Module, tensors: dict[str, torch.Tensor]) -> lis
         if key not in tensors:
             problems.append(f"tensor {key!r} is missing from the checkpoint")
         elif tuple(tensors[key].shape) != tuple(value.shape):
-            problems.append(f"tensor {key!r}: shape {tuple(value.shape)} here, "
-                            f"{tuple(tensors[key].shape)} saved")
-    problems += [f"tensor {key!r} is in the checkpoint but not in the model"
-                 for key in tensors if key not in own and not is_sized_on_load(key)]
+            problems.append(
+                f"tensor {key!r}: shape {tuple(value.shape)} here, "
+                f"{tuple(tensors[key].shape)} saved"
+            )
+    problems += [
+        f"tensor {key!r} is in the checkpoint but not in the model"
+        for key in tensors
+        if key not in own and not is_sized_on_load(key)
+    ]
     return problems
 
 

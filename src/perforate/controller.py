@@ -1,4 +1,4 @@
-"""The phase controller: when to switch, install, retry, stop, and restore the best.
+"""The phase controller: the state machine of Perforated Backpropagation.
 
 The user's loop stays theirs:
 
@@ -7,88 +7,47 @@ The user's loop stays theirs:
         train_one_epoch(model, ctl.optimizer)
         ctl.end_epoch(validation_score)
 
-The controller owns the optimizer (built from the user's factory) and rebuilds it at every
-restructure, so the loop never holds a stale one. It costs a few tensor reductions per
-`end_epoch`; it writes nothing to disk.
+States: NEURON (the network trains) -> DENDRITE (candidates train, the rest is frozen) ->
+NEURON ... -> DONE. The controller decides only the transitions; each other job is an
+object it holds, and each saves itself:
+
+    switching   when a phase ends            (switching.py: patience, fixed)
+    rule        what a new cycle does        (rules.py: correlation, GD, restart)
+    optimizers  optimizer, scheduler, DDP    (optimizers.py)
+    freeze      what a dendrite phase stops  (trainability.py)
+    snapshots   best and accepted states     (snapshots.py)
+    history     one record per evaluation    (events.py)
+
+`end_epoch` costs a few tensor reductions; nothing is written unless `checkpoint_path`
+is set (training_state.py turns `state_dict()` into a file).
 """
 
 from __future__ import annotations
 
-import enum
-import itertools
 import math
 import os
-import time
-import warnings
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from . import distributed
+from . import distributed, training_state
 from .accounting import parameter_report
+from .checkpoint import layer_set_mismatches, tensor_mismatches
 from .config import DendriteConfig
 from .convert import add_dendrites, dendritic_layers
-from .errors import ConfigError, PerforateError, PerforateWarning, PhaseError
-from .layers import DendriticLayer, is_candidate_key
+from .errors import CheckpointError, CheckpointMismatchError, ConfigError, PhaseError, ScoreError
+from .events import EpochRecord, Event, History
+from .layers import DendriticLayer, Phase
+from .optimizers import OptimizerFactory, OptimizerOwner, SchedulerFactory
+from .rules import TrainingRule, resolve_rule
+from .snapshots import Snapshot
+from .switching import DirectionCheck, Improvement, Switching, resolve_switching
+from .trainability import OutsideFreeze
 
-OptimizerFactory = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
-SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
-
-
-class ScoreError(PerforateError, ValueError):
-    """A validation score passed to `end_epoch` is not a finite number."""
-
-
-class Event(str, enum.Enum):
-    """What `end_epoch` did."""
-
-    CONTINUE = "continue"  # same phase goes on
-    DENDRITE_PHASE = "dendrite_phase"  # neuron phase ended; candidates created
-    INSTALLED = "installed"  # dendrites installed; a new neuron phase started
-    RESTARTED = "restarted"  # restart control: best restored, fresh optimizer
-    RETRY = "retry"  # cycle did not beat the best: restored it, fresh candidates
-    DONE = "done"  # training is over; the model holds the best accepted state
-
-
-class ControllerPhase(str, enum.Enum):
-    NEURON = "neuron"
-    DENDRITE = "dendrite"
-    DONE = "done"
-
-
-@dataclass
-class EpochRecord:
-    """One row of `Perforator.history`."""
-
-    epoch: int
-    cycle: int
-    phase: str
-    score: float
-    best_score: float
-    event: str
-    dendrites: int
-    base_params: int
-    dendrite_params: int
-    seconds: float
-    correlation: dict[str, float] = field(default_factory=dict)  # layer -> mean best |r|
-    lr: float | None = None
-    # At an install: per layer, dendrites installed, their mean |r| and mean output std.
-    install: dict[str, dict[str, float]] = field(default_factory=dict)
-    # Dendrite phase: batches whose error was not finite (skipped, statistics untouched).
-    skipped_batches: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-
-@dataclass
-class _Snapshot:
-    score: float
-    state: dict[str, torch.Tensor]
+STATE_VERSION = 2
 
 
 class Perforator:
@@ -113,6 +72,8 @@ class Perforator:
         process_group: under torch.distributed, the group whose processes share one run
             ("auto": the default group when initialised with more than one process; None:
             act alone). Candidate statistics and validation scores are reconciled over it.
+        rule: a `TrainingRule` object; default: the one `config.method` names.
+        switching: a `Switching` policy; default: the one `config.switch_mode` names.
     """
 
     def __init__(
@@ -128,12 +89,12 @@ class Perforator:
         checkpoint_every: int = 1,
         wrapper: Callable[[nn.Module], nn.Module] | None = None,
         process_group: Any = "auto",
+        rule: TrainingRule | None = None,
+        switching: Switching | None = None,
     ) -> None:
-        if not callable(optimizer):
-            raise TypeError(
-                "optimizer must be a factory, e.g. lambda params: torch.optim.Adam(params), "
-                f"got {type(optimizer).__name__}; the controller rebuilds it at every restructure"
-            )
+        self.optimizers = OptimizerOwner(optimizer, candidate_optimizer, scheduler, wrapper)
+        if checkpoint_every < 1:
+            raise ConfigError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
         existing = dendritic_layers(model)
         if existing:
             config = _adopt_config(existing, config)
@@ -142,146 +103,70 @@ class Perforator:
             add_dendrites(model, self.config)
         self.model = model
         self.layers: dict[str, DendriticLayer] = dendritic_layers(model)
-        self._optimizer_factory = optimizer
-        self._candidate_factory = candidate_optimizer or optimizer
-        self._scheduler_factory = scheduler
+        self.rule = rule if rule is not None else resolve_rule(self.config)
+        self.switching = switching if switching is not None else resolve_switching(self.config)
+        self.improvement = Improvement.from_config(self.config)
+        self.direction_check = DirectionCheck(self.improvement, self.config.direction)
+        self.freeze = OutsideFreeze(model, self.layers)
+        self.recorder = History()
+        self.checkpoint_path = None if checkpoint_path is None else Path(checkpoint_path)
+        self.checkpoint_every = checkpoint_every
         self._generator = torch.Generator(device="cpu")
         self._generator.manual_seed(seed if seed is not None else torch.initial_seed())
-        self.phase = ControllerPhase.NEURON
+        self.phase = Phase.NEURON
         self.epoch = 0
         self.steps = 0
         self.cycle = 0
         self.retries = 0
-        self.history: list[EpochRecord] = []
-        self._maximize = self.config.direction == "maximize"
-        self._best: _Snapshot | None = None  # best state within the current cycle
-        self._accepted: _Snapshot | None = None  # best state of the last accepted cycle
-        self._since_improvement = 0
-        self._patience_ref: float | None = None
-        self._phase_epochs = 0
-        self._corr_best: float | None = None
-        self._corr_since = 0
-        self._frozen: dict[int, bool] = {}
-        self._last_time = time.perf_counter()
-        self._install_info: dict[str, dict[str, float]] = {}
-        self._first_scores: list[float] = []
-        self._skipped = 0
-        self._steps_since_eval = 0
-        if checkpoint_every < 1:
-            raise ConfigError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
-        self.checkpoint_path = None if checkpoint_path is None else Path(checkpoint_path)
-        self.checkpoint_every = checkpoint_every
-        self.optimizer: torch.optim.Optimizer
-        self.scheduler: Any = None
-        self._wrapper = wrapper
-        self.wrapped: nn.Module = model
+        self._best: Snapshot | None = None  # best state within the current cycle
+        self._accepted: Snapshot | None = None  # best state of the last accepted cycle
         self.group = distributed.resolve_group(process_group)
         self.world_size = distributed.world_size(self.group)
         self.rank = distributed.rank(self.group)
         for layer in self.layers.values():
-            layer.reduce = distributed.sum_reducer(self.group)
-            layer.world_size = self.world_size
+            layer.share_statistics(distributed.sum_reducer(self.group), self.world_size)
+            if layer.phase == Phase.NEURON:
+                layer.start_neuron_phase(self.rule.dendrite_inputs_train)
         self._build_optimizer()
 
     # --- public state ------------------------------------------------------------------
     @property
     def done(self) -> bool:
-        return self.phase == ControllerPhase.DONE
+        return self.phase == Phase.DONE
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        """The optimizer to step now (rebuilt at every restructure: never keep it)."""
+        return self.optimizers.optimizer
+
+    @property
+    def scheduler(self) -> Any:
+        return self.optimizers.scheduler
+
+    @property
+    def wrapped(self) -> nn.Module:
+        """The model under `wrapper` (the model itself without one): train with this."""
+        return self.optimizers.wrapped
+
+    @property
+    def history(self) -> list[EpochRecord]:
+        return self.recorder.records
 
     @property
     def best_score(self) -> float | None:
         """The best score seen so far: of the accepted state or of the cycle in flight."""
         scores = [s.score for s in (self._accepted, self._best) if s is not None]
-        if not scores:
-            return None
-        return max(scores) if self._maximize else min(scores)
+        return self.improvement.best(scores) if scores else None
 
     def dendrite_counts(self) -> dict[str, list[int]]:
         return {n: layer.dendrite_count.tolist() for n, layer in self.layers.items()}
 
-    # --- helpers -----------------------------------------------------------------------
-    def _better(self, score: float, reference: float | None, margin: bool = True) -> bool:
-        if reference is None:
-            return True
-        gap = max(self.config.improvement_rel * abs(reference), self.config.improvement_abs)
-        if not margin:
-            gap = 0.0
-        return score > reference + gap if self._maximize else score < reference - gap
+    def parameters_in_use(self) -> Iterable[nn.Parameter]:
+        """Parameters the current optimizer updates."""
+        for group in self.optimizer.param_groups:
+            yield from group["params"]
 
-    def _trainable(self) -> list[nn.Parameter]:
-        seen, out = set(), []
-        for p in self.model.parameters():
-            if p.requires_grad and id(p) not in seen:
-                seen.add(id(p))
-                out.append(p)
-        return out
-
-    def _build_optimizer(self) -> None:
-        if self.phase == ControllerPhase.DENDRITE:
-            params = [p for layer in self.layers.values() for p in layer.candidate_parameters()]
-            self.optimizer = self._candidate_factory(params)
-        else:
-            params = self._trainable()
-            if not params:
-                raise PhaseError("no trainable parameter in the model: nothing to optimise")
-            self.optimizer = self._optimizer_factory(params)
-        if not isinstance(self.optimizer, torch.optim.Optimizer):
-            raise TypeError(
-                f"the optimizer factory returned {type(self.optimizer).__name__}, "
-                "not a torch.optim.Optimizer"
-            )
-        # Count steps on the innermost optimizer: wrappers (accelerate's, Lightning's) call
-        # its step, and may not carry hooks of their own.
-        inner = self.optimizer
-        while isinstance(getattr(inner, "optimizer", None), torch.optim.Optimizer):
-            inner = inner.optimizer
-        self._stepped_optimizer = inner
-        inner.register_step_post_hook(self._count_step)
-        if self._wrapper is not None:
-            self.wrapped = self._wrapper(self.model)
-        if self._scheduler_factory is not None:
-            self.scheduler = self._scheduler_factory(self.optimizer)
-
-    def _count_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        if optimizer is self._stepped_optimizer:
-            self._steps_since_eval += 1
-
-    def _snapshot(self, score: float) -> _Snapshot:
-        state = {
-            k: v.detach().clone()
-            for k, v in self.model.state_dict().items()
-            if not is_candidate_key(k)
-        }
-        return _Snapshot(score, state)
-
-    def _restore(self, snap: _Snapshot) -> None:
-        result = self.model.load_state_dict(snap.state, strict=False)
-        bad = [k for k in result.missing_keys if not is_candidate_key(k)]
-        if bad or result.unexpected_keys:
-            raise PhaseError(
-                f"could not restore the best state: missing {bad}, "
-                f"unexpected {result.unexpected_keys}"
-            )
-
-    def _freeze_outside_layers(self) -> None:
-        """Freeze every parameter the dendritic layers do not manage themselves."""
-        owned = {id(p) for layer in self.layers.values() for p in layer.parameters()}
-        self._frozen = {}
-        for p in self.model.parameters():
-            if id(p) not in owned:
-                self._frozen[id(p)] = p.requires_grad
-                p.requires_grad_(False)
-
-    def _unfreeze(self) -> None:
-        for p in self.model.parameters():
-            if id(p) in self._frozen:
-                p.requires_grad_(self._frozen[id(p)])
-        self._frozen = {}
-
-    def _can_grow(self) -> bool:
-        cap = self.config.max_dendrites
-        return any(int(layer.dendrite_count.min()) < cap for layer in self.layers.values())
-
+    # --- the loop's calls ----------------------------------------------------------------
     def end_step(self) -> bool:
         """Count one training step; True when an evaluation (and `end_epoch`) is due.
 
@@ -298,15 +183,42 @@ class Perforator:
         self.steps += 1
         return self.steps % n == 0
 
-    # --- the state machine ---------------------------------------------------------------
     def end_epoch(self, score: float) -> Event:
         """Report the validation score of the epoch just trained; returns what happened."""
         if self.done:
             raise PhaseError("training is done (ctl.done is True); stop calling end_epoch")
+        score = self._checked_score(score)
+        if self.optimizers.take_steps() == 0:
+            raise PhaseError(
+                "end_epoch was called without any ctl.optimizer.step() since the last call: "
+                "train between evaluations, and step the optimizer the controller owns "
+                "(ctl.optimizer, rebuilt at every restructure), not one made elsewhere"
+            )
+        self.epoch += 1
+        phase, cycle, lr = self.phase, self.cycle, self.optimizers.current_lr()
+        correlation: dict[str, float] = {}
+        if phase == Phase.NEURON:
+            event = self._neuron_epoch(score)
+        else:
+            correlation = self._correlations()
+            event = self._dendrite_epoch(correlation)
+        if event == Event.CONTINUE and self.epoch >= self.config.max_epochs:
+            event = self._finish_by_cap()
+        self._record(score, phase, cycle, lr, event, correlation)
+        if event == Event.CONTINUE:
+            self.optimizers.step_scheduler(score)
+        if self.checkpoint_path is not None and (
+            self.epoch % self.checkpoint_every == 0 or self.done
+        ):
+            self.save_checkpoint(self.checkpoint_path)
+        return event
+
+    def _checked_score(self, score: Any) -> float:
         if isinstance(score, torch.Tensor):
             if score.numel() != 1:
-                raise ScoreError(f"score must be one number, got a tensor of shape "
-                                 f"{tuple(score.shape)}")
+                raise ScoreError(
+                    f"score must be one number, got a tensor of shape {tuple(score.shape)}"
+                )
             score = score.item()
         try:
             score = float(score)
@@ -320,42 +232,220 @@ class Perforator:
                 f"validation score is {score}: the model or the metric produced a non-finite "
                 "value; check the learning rate and the data, or resume from a checkpoint"
             )
-        if self._steps_since_eval == 0:
-            raise PhaseError(
-                "end_epoch was called without any ctl.optimizer.step() since the last call: "
-                "train between evaluations, and step the optimizer the controller owns "
-                "(ctl.optimizer, rebuilt at every restructure), not one made elsewhere"
-            )
-        self._steps_since_eval = 0
-        self.epoch += 1
-        self._phase_epochs += 1
-        phase, cycle, lr = self.phase, self.cycle, self._current_lr()
-        correlation: dict[str, float] = {}
-        if phase == ControllerPhase.NEURON:
-            event = self._neuron_epoch(score)
-        else:
-            correlation = self._correlation_summary()
-            event = self._dendrite_epoch(correlation)
-        if event == Event.CONTINUE and self.epoch >= self.config.max_epochs:
-            event = self._finish_by_cap()
-        self._record(score, phase, cycle, lr, event, correlation)
-        if self.scheduler is not None and event == Event.CONTINUE:
-            self._step_scheduler(score)
-        if self.checkpoint_path is not None and (
-            self.epoch % self.checkpoint_every == 0 or self.done
-        ):
-            self.save_checkpoint(self.checkpoint_path)
-        return event
+        return score
 
-    # --- checkpoints ---------------------------------------------------------------------
+    # --- transitions ---------------------------------------------------------------------
+    def _neuron_epoch(self, score: float) -> Event:
+        if self._accepted is None:
+            self.direction_check.add(score)
+        if self._best is None or self.improvement.better(score, self._best.score, margin=False):
+            self._best = Snapshot.take(self.model, score)
+        if self.switching.neuron_epoch(score):
+            return self._end_neuron_phase()
+        return Event.CONTINUE
+
+    def _cycle_improved(self) -> bool:
+        if self._accepted is None:
+            return True  # the first neuron phase has nothing to beat
+        return self.improvement.better(self._best.score, self._accepted.score)
+
+    def _end_neuron_phase(self) -> Event:
+        if self._accepted is None:
+            self.direction_check.check()
+        if self._cycle_improved():
+            self._accepted = self._best
+            self.retries = 0
+        else:
+            self.retries += 1
+        self._best = None
+        self._accepted.restore(self.model)
+        if (
+            self.retries > self.config.max_retries
+            or self.cycle >= self.config.max_cycles
+            or not self.rule.can_grow(self.layers)
+        ):
+            return self._finish()
+        event = self.rule.next_cycle(self.layers, self._generator)
+        if event == Event.DENDRITE_PHASE:
+            self._start_dendrite_phase()
+        else:
+            self._start_neuron_phase()
+        return Event.RETRY if self.retries > 0 else event
+
+    def _start_neuron_phase(self) -> None:
+        self.phase = Phase.NEURON
+        self.cycle += 1
+        self.switching.start_neuron_phase(self._accepted.score)
+        self._build_optimizer()
+
+    def _start_dendrite_phase(self) -> None:
+        self.freeze.freeze()
+        self.phase = Phase.DENDRITE
+        self.switching.start_dendrite_phase()
+        self._build_optimizer()
+
+    def _correlations(self) -> dict[str, float]:
+        out = {}
+        for name, layer in self.layers.items():
+            stats = layer.stats
+            if stats is None or float(stats.count) == 0:
+                raise PhaseError(
+                    "no candidate statistics were gathered this epoch: in a dendrite phase "
+                    "the loop must run forward passes with gradients enabled and call "
+                    "loss.backward() before end_epoch"
+                )
+            out[name] = layer.candidates.best_correlation()
+            self.recorder.note_skipped(stats.skipped_batches)
+        return out
+
+    def _dendrite_epoch(self, correlation: dict[str, float]) -> Event:
+        mean = sum(correlation.values()) / len(correlation)
+        if not self.switching.dendrite_epoch(mean):
+            for layer in self.layers.values():
+                layer.stats.reset()  # each evaluation judges one epoch's statistics
+            return Event.CONTINUE
+        # Undo what the dendrite phase changed outside the candidates (norm running stats).
+        self._accepted.restore(self.model)
+        self.freeze.unfreeze()
+        summary = self.rule.install(self.layers)
+        self.recorder.note_install(summary)
+        if not summary:
+            return self._finish()
+        self._start_neuron_phase()
+        return Event.INSTALLED
+
+    def _finish_by_cap(self) -> Event:
+        if self.phase == Phase.NEURON and self._best is not None and self._cycle_improved():
+            self._accepted = self._best
+        return self._finish()
+
+    def _finish(self) -> Event:
+        if self.phase == Phase.DENDRITE:
+            for layer in self.layers.values():
+                layer.start_neuron_phase()
+            self.freeze.unfreeze()
+        self._accepted.restore(self.model)
+        self.phase = Phase.DONE
+        return Event.DONE
+
+    # --- helpers -------------------------------------------------------------------------
+    def _build_optimizer(self) -> None:
+        if self.phase == Phase.DENDRITE:
+            params = [p for layer in self.layers.values() for p in layer.candidate_parameters()]
+        else:
+            seen: set[int] = set()
+            params = [
+                p
+                for p in self.model.parameters()
+                if p.requires_grad and not (id(p) in seen or seen.add(id(p)))
+            ]
+        self.optimizers.build(self.model, params, candidates=self.phase == Phase.DENDRITE)
+
+    def _record(
+        self,
+        score: float,
+        phase: Phase,
+        cycle: int,
+        lr: float | None,
+        event: Event,
+        correlation: dict[str, float],
+    ) -> None:
+        report = parameter_report(self.model)
+        best = self.best_score
+        self.recorder.record(
+            epoch=self.epoch,
+            cycle=cycle,
+            phase=phase.value,
+            score=score,
+            best_score=best if best is not None else score,
+            event=event.value,
+            dendrites=sum(r.dendrites for r in report.layers),
+            base_params=report.base,
+            dendrite_params=report.dendrite,
+            correlation=correlation,
+            lr=lr,
+        )
+
+    # --- state -----------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything `load_state_dict` needs to continue exactly: model (with candidates),
+        phase states, counters, snapshots, policies, optimizer, history, generator."""
+        return {
+            "version": STATE_VERSION,
+            "config": self.config.to_dict(),
+            "rule": self.rule.name,
+            "phase": self.phase.value,
+            "epoch": self.epoch,
+            "steps": self.steps,
+            "cycle": self.cycle,
+            "retries": self.retries,
+            "model": self.model.state_dict(),
+            "requires_grad": {n: p.requires_grad for n, p in self.model.named_parameters()},
+            "layers": {n: layer.phase_state_dict() for n, layer in self.layers.items()},
+            "best": None if self._best is None else self._best.state_dict(),
+            "accepted": None if self._accepted is None else self._accepted.state_dict(),
+            "switching": self.switching.state_dict(),
+            "direction_check": self.direction_check.state_dict(),
+            "freeze": self.freeze.state_dict(),
+            "optimizers": self.optimizers.state_dict(),
+            "history": self.recorder.state_dict(),
+            "generator": self._generator.get_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from `state_dict()`. The model must have the same architecture and
+        config; differences raise `CheckpointMismatchError` before anything changes."""
+        self._check_compatible(state)
+        for name, layer_state in state["layers"].items():
+            self.layers[name].load_phase_state_dict(layer_state)
+        self.model.load_state_dict(state["model"], strict=True)
+        params = dict(self.model.named_parameters())
+        for n, flag in state["requires_grad"].items():
+            params[n].requires_grad_(flag)
+        self.phase = Phase(state["phase"])
+        self.epoch, self.steps = int(state["epoch"]), int(state["steps"])
+        self.cycle, self.retries = int(state["cycle"]), int(state["retries"])
+        self._best = Snapshot.from_state_dict(state["best"])
+        self._accepted = Snapshot.from_state_dict(state["accepted"])
+        self.switching.load_state_dict(state["switching"])
+        self.direction_check.load_state_dict(state["direction_check"])
+        self.freeze.load_state_dict(state["freeze"])
+        self.recorder.load_state_dict(state["history"])
+        self._build_optimizer()
+        self.optimizers.load_state_dict(state["optimizers"])
+        self._generator.set_state(state["generator"])
+
+    def _check_compatible(self, state: dict[str, Any]) -> None:
+        if state.get("version") != STATE_VERSION:
+            raise CheckpointError(
+                f"controller state version {state.get('version')!r}; this "
+                f"perforate reads version {STATE_VERSION}"
+            )
+        mine = self.config.to_dict()
+        problems = [
+            f"setting {k!r}: {mine.get(k)!r} here, {v!r} saved"
+            for k, v in state["config"].items()
+            if mine.get(k) != v
+        ]
+        if state["rule"] != self.rule.name:
+            problems.append(f"training rule {self.rule.name!r} here, {state['rule']!r} saved")
+        problems += layer_set_mismatches(self.layers, state["layers"])
+        problems += tensor_mismatches(self.model, state["model"])
+        if problems:
+            raise CheckpointMismatchError(
+                f"the checkpoint does not match this model ({len(problems)} difference(s)):"
+                "\n  - " + "\n  - ".join(problems)
+            )
+
+    # --- checkpoints -----------------------------------------------------------------------
     def save_checkpoint(self, path: str | os.PathLike) -> Path:
         """Write the full training state (call it at an epoch end) so `resume` continues
-        exactly: model, candidates, snapshots, statistics, optimizer, scheduler, RNGs."""
-        from .state import save_training
-
+        exactly: this controller's `state_dict()` and the process RNG states."""
         path = Path(path)
         if self.rank == 0:
-            save_training(self, path)
+            training_state.save(
+                path, {"controller": self.state_dict(), "rng": training_state.process_rng_state()}
+            )
         distributed.barrier(self.group)
         return path
 
@@ -372,226 +462,49 @@ class Perforator:
         checkpoint_every: int = 1,
         wrapper: Callable[[nn.Module], nn.Module] | None = None,
         process_group: Any = "auto",
+        rule: TrainingRule | None = None,
+        switching: Switching | None = None,
     ) -> Perforator:
         """Continue a run from `save_checkpoint`. `model` is freshly built, as at the start
         (plain, or wrapped with the same settings); factories as at the start."""
-        from .state import config_of, read_training, restore_training
-
-        header, tensors = read_training(path)
-        ctl = cls(model, config_of(header), optimizer=optimizer,
-                  candidate_optimizer=candidate_optimizer, scheduler=scheduler,
-                  checkpoint_path=checkpoint_path, checkpoint_every=checkpoint_every,
-                  wrapper=wrapper, process_group=process_group)
-        restore_training(ctl, header, tensors)
+        state = training_state.load(path)
+        try:
+            config = DendriteConfig.from_dict(state["controller"]["config"])
+        except ConfigError as exc:
+            raise CheckpointError(f"{path}: saved config is invalid: {exc}") from exc
+        ctl = cls(
+            model,
+            config,
+            optimizer=optimizer,
+            candidate_optimizer=candidate_optimizer,
+            scheduler=scheduler,
+            checkpoint_path=checkpoint_path,
+            checkpoint_every=checkpoint_every,
+            wrapper=wrapper,
+            process_group=process_group,
+            rule=rule,
+            switching=switching,
+        )
+        ctl.load_state_dict(state["controller"])
+        training_state.set_process_rng_state(state["rng"])
         return ctl
-
-    def _step_scheduler(self, score: float) -> None:
-        if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            self.scheduler.step(score)
-        else:
-            self.scheduler.step()
-
-    def _neuron_epoch(self, score: float) -> Event:
-        if self._accepted is None:
-            self._first_scores.append(score)
-        if self._best is None or self._better(score, self._best.score, margin=False):
-            self._best = self._snapshot(score)
-        if self._better(score, self._patience_ref):
-            self._patience_ref = score
-            self._since_improvement = 0
-        else:
-            self._since_improvement += 1
-        if self.config.switch_mode == "fixed":
-            finished = self._phase_epochs >= self.config.fixed_neuron_epochs
-        else:
-            finished = self._since_improvement >= self.config.patience
-        return self._end_neuron_phase() if finished else Event.CONTINUE
-
-    def _check_direction(self, scores: list[float]) -> None:
-        """Warn when every score of the first phase was worse than the one before it."""
-        pairs = list(itertools.pairwise(scores))
-        if len(scores) >= 3 and all(self._better(a, b, margin=False) for a, b in pairs):
-            warnings.warn(
-                f"every validation score of the first neuron phase was worse than the one "
-                f"before it ({scores[0]:.4g} -> {scores[-1]:.4g}) with "
-                f"direction={self.config.direction!r}; if the score is a loss, set "
-                "direction='minimize' (an accuracy: 'maximize')",
-                PerforateWarning,
-                stacklevel=4,
-            )
-
-    def _cycle_improved(self) -> bool:
-        if self._accepted is None:
-            return True  # the first neuron phase has nothing to beat
-        return self._better(self._best.score, self._accepted.score)
-
-    def _end_neuron_phase(self) -> Event:
-        if self._accepted is None:
-            self._check_direction(self._first_scores)
-        if self._cycle_improved():
-            self._accepted = self._best
-            self.retries = 0
-        else:
-            self.retries += 1
-        self._best = None
-        self._restore(self._accepted)
-        out_of_cycles = self.cycle >= self.config.max_cycles
-        if self.retries > self.config.max_retries or out_of_cycles or not self._can_grow():
-            return self._finish()
-        retry = self.retries > 0
-        method = self.config.method
-        if method == "restart":
-            self._start_neuron_phase()
-            return Event.RETRY if retry else Event.RESTARTED
-        if method == "gd":
-            self._install_untrained()
-            return Event.RETRY if retry else Event.INSTALLED
-        self._start_dendrite_phase()
-        return Event.RETRY if retry else Event.DENDRITE_PHASE
-
-    def _start_neuron_phase(self) -> None:
-        self.phase = ControllerPhase.NEURON
-        self.cycle += 1
-        self._phase_epochs = 0
-        self._since_improvement = 0
-        self._patience_ref = self._accepted.score
-        self._build_optimizer()
-
-    def _start_dendrite_phase(self) -> None:
-        for layer in self.layers.values():
-            layer.start_dendrite_phase(generator=self._generator)
-        self._freeze_outside_layers()
-        self.phase = ControllerPhase.DENDRITE
-        self._phase_epochs = 0
-        self._corr_best = None
-        self._corr_since = 0
-        self._build_optimizer()
-
-    def _correlation_summary(self) -> dict[str, float]:
-        out = {}
-        for name, layer in self.layers.items():
-            stats = layer.stats
-            if stats is None or float(stats.count) == 0:
-                raise PhaseError(
-                    "no candidate statistics were gathered this epoch: in a dendrite phase "
-                    "the loop must run forward passes with gradients enabled and call "
-                    "loss.backward() before end_epoch"
-                )
-            out[name] = float(stats.pearson().abs().max(0).values.mean())
-            self._skipped += stats.skipped_batches
-            stats.skipped_batches = 0
-        return out
-
-    def _dendrite_epoch(self, correlation: dict[str, float]) -> Event:
-        mean_corr = sum(correlation.values()) / len(correlation)
-        rel = self.config.dendrite_improvement_rel
-        if self._corr_best is None or mean_corr > self._corr_best * (1 + rel):
-            self._corr_best = mean_corr
-            self._corr_since = 0
-        else:
-            self._corr_since += 1
-        if self.config.switch_mode == "fixed":
-            finished = self._phase_epochs >= self.config.fixed_dendrite_epochs
-        else:
-            finished = (self._corr_since >= self.config.dendrite_patience
-                        or self._phase_epochs >= self.config.dendrite_max_epochs)
-        if not finished:
-            for layer in self.layers.values():
-                layer.stats.reset()
-            return Event.CONTINUE
-        return self._install_best()
-
-    def _install_best(self) -> Event:
-        cfg = self.config
-        choices, starts, means = {}, {}, {}
-        for name, layer in self.layers.items():
-            stats = layer.stats
-            best = stats.score(cfg.objective).argmax(0)
-            r = stats.pearson().gather(0, best[None]).squeeze(0)
-            ok = (r.abs() >= cfg.install_threshold) & (layer.dendrite_count < cfg.max_dendrites)
-            choices[name] = torch.where(ok.to(best.device), best, torch.full_like(best, -1))
-            # A non-zero start points against the error: dL/dv = sum E a, so v0 takes the
-            # sign opposite to the correlation of a with E (a first-order descent step).
-            starts[name] = -torch.where(r >= 0, 1.0, -1.0) * cfg.output_weight_init
-            means[name] = stats.mean_v
-            picked = choices[name] >= 0
-            if bool(picked.any()):
-                idx = choices[name].clamp_min(0)[None]
-                std = (stats.m_vv / stats.count).sqrt().gather(0, idx).squeeze(0)
-                self._install_info[name] = {
-                    "installed": int(picked.sum()),
-                    "mean_abs_r": float(r.abs()[picked].mean()),
-                    "mean_output_std": float(std[picked].mean()),
-                }
-        # Undo what the dendrite phase changed outside the candidates (norm running stats).
-        self._restore(self._accepted)
-        self._unfreeze()
-        installed = 0
-        for name, layer in self.layers.items():
-            installed += layer.install(choices[name], output_weight=starts[name],
-                                       activation_mean=means[name])
-        if installed == 0:
-            return self._finish()
-        self._start_neuron_phase()
-        return Event.INSTALLED
-
-    def _install_untrained(self) -> None:
-        cap = self.config.max_dendrites
-        for layer in self.layers.values():
-            layer.start_dendrite_phase(candidates=1, generator=self._generator, init="default")
-            choice = torch.where(layer.dendrite_count < cap, 0, -1)
-            layer.install(choice, output_weight=0.0)  # GD dendrites start silent
-        self._start_neuron_phase()
-
-    def _finish_by_cap(self) -> Event:
-        neuron = self.phase == ControllerPhase.NEURON
-        if neuron and self._best is not None and self._cycle_improved():
-            self._accepted = self._best
-        return self._finish()
-
-    def _finish(self) -> Event:
-        if self.phase == ControllerPhase.DENDRITE:
-            for layer in self.layers.values():
-                layer.start_neuron_phase()
-            self._unfreeze()
-        self._restore(self._accepted)
-        self.phase = ControllerPhase.DONE
-        return Event.DONE
-
-    def _current_lr(self) -> float | None:
-        groups = self.optimizer.param_groups
-        return float(groups[0]["lr"]) if groups and "lr" in groups[0] else None
-
-    def _record(self, score: float, phase: ControllerPhase, cycle: int, lr: float | None,
-                event: Event, correlation: dict[str, float]) -> None:
-        now = time.perf_counter()
-        report = parameter_report(self.model)
-        self.history.append(EpochRecord(
-            epoch=self.epoch, cycle=cycle,
-            phase=phase.value, score=score,
-            best_score=self.best_score if self.best_score is not None else score,
-            event=event.value, dendrites=sum(r.dendrites for r in report.layers),
-            base_params=report.base, dendrite_params=report.dendrite,
-            seconds=now - self._last_time, correlation=correlation, lr=lr,
-            install=self._install_info, skipped_batches=self._skipped,
-        ))
-        self._install_info = {}
-        self._skipped = 0
-        self._last_time = now
-
-    def parameters_in_use(self) -> Iterable[nn.Parameter]:
-        """Parameters the current optimizer updates."""
-        for group in self.optimizer.param_groups:
-            yield from group["params"]
 
 
 # Settings that fix the structure of wrapped layers; the rest may change between runs.
-_STRUCTURAL = ("layer_types", "include", "exclude", "pair_norms", "skip_unsupported",
-               "activation", "cascade")
+_STRUCTURAL = (
+    "layer_types",
+    "include",
+    "exclude",
+    "pair_norms",
+    "skip_unsupported",
+    "activation",
+    "cascade",
+)
 
 
-def _adopt_config(layers: dict[str, DendriticLayer],
-                  config: DendriteConfig | None) -> DendriteConfig:
+def _adopt_config(
+    layers: dict[str, DendriticLayer], config: DendriteConfig | None
+) -> DendriteConfig:
     """Config for a model wrapped earlier: its own, or a new one that agrees on structure."""
     current = next(iter(layers.values())).config
     if config is None:

@@ -107,8 +107,9 @@ def find_norm_pairs(model: nn.Module) -> dict[str, str]:
         pairs.update(traced)
         return pairs
     paired_norms = set(pairs.values())
-    loose = [n for n, m in model.named_modules()
-             if isinstance(m, NORM_TYPES) and n not in paired_norms]
+    loose = [
+        n for n, m in model.named_modules() if isinstance(m, NORM_TYPES) and n not in paired_norms
+    ]
     if loose:
         warnings.warn(
             f"torch.fx could not trace {type(model).__name__}, so norm layers outside "
@@ -182,6 +183,28 @@ def add_dendrites(model: nn.Module, config: DendriteConfig | None = None) -> nn.
         if layer.norm_path is not None:
             _set_module(model, layer.norm_path, nn.Identity())
     return model
+
+
+def output_layer(model: nn.Module, config: DendriteConfig | None = None) -> str:
+    """Qualified name of the last layer `config` would target, in registration order: the
+    output layer of a feed-forward model. `config.replace(exclude=(output_layer(model),))`
+    grows dendrites into hidden layers only."""
+    config = DendriteConfig() if config is None else config
+    wanted = {KINDS[t].layer_type for t in config.layer_types}
+    names = [
+        n for n, m in model.named_modules() if n and type(m) in wanted and _selected(n, config)
+    ]
+    if not names:
+        raise NoTargetLayersError(
+            f"no layer of types {list(config.layer_types)} in {type(model).__name__}"
+        )
+    return names[-1]
+
+
+def hidden_layers_only(model: nn.Module, config: DendriteConfig | None = None) -> DendriteConfig:
+    """`config` with the model's output layer (see `output_layer`) excluded."""
+    config = DendriteConfig() if config is None else config
+    return config.replace(exclude=(*config.exclude, output_layer(model, config)))
 
 
 def remove_dendrites(model: nn.Module) -> nn.Module:

@@ -9,8 +9,8 @@ neuron's remaining error `E = dL/dy_c`:
 Statistics are count, means and centred co-moments in float64 (Chan's parallel update):
 each batch is centred in its own precision, then merged exactly. Raw sums would be
 simpler but lose the covariance, a small difference of large sums, whenever the error
-has an offset large against its spread. The merge is associative, so per-process
-statistics combine across processes with `CandidateStats.merge`.
+has an offset large against its spread. Under DistributedDataParallel each batch's sums
+are added across processes before centring, so every process folds in the global batch.
 
 The per-batch surrogate gradient is what the user's `loss.backward()` delivers to the
 candidates (see `layers._CandidateTap`): `dObjective/dV_n`, negated so that a descending
@@ -53,9 +53,24 @@ class CandidateStats:
             getattr(self, name).zero_()
         self.skipped_batches = 0
 
-    def state_tensors(self) -> dict[str, torch.Tensor]:
-        """The sums, for checkpoints and for summing across processes."""
-        return {name: getattr(self, name) for name in self.FIELDS}
+    def state_dict(self) -> dict[str, torch.Tensor | int]:
+        """The sums and the skipped-batch count, for training checkpoints."""
+        state: dict[str, torch.Tensor | int] = {n: getattr(self, n).clone() for n in self.FIELDS}
+        state["skipped_batches"] = self.skipped_batches
+        return state
+
+    def load_state_dict(self, state: dict[str, torch.Tensor | int]) -> None:
+        """Restore `state_dict()`; shapes must match this pool (P, C)."""
+        for name in self.FIELDS:
+            value = torch.as_tensor(state[name], dtype=torch.float64)
+            target = getattr(self, name)
+            if value.shape != target.shape:
+                raise ValueError(
+                    f"statistics {name}: shape {tuple(value.shape)} saved, "
+                    f"{tuple(target.shape)} here"
+                )
+            target.copy_(value)
+        self.skipped_batches = int(state["skipped_batches"])
 
     def add_centered(
         self,
@@ -79,18 +94,6 @@ class CandidateStats:
         self.mean_v += dv * (n / total)
         self.mean_e += de * (n / total)
         self.count = total
-
-    def merge(self, other: CandidateStats) -> None:
-        """Fold in statistics gathered elsewhere (another process, another shard)."""
-        if int(other.count) == 0:
-            return
-        self.add_centered(other.count, other.mean_v, other.mean_e, other.m_ve, other.m_vv,
-                          other.m_ee)
-        self.skipped_batches += other.skipped_batches
-
-    def add(self, v: torch.Tensor, e: torch.Tensor) -> None:
-        """Fold in a batch of patterns: v (N, P, C, *S), e (N, C, *S)."""
-        self.fold(v, e)
 
     def fold(self, v: torch.Tensor, e: torch.Tensor, reduce: Reduce | None = None):
         """Fold in a batch and return its centred moments and tensors, or None for an
@@ -135,8 +138,7 @@ def _layout(v: torch.Tensor) -> tuple[tuple[int, ...], tuple[int, ...], tuple, t
     and (C,) values: patterns are the batch and the trailing (spatial) axes."""
     s = v.dim() - 3
     p, c = v.shape[1], v.shape[2]
-    return ((0, *range(3, 3 + s)), (0, *range(2, 2 + s)), (1, p, c) + (1,) * s,
-            (1, c) + (1,) * s)
+    return ((0, *range(3, 3 + s)), (0, *range(2, 2 + s)), (1, p, c) + (1,) * s, (1, c) + (1,) * s)
 
 
 def _center(v: torch.Tensor, e: torch.Tensor, reduce: Reduce | None = None):
@@ -159,8 +161,13 @@ def _center(v: torch.Tensor, e: torch.Tensor, reduce: Reduce | None = None):
     s_e = e.sum(dims_e).double()
     n = n_local
     if reduce is not None:
-        sums = torch.cat([torch.tensor([float(n_local)], dtype=torch.float64, device=v.device),
-                          s_v.flatten(), s_e])
+        sums = torch.cat(
+            [
+                torch.tensor([float(n_local)], dtype=torch.float64, device=v.device),
+                s_v.flatten(),
+                s_e,
+            ]
+        )
         reduce(sums)
         n = int(sums[0])
         s_v = sums[1 : 1 + p * c].reshape(p, c)

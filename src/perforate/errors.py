@@ -51,5 +51,9 @@ class CheckpointMismatchError(CheckpointError):
     """A checkpoint's structure does not match the model it is loaded into."""
 
 
+class ScoreError(PerforateError, ValueError):
+    """A validation score passed to `end_epoch` is not a finite number."""
+
+
 class PerforateWarning(UserWarning):
     """Something worked, but probably not the way the user meant."""

@@ -10,55 +10,48 @@ triangle is used; `v` is (k, C). Neuron `c` owns slots `0 .. count[c]-1`: instal
 selective, a neuron may have fewer dendrites than `k`, and an absent slot's output weight
 is masked to zero, so it contributes nothing, gets no gradient, and is not counted.
 
-In a dendrite phase a pool of `P` candidates per neuron is one more layer with `P*C`
-outputs. Candidates read the detached input and the neuron's own installed dendrites, and
-never touch the network output: their gradient comes from `_CandidateTap`, which passes
-the user's backward through unchanged and hands `E = dL/dy` to the correlation objective.
+In a dendrite phase the layer holds a `CandidatePool` (candidates.py): P candidates per
+neuron that read the detached input and the neuron's own installed dendrites, and never
+touch the network output; the layer only adds the pool's tap to its output and, at the
+end, copies the chosen candidates into its slots (`install`). Which parameters train in a
+neuron phase is the training rule's choice (`start_neuron_phase(dendrite_inputs_train)`).
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
 
+from .candidates import CandidatePool
 from .config import DendriteConfig
-from .correlation import CandidateStats, surrogate_gradient
+from .correlation import CandidateStats, Reduce
 from .errors import InputShapeError, InstallError, PhaseError
 from .kinds import LayerKind
 
 
 class Phase(str, enum.Enum):
+    """Where a layer or a run is. Layers are in NEURON, DENDRITE or INFERENCE; the
+    controller is in NEURON, DENDRITE or DONE."""
+
     NEURON = "neuron"
     DENDRITE = "dendrite"
     INFERENCE = "inference"
+    DONE = "done"
 
 
 _ACTIVATIONS = {"sigmoid": torch.sigmoid, "tanh": torch.tanh}
 
-
-class _CandidateTap(torch.autograd.Function):
-    """Identity on `y`; in backward, turns dL/dy into the candidates' objective gradient."""
-
-    @staticmethod
-    def forward(ctx, y, v, layer):  # type: ignore[override]
-        ctx.layer = layer
-        ctx.save_for_backward(v.detach())
-        # A clone, not `y` itself: a returned input is a view, which in-place ops after
-        # this layer (ReLU(inplace=True)) are not allowed to modify.
-        return y.clone()
-
-    @staticmethod
-    def backward(ctx, grad_y):  # type: ignore[override]
-        (v,) = ctx.saved_tensors
-        return grad_y, ctx.layer._candidate_gradient(v, grad_y), None
-
-
-_CANDIDATE_KEYS = ("candidates.weight", "candidates.bias", "candidate_cascade")
-_SLOT_KEYS = ("dendrites.weight", "dendrites.bias", "output_weight", "cascade_weight",
-              "dendrite_count")
+_CANDIDATE_KEYS = ("candidates.bank.weight", "candidates.bank.bias", "candidates.cascade")
+_SLOT_KEYS = (
+    "dendrites.weight",
+    "dendrites.bias",
+    "output_weight",
+    "cascade_weight",
+    "dendrite_count",
+)
 
 
 def _ends_with_any(key: str, suffixes: tuple[str, ...]) -> bool:
@@ -102,20 +95,23 @@ class DendriticLayer(nn.Module):
         self.neurons = kind.neurons(base)
         self._g = _ACTIVATIONS[config.activation]
         self.phase = Phase.NEURON
+        # Whether installed dendrites' input and cascade weights train in neuron phases:
+        # the training rule's choice, passed to `start_neuron_phase`.
+        self.dendrite_inputs_train = False
         self.dendrites: nn.Module | None = None
         self.register_parameter("cascade_weight", None)
         self.register_parameter("output_weight", None)
-        self.register_buffer("dendrite_count", torch.zeros(self.neurons, dtype=torch.long,
-                                                           device=base.weight.device))
+        self.register_buffer(
+            "dendrite_count", torch.zeros(self.neurons, dtype=torch.long, device=base.weight.device)
+        )
         self.register_buffer("slot_mask", None, persistent=False)
-        self.candidates: nn.Module | None = None
-        self.register_parameter("candidate_cascade", None)
-        self.stats: CandidateStats | None = None
+        self.candidates: CandidatePool | None = None
         # Set by the controller under DistributedDataParallel: sums candidate statistics
         # across processes so every process sees the global batch.
-        self.reduce: Callable[[torch.Tensor], None] | None = None
+        self.reduce: Reduce | None = None
         self.world_size = 1
-        self._frozen_flags: dict[str, bool] = {}
+        # Trainability of the unit's own parameters before a dendrite phase froze them.
+        self._unit_flags: dict[str, bool] = {}
         self.register_load_state_dict_post_hook(lambda module, keys: module._refresh_mask())
 
     # --- structure ---------------------------------------------------------------------
@@ -126,7 +122,19 @@ class DendriticLayer(nn.Module):
 
     @property
     def pool_size(self) -> int:
-        return 0 if self.candidates is None else self.kind.neurons(self.candidates) // self.neurons
+        """P: candidates per neuron in the dendrite phase in progress (0 outside one)."""
+        return 0 if self.candidates is None else self.candidates.size
+
+    @property
+    def stats(self) -> CandidateStats | None:
+        """The candidates' streaming statistics (None outside a dendrite phase)."""
+        return None if self.candidates is None else self.candidates.stats
+
+    def share_statistics(self, reduce: Reduce | None, world_size: int) -> None:
+        """Sum candidate statistics over a process group with `reduce` (None: alone)."""
+        self.reduce, self.world_size = reduce, world_size
+        if self.candidates is not None:
+            self.candidates.share_statistics(reduce, world_size)
 
     def _refresh_mask(self) -> None:
         k = self.slots
@@ -164,7 +172,7 @@ class DendriticLayer(nn.Module):
                 out_w[:m] = self.output_weight[:m]
                 if self.cascade_weight is not None:
                     casc[:m, :m] = self.cascade_weight[:m, :m]
-        learn = self.config.dendrites_learn and self.phase == Phase.NEURON
+        learn = self.dendrite_inputs_train and self.phase == Phase.NEURON
         bank.requires_grad_(learn)
         self.dendrites = bank
         self.output_weight = nn.Parameter(out_w, requires_grad=self.phase == Phase.NEURON)
@@ -231,12 +239,11 @@ class DendriticLayer(nn.Module):
             a = torch.stack(a, self.kind.group_axis())
         return a * self.kind.per_neuron(self.slot_mask).to(a.dtype)
 
-    def _installed(self, xd: torch.Tensor) -> torch.Tensor:
+    def installed_activations(self, x: torch.Tensor) -> torch.Tensor:
         """Activations a of all slots, (..., k, C) or (B, k, C, *S); absent slots are 0."""
-        return self._masked(self._slot_activations(xd))
+        return self._masked(self._slot_activations(x))
 
-    def _add_dendrites(self, y: torch.Tensor, a: torch.Tensor | list[torch.Tensor]
-                       ) -> torch.Tensor:
+    def _add_dendrites(self, y: torch.Tensor, a: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
         """y + sum_j v_j a_j over present slots, without materialising more than needed."""
         kind = self.kind
         dtype = a[0].dtype if isinstance(a, list) else a.dtype
@@ -250,47 +257,22 @@ class DendriticLayer(nn.Module):
             return out.to(y.dtype)
         return y + (a * kind.per_neuron(v)).sum(kind.group_axis()).to(y.dtype)
 
-    def _candidate_outputs(self, xd: torch.Tensor, a: torch.Tensor | None) -> torch.Tensor:
-        """V for the pool, (..., P, C) or (B, P, C, *S)."""
-        kind, c = self.kind, self.neurons
-        net = kind.split(self.candidates(xd), self.pool_size, c)
-        if a is not None and self.candidate_cascade is not None:
-            eq = "...ic,pic->...pc" if kind.spatial_dims == 0 else "bic...,pic->bpc..."
-            net = net + torch.einsum(eq, a.detach(), self.candidate_cascade)
-        return self._g(net)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
         y = self._unit(x)
         k = self.slots
-        training_candidates = self.phase == Phase.DENDRITE and self.candidates is not None
-        if k == 0 and not training_candidates:
+        pool = self.candidates if self.phase == Phase.DENDRITE else None
+        if k == 0 and pool is None:
             return y
         xd = x.detach() if self.config.perforate else x
         acts = self._slot_activations(xd) if k else None
         if k:
             y = self._add_dendrites(y, acts)
-        if training_candidates and torch.is_grad_enabled():
+        if pool is not None and torch.is_grad_enabled():
             # The same activations feed the candidates' cascade: no second bank forward.
             a = self._masked(acts).detach() if k else None
-            cand = self._candidate_outputs(xd, a)
-            y = _CandidateTap.apply(y, cand, self)
+            y = pool.tap(y, pool.outputs(xd, a))
         return y
-
-    # --- candidate objective (called from backward) ----------------------------------
-    def _candidate_gradient(self, v: torch.Tensor, grad_y: torch.Tensor) -> torch.Tensor:
-        kind = self.kind
-        if self.stats is None:
-            return torch.zeros_like(v)
-        p, c = self.pool_size, self.neurons
-        # Linear: (..., P, C) -> (N, P, C), a view. Conv: (B, P, C, *S) as it is.
-        vn = v.reshape(-1, p, c) if kind.spatial_dims == 0 else v
-        en = grad_y.reshape(-1, c) if kind.spatial_dims == 0 else grad_y
-        g = surrogate_gradient(vn, en, self.stats, self.config.objective,
-                               reduce=self.reduce, world_size=self.world_size)
-        if g is None:  # empty, or a non-finite value somewhere: skipped everywhere
-            return torch.zeros_like(v)
-        return g.reshape(v.shape)
 
     # --- phases ------------------------------------------------------------------------
     def _unit_parameters(self) -> list[tuple[str, nn.Parameter]]:
@@ -309,80 +291,121 @@ class DendriticLayer(nn.Module):
             out.append(("output_weight", self.output_weight))
         return out
 
-    def start_dendrite_phase(
-        self,
-        candidates: int | None = None,
-        generator: torch.Generator | None = None,
-        init: str = "scaled",
-    ) -> None:
-        """Create a fresh pool of candidates and freeze everything else in this layer.
-
-        `init='scaled'` draws candidate weights from N(0, candidate_init_scale);
-        `init='default'` keeps the layer kind's own initialisation (used by GD dendrites,
-        which must start as ordinary features, not near-constant ones).
-        """
+    def _check_trainable(self) -> None:
         if self.phase == Phase.INFERENCE:
             raise PhaseError(f"{self.path}: layer was exported for inference; re-wrap to train")
-        p = self.config.candidates_per_neuron if candidates is None else int(candidates)
+
+    def draw_candidates(
+        self, size: int | None = None, generator: torch.Generator | None = None
+    ) -> CandidatePool:
+        """A pool drawn the paper's way: every weight from N(0, candidate_init_scale)."""
+        p = self.config.candidates_per_neuron if size is None else int(size)
         if p < 1:
             raise PhaseError(f"{self.path}: candidates must be >= 1, got {p}")
+        cfg = self.config
+        return CandidatePool.normal(
+            self.kind,
+            self.base,
+            p,
+            self.slots,
+            scale=cfg.candidate_init_scale,
+            cascade=cfg.cascade,
+            activation=self._g,
+            objective=cfg.objective,
+            generator=generator,
+        )
+
+    def start_dendrite_phase(
+        self,
+        candidates: int | CandidatePool | None = None,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        """Attach a fresh candidate pool and freeze everything else in this layer.
+
+        `candidates` is a ready `CandidatePool` (a training rule's own start), or a pool
+        size P for `draw_candidates` (default: `candidates_per_neuron`).
+        """
+        self._check_trainable()
+        pool = (
+            candidates
+            if isinstance(candidates, CandidatePool)
+            else self.draw_candidates(candidates, generator)
+        )
+        if pool.neurons != self.neurons or pool.kind is not self.kind:
+            raise PhaseError(f"{self.path}: the pool was built for another layer")
         if self.phase == Phase.NEURON:
-            named = self._unit_parameters() + self._installed_parameters()
-            self._frozen_flags = {n: q.requires_grad for n, q in named}
+            self._unit_flags = {n: q.requires_grad for n, q in self._unit_parameters()}
         for _, q in self._unit_parameters() + self._installed_parameters():
             q.requires_grad_(False)
-        c, k = self.neurons, self.slots
-        scale = self.config.candidate_init_scale
-        if init not in ("scaled", "default"):
-            raise PhaseError(f"init must be 'scaled' or 'default', got {init!r}")
-        bank = self.kind.make_bank(self.base, p * c)
-        if init == "scaled":
-            with torch.no_grad():
-                bank.weight.normal_(0.0, scale, generator=generator)
-                bank.bias.normal_(0.0, scale, generator=generator)
-        self.candidates = bank
-        if self.config.cascade and k:
-            ref = self.base.weight
-            w = torch.empty(p, k, c, dtype=ref.dtype, device=ref.device)
-            w.normal_(0.0, scale, generator=generator)
-            self.candidate_cascade = nn.Parameter(w)
-        else:
-            self.candidate_cascade = None
-        self.stats = CandidateStats(p, c, device=self.base.weight.device)
+        pool.share_statistics(self.reduce, self.world_size)
+        self.candidates = pool
         self.phase = Phase.DENDRITE
 
     def candidate_parameters(self) -> list[nn.Parameter]:
-        out = [] if self.candidates is None else list(self.candidates.parameters())
-        if self.candidate_cascade is not None:
-            out.append(self.candidate_cascade)
-        return out
+        return [] if self.candidates is None else list(self.candidates.parameters())
 
-    def start_neuron_phase(self) -> None:
-        """Drop any candidates; unit and output weights train, installed inputs per config."""
-        if self.phase == Phase.INFERENCE:
-            raise PhaseError(f"{self.path}: layer was exported for inference; re-wrap to train")
+    def start_neuron_phase(self, dendrite_inputs_train: bool | None = None) -> None:
+        """Drop any candidates. The unit and the output weights train; the installed
+        dendrites' input and cascade weights train iff `dendrite_inputs_train` (default:
+        as in the last neuron phase)."""
+        self._check_trainable()
+        if dendrite_inputs_train is not None:
+            self.dendrite_inputs_train = bool(dendrite_inputs_train)
         was_dendrite = self.phase == Phase.DENDRITE
-        self._drop_candidates()
-        learn = self.config.dendrites_learn
+        self.candidates = None
         if was_dendrite:  # give the unit back the trainability it had before
             for n, q in self._unit_parameters():
-                q.requires_grad_(self._frozen_flags.get(n, True))
+                q.requires_grad_(self._unit_flags.get(n, True))
         for n, q in self._installed_parameters():
-            q.requires_grad_(True if n == "output_weight" else learn)
-        self._frozen_flags = {}
+            q.requires_grad_(True if n == "output_weight" else self.dendrite_inputs_train)
+        self._unit_flags = {}
         self.phase = Phase.NEURON
 
     def start_inference(self) -> None:
         """Drop candidates and freeze every parameter: the layer only computes."""
-        self._drop_candidates()
+        self.candidates = None
         for _, q in self._unit_parameters() + self._installed_parameters():
             q.requires_grad_(False)
         self.phase = Phase.INFERENCE
 
-    def _drop_candidates(self) -> None:
-        self.candidates = None
-        self.candidate_cascade = None
-        self.stats = None
+    # --- phase state (training checkpoints) ------------------------------------------
+    def phase_state_dict(self) -> dict[str, Any]:
+        """What `state_dict()` does not hold: phase, slot and pool sizes, trainability,
+        candidate statistics. With `state_dict()` it restores the layer exactly."""
+        pool = self.candidates
+        return {
+            "phase": self.phase.value,
+            "slots": self.slots,
+            "pool": self.pool_size,
+            "dendrite_inputs_train": self.dendrite_inputs_train,
+            "unit_flags": dict(self._unit_flags),
+            "stats": None if pool is None else pool.statistics_state_dict(),
+        }
+
+    def load_phase_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore `phase_state_dict()`: sizes slots and pool so that `load_state_dict`
+        of the matching `state_dict()` follows. Candidate weights start at zero here."""
+        self.dendrite_inputs_train = bool(state["dendrite_inputs_train"])
+        self.set_slots(int(state["slots"]))
+        phase = Phase(state["phase"])
+        if phase == Phase.DENDRITE:
+            ref = self.base.weight
+            c, p, k = self.neurons, int(state["pool"]), self.slots
+            bank = self.kind.make_bank(self.base, p * c)
+            casc = (
+                torch.zeros(p, k, c, dtype=ref.dtype, device=ref.device)
+                if self.config.cascade and k
+                else None
+            )
+            pool = CandidatePool(self.kind, bank, casc, c, self._g, self.config.objective)
+            self.start_dendrite_phase(pool)
+            self._unit_flags = dict(state["unit_flags"])
+            if state["stats"] is not None:
+                pool.load_statistics_state_dict(state["stats"])
+        elif phase == Phase.INFERENCE:
+            self.start_inference()
+        else:
+            self.start_neuron_phase()
 
     # --- installation ------------------------------------------------------------------
     def install(
@@ -391,16 +414,18 @@ class DendriticLayer(nn.Module):
         output_weight: float | torch.Tensor | None = None,
         activation_mean: torch.Tensor | None = None,
     ) -> int:
-        """Append, per neuron, the chosen candidate as a frozen dendrite; return how many.
+        """Append, per neuron, the chosen candidate as a dendrite; return how many.
 
         `choice` is (C,) of candidate indices, -1 where a neuron gets none. The network's
         function is unchanged: the output weight starts at 0 by default; a non-zero start
         `v0` is compensated by shifting the unit's bias by `-v0 * mean(a)` (mean from the
-        candidate statistics unless `activation_mean` (P, C) is given).
+        candidate statistics unless `activation_mean` (P, C) is given). Ends the dendrite
+        phase: the layer is in a neuron phase afterwards.
         """
-        if self.phase != Phase.DENDRITE or self.candidates is None:
+        pool = self.candidates
+        if self.phase != Phase.DENDRITE or pool is None:
             raise PhaseError(f"{self.path}: install needs a dendrite phase with candidates")
-        c, p = self.neurons, self.pool_size
+        c, p = self.neurons, pool.size
         choice = torch.as_tensor(choice, device=self.dendrite_count.device)
         if choice.shape != (c,) or choice.dtype not in (torch.int64, torch.int32):
             raise InstallError(
@@ -419,28 +444,54 @@ class DendriticLayer(nn.Module):
             return 0
         picks = choice[chosen]
         if bool((v0[chosen] != 0).any()):
-            self._compensate_bias(chosen, picks, v0, activation_mean)
-        j = self.dendrite_count[chosen]
+            mean = pool.stats.mean_v if activation_mean is None else activation_mean
+            self._compensate_bias(chosen, picks, v0, mean)
+        src = picks * c + chosen
+        cascade = None
+        if pool.cascade is not None:
+            k_old = pool.cascade.shape[1]
+            i = torch.arange(k_old, device=chosen.device)
+            cascade = pool.cascade[picks[:, None], i[None, :], chosen[:, None]]
+        self.start_neuron_phase()
+        return self.append_dendrites(
+            chosen, pool.bank.weight[src], pool.bank.bias[src], v0[chosen], cascade
+        )
+
+    def append_dendrites(
+        self,
+        neurons: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor,
+        output_weight: torch.Tensor,
+        cascade: torch.Tensor | None = None,
+    ) -> int:
+        """Give each neuron in `neurons` (n,) one more dendrite with these input weights
+        (n, *weight shape), biases (n,) and output weights (n,); `cascade` (n, k) holds
+        the weights from the neuron's existing dendrites (only the first count[c] used).
+        Does not compensate anything: an output weight of 0 keeps the function."""
+        self._check_trainable()
+        neurons = torch.as_tensor(neurons, device=self.dendrite_count.device).long()
+        if neurons.numel() == 0:
+            return 0
+        if neurons.unique().numel() != neurons.numel():
+            raise InstallError(f"{self.path}: a neuron can gain one dendrite per call")
+        c = self.neurons
+        j = self.dendrite_count[neurons]
         self.set_slots(max(self.slots, int(j.max()) + 1))
         with torch.no_grad():
-            dst, src = j * c + chosen, picks * c + chosen
-            self.dendrites.weight[dst] = self.candidates.weight[src]
-            self.dendrites.bias[dst] = self.candidates.bias[src]
-            self.output_weight[j, chosen] = v0[chosen]
-            if self.candidate_cascade is not None:
-                k_old = self.candidate_cascade.shape[1]
-                i = torch.arange(k_old, device=j.device)
-                keep = (i[None, :] < j[:, None]).to(ref.dtype)
-                w = self.candidate_cascade[picks[:, None], i[None, :], chosen[:, None]]
-                self.cascade_weight[j[:, None], i[None, :], chosen[:, None]] = w * keep
-        self.dendrite_count[chosen] += 1
+            dst = j * c + neurons
+            self.dendrites.weight[dst] = weight.to(self.dendrites.weight.dtype)
+            self.dendrites.bias[dst] = bias.to(self.dendrites.bias.dtype)
+            self.output_weight[j, neurons] = output_weight.to(self.output_weight.dtype)
+            if cascade is not None and self.cascade_weight is not None and cascade.shape[1]:
+                i = torch.arange(cascade.shape[1], device=j.device)
+                keep = (i[None, :] < j[:, None]).to(cascade.dtype)
+                self.cascade_weight[j[:, None], i[None, :], neurons[:, None]] = cascade * keep
+        self.dendrite_count[neurons] += 1
         self._refresh_mask()
-        self.start_neuron_phase()
-        return int(chosen.numel())
+        return int(neurons.numel())
 
     def _compensate_bias(self, chosen, picks, v0, activation_mean) -> None:
-        if activation_mean is None:
-            activation_mean = self.stats.mean_v if self.stats is not None else None
         if activation_mean is None:
             raise InstallError(f"{self.path}: a non-zero output weight needs activation_mean")
         holder = self.norm if self.norm is not None else self.base

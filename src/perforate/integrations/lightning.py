@@ -34,8 +34,12 @@ class PerforateCallback(pl.Callback):
         seed: seeds candidate initialisation.
     """
 
-    def __init__(self, config: DendriteConfig | None = None, monitor: str = "val_loss",
-                 seed: int | None = None) -> None:
+    def __init__(
+        self,
+        config: DendriteConfig | None = None,
+        monitor: str = "val_loss",
+        seed: int | None = None,
+    ) -> None:
         self.config = config if config is not None else DendriteConfig()
         self.monitor = monitor
         self.seed = seed
@@ -65,8 +69,9 @@ class PerforateCallback(pl.Callback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._trainer = trainer
         self._reuse_first = True
-        self.controller = Perforator(pl_module, self.config, optimizer=self._optimizer,
-                                     seed=self.seed)
+        self.controller = Perforator(
+            pl_module, self.config, optimizer=self._optimizer, seed=self.seed
+        )
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         ctl = self.controller
@@ -84,5 +89,8 @@ class PerforateCallback(pl.Callback):
 
     def state_dict(self) -> dict[str, Any]:
         ctl = self.controller
-        return {} if ctl is None else {"epoch": ctl.epoch, "cycle": ctl.cycle,
-                                       "phase": ctl.phase.value}
+        return (
+            {}
+            if ctl is None
+            else {"epoch": ctl.epoch, "cycle": ctl.cycle, "phase": ctl.phase.value}
+        )

@@ -28,8 +28,13 @@ from ..convert import add_dendrites, dendritic_layers
 class PerforateTrainerCallback(TrainerCallback):
     """Drive a `Perforator` from a `transformers.Trainer` (use `attach` to add it)."""
 
-    def __init__(self, trainer: Trainer, config: DendriteConfig, metric: str = "eval_loss",
-                 seed: int | None = None) -> None:
+    def __init__(
+        self,
+        trainer: Trainer,
+        config: DendriteConfig,
+        metric: str = "eval_loss",
+        seed: int | None = None,
+    ) -> None:
         self.trainer = trainer
         self.config = config
         self.metric = metric
@@ -51,27 +56,35 @@ class PerforateTrainerCallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs: Any):
         self._reuse_first = True
-        self.controller = Perforator(self.trainer.model, self.config, seed=self.seed,
-                                     optimizer=self._optimizer)
+        self.controller = Perforator(
+            self.trainer.model, self.config, seed=self.seed, optimizer=self._optimizer
+        )
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs: Any):
         ctl = self.controller
         if ctl is None or ctl.done:
             return
         if not metrics or self.metric not in metrics:
-            raise KeyError(f"PerforateTrainerCallback reports {self.metric!r}, missing from "
-                           f"the evaluation metrics {sorted(metrics or {})}")
+            raise KeyError(
+                f"PerforateTrainerCallback reports {self.metric!r}, missing from "
+                f"the evaluation metrics {sorted(metrics or {})}"
+            )
         event = ctl.end_epoch(metrics[self.metric])
         self.events.append(event)
         if ctl.done:
             control.should_training_stop = True
 
 
-def attach(trainer: Trainer, config: DendriteConfig | None = None,
-           metric: str = "eval_loss", seed: int | None = None) -> PerforateTrainerCallback:
+def attach(
+    trainer: Trainer,
+    config: DendriteConfig | None = None,
+    metric: str = "eval_loss",
+    seed: int | None = None,
+) -> PerforateTrainerCallback:
     """Wrap `trainer.model` and add the callback; call before `trainer.train()`."""
-    config = config if config is not None else DendriteConfig(direction="minimize",
-                                                              pair_norms=False)
+    config = (
+        config if config is not None else DendriteConfig(direction="minimize", pair_norms=False)
+    )
     if not dendritic_layers(trainer.model):
         add_dendrites(trainer.model, config)
     callback = PerforateTrainerCallback(trainer, config, metric=metric, seed=seed)

@@ -83,8 +83,9 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
         data = fh.read()
     if len(data) < 4 or data[0] != 0 or data[1] != 0:
         raise DatasetError(f"{path} is not an IDX file (bad magic number)")
-    dtype = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4",
-             0x0E: ">f8"}.get(data[2])
+    dtype = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}.get(
+        data[2]
+    )
     if dtype is None:
         raise DatasetError(f"{path}: unknown IDX element type 0x{data[2]:02x}")
     ndim = data[3]
@@ -107,9 +108,13 @@ def _find(directory: Path, stem: str) -> Path:
     )
 
 
-def idx_directory(directory: str | os.PathLike = FASHION_MNIST_DIR, seed: int = 0,
-                  validation: int = 10_000, name: str = "fashion_mnist",
-                  train_limit: int | None = None) -> Splits:
+def idx_directory(
+    directory: str | os.PathLike = FASHION_MNIST_DIR,
+    seed: int = 0,
+    validation: int = 10_000,
+    name: str = "fashion_mnist",
+    train_limit: int | None = None,
+) -> Splits:
     """MNIST-format IDX files (Fashion-MNIST by default): the official test set is the test
     split; `validation` images drawn from the training set (fixed by `seed`) validate;
     `train_limit` keeps only that many of the remaining training images (for quick runs)."""
@@ -150,8 +155,12 @@ def mnist1d(seed: int = 0, samples: int = 5000) -> Splits:
     return _normalise("mnist1d", x, y, idx, 10, per_feature=False)
 
 
-DATASETS = {"digits": digits, "breast_cancer": breast_cancer, "fashion_mnist": idx_directory,
-            "mnist1d": mnist1d}
+DATASETS = {
+    "digits": digits,
+    "breast_cancer": breast_cancer,
+    "fashion_mnist": idx_directory,
+    "mnist1d": mnist1d,
+}
 
 
 def load(name: str, **kwargs) -> Splits:
@@ -166,6 +175,8 @@ def as_datasets(splits: Splits) -> tuple[torch.utils.data.TensorDataset, ...]:
     """(train, validation, test) as torch Datasets, for DataLoaders and frameworks."""
     from torch.utils.data import TensorDataset
 
-    return (TensorDataset(splits.x_train, splits.y_train),
-            TensorDataset(splits.x_val, splits.y_val),
-            TensorDataset(splits.x_test, splits.y_test))
+    return (
+        TensorDataset(splits.x_train, splits.y_train),
+        TensorDataset(splits.x_val, splits.y_val),
+        TensorDataset(splits.x_test, splits.y_test),
+    )

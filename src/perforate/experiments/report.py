@@ -9,9 +9,38 @@ from pathlib import Path
 from typing import Any
 
 # Two-sided 95% quantiles of Student's t, df 1..30 (beyond: normal).
-_T95 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
-        2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
-        2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
+_T95 = [
+    12.706,
+    4.303,
+    3.182,
+    2.776,
+    2.571,
+    2.447,
+    2.365,
+    2.306,
+    2.262,
+    2.228,
+    2.201,
+    2.179,
+    2.160,
+    2.145,
+    2.131,
+    2.120,
+    2.110,
+    2.101,
+    2.093,
+    2.086,
+    2.080,
+    2.074,
+    2.069,
+    2.064,
+    2.060,
+    2.056,
+    2.052,
+    2.048,
+    2.045,
+    2.042,
+]
 
 
 def t95(df: int) -> float:
@@ -45,8 +74,10 @@ def summary_table(runs: Sequence[dict[str, Any]], control: str | None = None) ->
     """One row per label: mean ± sd of validation and test accuracy (percent), params, cost."""
     groups = group(runs)
     ctrl = {r["seed"]: r["test"] for r in groups.get(control, [])} if control else {}
-    head = (f"{'method':<22}{'seeds':>6}{'dend/neuron':>12}{'params':>9}{'val %':>14}"
-            f"{'test %':>14}{'vs control':>18}{'epochs':>8}{'sec':>7}")
+    head = (
+        f"{'method':<22}{'seeds':>6}{'dend/neuron':>12}{'params':>9}{'val %':>14}"
+        f"{'test %':>14}{'vs control':>18}{'epochs':>8}{'sec':>7}"
+    )
     lines = [head, "-" * len(head)]
     for label, rs in groups.items():
         val = mean_sd([100 * r["val"] for r in rs])
@@ -69,27 +100,25 @@ def summary_table(runs: Sequence[dict[str, Any]], control: str | None = None) ->
 
 def cycle_table(run: dict[str, Any]) -> str:
     """Per cycle of one run: dendrites, parameters, best validation and its test score."""
-    from .training import RunResult
+    from .loop import RunRecord
 
-    result = RunResult(**run_fields(run))
+    result = RunRecord.from_dict(run)
     lines = [f"{'cycle':>5}{'dendrites':>11}{'params':>9}{'val %':>9}{'test %':>9}{'epoch':>7}"]
     for c in result.cycles():
-        lines.append(f"{c['cycle']:>5}{c['dendrites']:>11}{c['params']:>9}"
-                     f"{100 * c['val']:>9.2f}{100 * c['test']:>9.2f}{c['epoch']:>7}")
+        lines.append(
+            f"{c['cycle']:>5}{c['dendrites']:>11}{c['params']:>9}"
+            f"{100 * c['val']:>9.2f}{100 * c['test']:>9.2f}{c['epoch']:>7}"
+        )
     return "\n".join(lines)
 
 
-def run_fields(run: dict[str, Any]) -> dict[str, Any]:
-    from dataclasses import fields
-
-    from .training import RunResult
-
-    names = {f.name for f in fields(RunResult)}
-    return {k: v for k, v in run.items() if k in names}
-
-
-def plot_runs(runs: Sequence[dict[str, Any]], path: str | Path, title: str,
-              curve_labels: Sequence[str], ladder_prefix: str = "plain") -> Path:
+def plot_runs(
+    runs: Sequence[dict[str, Any]],
+    path: str | Path,
+    title: str,
+    curve_labels: Sequence[str],
+    ladder_prefix: str = "plain",
+) -> Path:
     """Two panels: validation score over epochs with phase switches marked, and test
     accuracy against parameters with the plain width ladder as a line."""
     import matplotlib
@@ -107,16 +136,21 @@ def plot_runs(runs: Sequence[dict[str, Any]], path: str | Path, title: str,
         run = min(rs, key=lambda r: r["seed"])
         hist = run["history"]
         epochs = [h["epoch"] for h in hist]
-        ax1.plot(epochs, [100 * h["score"] for h in hist], color=colours[i % len(colours)],
-                 label=f"{label} (seed {run['seed']})", lw=1.2)
+        ax1.plot(
+            epochs,
+            [100 * h["score"] for h in hist],
+            color=colours[i % len(colours)],
+            label=f"{label} (seed {run['seed']})",
+            lw=1.2,
+        )
         for h in hist:
             if h["phase"] == "dendrite":
-                ax1.axvspan(h["epoch"] - 1, h["epoch"], color=colours[i % len(colours)],
-                            alpha=0.12, lw=0)
+                ax1.axvspan(
+                    h["epoch"] - 1, h["epoch"], color=colours[i % len(colours)], alpha=0.12, lw=0
+                )
             if h["event"] not in ("continue",):
                 ax1.axvline(h["epoch"], color=colours[i % len(colours)], ls=":", lw=0.8)
-    tail = [100 * h["score"] for r in runs if r["label"] in curve_labels
-            for h in r["history"][5:]]
+    tail = [100 * h["score"] for r in runs if r["label"] in curve_labels for h in r["history"][5:]]
     if tail:  # the first epochs' climb would flatten everything after it
         low, high = min(tail), max(tail)
         ax1.set_ylim(low - 0.1 * (high - low + 1), high + 0.1 * (high - low + 1))
@@ -124,24 +158,48 @@ def plot_runs(runs: Sequence[dict[str, Any]], path: str | Path, title: str,
     ax1.set_ylabel("validation accuracy %")
     ax1.set_title("validation score; dotted: phase switches, shaded: dendrite phases")
     ax1.legend(fontsize=8)
-    ladder = sorted((k for k in groups if k.startswith(ladder_prefix)),
-                    key=lambda k: statistics.fmean(r["base_params"] for r in groups[k]))
+    ladder = sorted(
+        (k for k in groups if k.startswith(ladder_prefix)),
+        key=lambda k: statistics.fmean(r["base_params"] for r in groups[k]),
+    )
     if ladder:
-        xs = [statistics.fmean(r["base_params"] + r["dendrite_params"] for r in groups[k])
-              for k in ladder]
+        xs = [
+            statistics.fmean(r["base_params"] + r["dendrite_params"] for r in groups[k])
+            for k in ladder
+        ]
         ms = [mean_sd([100 * r["test"] for r in groups[k]]) for k in ladder]
-        ax2.errorbar(xs, [m for m, _ in ms], yerr=[s for _, s in ms], color="black",
-                     marker="o", label="plain width ladder", capsize=3)
+        ax2.errorbar(
+            xs,
+            [m for m, _ in ms],
+            yerr=[s for _, s in ms],
+            color="black",
+            marker="o",
+            label="plain width ladder",
+            capsize=3,
+        )
         for x, m, k in zip(xs, ms, ladder, strict=True):
-            ax2.annotate(k.replace(ladder_prefix, "").strip(" ()"), (x, m[0]), fontsize=7,
-                         textcoords="offset points", xytext=(4, -10))
+            ax2.annotate(
+                k.replace(ladder_prefix, "").strip(" ()"),
+                (x, m[0]),
+                fontsize=7,
+                textcoords="offset points",
+                xytext=(4, -10),
+            )
     others = [k for k in groups if k not in ladder]
     for i, k in enumerate(others):
         rs = groups[k]
         x = statistics.fmean(r["base_params"] + r["dendrite_params"] for r in rs)
         m, s = mean_sd([100 * r["test"] for r in rs])
-        ax2.errorbar([x], [m], yerr=[s], marker="s", capsize=3, ls="none",
-                     color=colours[(i + 3) % len(colours)], label=k)
+        ax2.errorbar(
+            [x],
+            [m],
+            yerr=[s],
+            marker="s",
+            capsize=3,
+            ls="none",
+            color=colours[(i + 3) % len(colours)],
+            label=k,
+        )
     ax2.set_xscale("log")
     ax2.set_xlabel("parameters used by the forward pass")
     ax2.set_ylabel("test accuracy % (mean ± sd over seeds)")

@@ -16,11 +16,13 @@ from typing import Any
 
 import torch
 
-from . import data as datasets
-from .checkpoint import atomic_write
-from .config import DendriteConfig
+from perforate import DendriteConfig
+from perforate.files import atomic_write
+
+from . import datasets
+from .loop import fit_classifier
+from .models import mlp
 from .report import cycle_table, plot_runs, summary_table
-from .training import fit_classifier, mlp
 
 CONTROL_PREFIX = "restart control"
 
@@ -48,20 +50,25 @@ def run_demo(
     methods = demo_methods(hidden)
     runs: list[dict[str, Any]] = []
     total = len(methods) * len(seeds)
-    log(f"perforate demo: digits ({len(data.y_train)} train / {len(data.y_val)} val / "
-        f"{len(data.y_test)} test), MLP 64-H-10, {len(seeds)} seeds, {total} runs")
+    log(
+        f"perforate demo: digits ({len(data.y_train)} train / {len(data.y_val)} val / "
+        f"{len(data.y_test)} test), MLP 64-H-10, {len(seeds)} seeds, {total} runs"
+    )
     start = time.perf_counter()
     for seed in seeds:
         for label, width, config in methods:
             torch.manual_seed(seed)
             model = mlp(64, width, 10)
-            result = fit_classifier(model, data, config, seed=seed, lr=1e-2, candidate_lr=5e-2,
-                                    method_name=config.method)
-            record = {"label": label, "width": width, "dataset": "digits", **result.to_dict()}
+            result = fit_classifier(
+                model, data, config, seed=seed, lr=1e-2, candidate_lr=5e-2, label=label
+            )
+            record = {"width": width, "dataset": "digits", **result.to_dict()}
             runs.append(record)
-            log(f"[{len(runs):>2}/{total}] {label:<22} seed {seed}: val {100 * result.val:5.1f}%"
+            log(
+                f"[{len(runs):>2}/{total}] {label:<22} seed {seed}: val {100 * result.val:5.1f}%"
                 f"  test {100 * result.test:5.1f}%  params {result.params:>5}  "
-                f"{result.epochs:>3} epochs  {result.seconds:4.1f} s")
+                f"{result.epochs:>3} epochs  {result.seconds:4.1f} s"
+            )
     atomic_write(out / "results.json", json.dumps(runs).encode())
     log(f"\nall runs: {time.perf_counter() - start:.0f} s\n")
     report(out, log=log)
@@ -73,8 +80,10 @@ def report(run_dir: str | Path, log: Callable[[str], None] = print) -> Path:
     run_dir = Path(run_dir)
     runs = json.loads((run_dir / "results.json").read_text())
     control = next((r["label"] for r in runs if r["label"].startswith(CONTROL_PREFIX)), None)
-    log("Test accuracy at the best validation epoch (mean ± sd over seeds); 'vs control' is "
-        "the paired difference to the restart control with its 95% interval:\n")
+    log(
+        "Test accuracy at the best validation epoch (mean ± sd over seeds); 'vs control' is "
+        "the paired difference to the restart control with its 95% interval:\n"
+    )
     log(summary_table(runs, control=control))
     pb = [r for r in runs if r["label"].startswith("PB")]
     if pb:
@@ -84,7 +93,8 @@ def report(run_dir: str | Path, log: Callable[[str], None] = print) -> Path:
     labels = [k for k in (control, *(r["label"] for r in pb[:1])) if k]
     if not labels:  # a run directory of `perforate train`: draw what it holds
         labels = sorted({r["label"] for r in runs})
-    path = plot_runs(runs, run_dir / "demo.png", "perforate demo: digits, MLP 64-H-10",
-                     curve_labels=labels)
+    path = plot_runs(
+        runs, run_dir / "demo.png", "perforate demo: digits, MLP 64-H-10", curve_labels=labels
+    )
     log(f"\nresults: {run_dir / 'results.json'}\nfigure:  {path}")
     return path

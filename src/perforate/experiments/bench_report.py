@@ -15,7 +15,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from .bench import METHOD_DESCRIPTIONS, SUITES
+from .bench import METHODS, SUITES
 from .report import mean_sd, paired_difference
 
 COMMAND = "perforate bench --report"
@@ -58,22 +58,27 @@ def _params(r):
 def suite_section(name: str, rows: list[dict[str, Any]], figure: str) -> tuple[str, list[str]]:
     groups = _by(rows, "method", "width")
     plain = {w: rs for (m, w), rs in groups.items() if m == "plain"}
-    ladder = [(statistics.fmean(_params(r) for r in rs), statistics.fmean(r["test"] for r in rs))
-              for rs in plain.values()]
+    ladder = [
+        (statistics.fmean(_params(r) for r in rs), statistics.fmean(r["test"] for r in rs))
+        for rs in plain.values()
+    ]
     plain_secs = {w: {r["seed"]: r["seconds"] for r in rs} for w, rs in plain.items()}
     first = rows[0]
     lines = [f"## {name}: {first['dataset']}, {first['model']}", ""]
     lines.append(f"![{name}](figures/bench_{name}.png)  ")
     lines.append(f"*Figure: `{COMMAND}` from `benchmarks/results/{name}.jsonl`.*")
     lines.append("")
-    lines.append("| method | width | seeds | dend./neuron | params | val % | test % | "
-                 "test vs restart (paired, 95% CI) | vs ladder at equal params | time vs plain "
-                 "| epochs |")
+    lines.append(
+        "| method | width | seeds | dend./neuron | params | val % | test % | "
+        "test vs restart (paired, 95% CI) | vs ladder at equal params | time vs plain "
+        "| epochs |"
+    )
     lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
     verdicts = []
     summary_rows: list[tuple] = []
-    order = sorted(groups, key=lambda k: (k[1], list(METHOD_DESCRIPTIONS).index(k[0])
-                                          if k[0] in METHOD_DESCRIPTIONS else 99))
+    order = sorted(
+        groups, key=lambda k: (k[1], list(METHODS).index(k[0]) if k[0] in METHODS else 99)
+    )
     for method, width in order:
         rs = groups[(method, width)]
         val = mean_sd([100 * r["val"] for r in rs])
@@ -83,21 +88,26 @@ def suite_section(name: str, rows: list[dict[str, Any]], figure: str) -> tuple[s
         vs = "-"
         d = half = None
         if ctrl and method not in ("restart", "plain"):
-            d, half, n = paired_difference({r["seed"]: r["test"] for r in rs},
-                                           {r["seed"]: r["test"] for r in ctrl})
+            d, half, n = paired_difference(
+                {r["seed"]: r["test"] for r in rs}, {r["seed"]: r["test"] for r in ctrl}
+            )
             vs = f"{100 * d:+.2f} ± {100 * half:.2f} (n={n})"
         lad = ladder_at(ladder, params)
         gap = None if lad is None or method == "plain" else test[0] - 100 * lad
         gap_s = "-" if method == "plain" else ("outside ladder" if gap is None else f"{gap:+.2f}")
-        ratios = [r["seconds"] / plain_secs[width][r["seed"]] for r in rs
-                  if width in plain_secs and r["seed"] in plain_secs[width]]
+        ratios = [
+            r["seconds"] / plain_secs[width][r["seed"]]
+            for r in rs
+            if width in plain_secs and r["seed"] in plain_secs[width]
+        ]
         ratio = statistics.median(ratios) if ratios else None
         lines.append(
             f"| {method} | {width} | {len(rs)} | "
             f"{statistics.fmean(r['dendrites_per_neuron'] for r in rs):.2f} | {params:,.0f} | "
             f"{val[0]:.2f} ± {val[1]:.2f} | {test[0]:.2f} ± {test[1]:.2f} | {vs} | {gap_s} | "
             f"{'-' if ratio is None else f'{ratio:.1f}x'} | "
-            f"{statistics.fmean(r['epochs'] for r in rs):.0f} |")
+            f"{statistics.fmean(r['epochs'] for r in rs):.0f} |"
+        )
         if d is not None:
             verdicts.append(_verdict(method, width, d, half, gap, ratio))
             summary_rows.append((method, width, d, half, gap, ratio))
@@ -123,23 +133,32 @@ def _summary(name, first, rows, groups) -> str:
     pb_vs_gd = []
     for (m, w), rs in groups.items():
         if m == "pb" and ("gd", w) in groups:
-            d, h, _ = paired_difference({r["seed"]: r["test"] for r in rs},
-                                        {r["seed"]: r["test"] for r in groups[("gd", w)]})
+            d, h, _ = paired_difference(
+                {r["seed"]: r["test"] for r in rs},
+                {r["seed"]: r["test"] for r in groups[("gd", w)]},
+            )
             pb_vs_gd.append(f"{100 * d:+.2f} ± {100 * h:.2f} points at width {w}")
     times = sorted(r[5] for r in rows if r[5] is not None)
-    text = (f"- **{name}** ({first['dataset']}, {first['model']}): "
-            f"{len(beats)} of {len(rows)} dendrite runs beat the restart control outside "
-            f"noise ({', '.join(f'`{m}` w{w}' for m, w, *_ in beats) or 'none'}), "
-            f"{len(loses)} lose to it; the largest mean gain is `{best[0]}` at width "
-            f"{best[1]}, {100 * best[2]:+.2f} ± {100 * best[3]:.2f} points. ")
+    text = (
+        f"- **{name}** ({first['dataset']}, {first['model']}): "
+        f"{len(beats)} of {len(rows)} dendrite runs beat the restart control outside "
+        f"noise ({', '.join(f'`{m}` w{w}' for m, w, *_ in beats) or 'none'}), "
+        f"{len(loses)} lose to it; the largest mean gain is `{best[0]}` at width "
+        f"{best[1]}, {100 * best[2]:+.2f} ± {100 * best[3]:.2f} points. "
+    )
     if pb_vs_gd:
         text += f"PB minus GD dendrites (paired): {'; '.join(pb_vs_gd)}. "
     if on_ladder:
-        text += ("On or above the width ladder: "
-                 + ", ".join(f"`{m}` w{w} ({g:+.2f})" for m, w, _, _, g, _ in on_ladder) + ". ")
+        text += (
+            "On or above the width ladder: "
+            + ", ".join(f"`{m}` w{w} ({g:+.2f})" for m, w, _, _, g, _ in on_ladder)
+            + ". "
+        )
     elif closest is not None:
-        text += (f"All below the width ladder; closest `{closest[0]}` at width {closest[1]} "
-                 f"({closest[4]:+.2f} points). ")
+        text += (
+            f"All below the width ladder; closest `{closest[0]}` at width {closest[1]} "
+            f"({closest[4]:+.2f} points). "
+        )
     if times:
         text += f"Wall time {times[0]:.1f}x to {times[-1]:.1f}x the plain run."
     return text
@@ -156,8 +175,10 @@ def _verdict(method, width, d, half, gap, ratio) -> str:
         beat = f"**loses** to the restart control by {-100 * d:.2f} ± {100 * half:.2f} points"
         beats = False
     else:
-        beat = (f"is indistinguishable from the restart control ({100 * d:+.2f} ± "
-                f"{100 * half:.2f} points)")
+        beat = (
+            f"is indistinguishable from the restart control ({100 * d:+.2f} ± "
+            f"{100 * half:.2f} points)"
+        )
         beats = False
     if gap is None:
         lad = "its parameter count is outside the width ladder"
@@ -183,19 +204,34 @@ def plot_suite(name: str, rows: list[dict[str, Any]], path: Path) -> None:
     if plain:
         xs = [statistics.fmean(_params(r) for r in rs) for _, rs in plain]
         ms = [mean_sd([100 * r["test"] for r in rs]) for _, rs in plain]
-        ax.errorbar(xs, [m for m, _ in ms], yerr=[s for _, s in ms], color="black", marker="o",
-                    capsize=3, label="plain width ladder")
+        ax.errorbar(
+            xs,
+            [m for m, _ in ms],
+            yerr=[s for _, s in ms],
+            color="black",
+            marker="o",
+            capsize=3,
+            label="plain width ladder",
+        )
         for x, (m, _), (w, _) in zip(xs, ms, plain, strict=True):
             ax.annotate(f"{w}", (x, m), fontsize=7, textcoords="offset points", xytext=(4, -10))
     markers = "sD^vP*X"
-    methods = [m for m in METHOD_DESCRIPTIONS if m != "plain"]
+    methods = [m for m in METHODS if m != "plain"]
     for i, method in enumerate(methods):
         pts = sorted((w, rs) for (m, w), rs in groups.items() if m == method)
         for j, (_w, rs) in enumerate(pts):
             x = statistics.fmean(_params(r) for r in rs)
             m, s = mean_sd([100 * r["test"] for r in rs])
-            ax.errorbar([x], [m], yerr=[s], marker=markers[i % len(markers)], ls="none",
-                        capsize=3, color=f"C{i}", label=method if j == 0 else None)
+            ax.errorbar(
+                [x],
+                [m],
+                yerr=[s],
+                marker=markers[i % len(markers)],
+                ls="none",
+                capsize=3,
+                color=f"C{i}",
+                label=method if j == 0 else None,
+            )
     ax.set_xscale("log")
     ax.set_xlabel("parameters used by the forward pass")
     ax.set_ylabel("test accuracy % at best validation (mean ± sd)")
@@ -208,8 +244,9 @@ def plot_suite(name: str, rows: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-def write_report(results_dir: Path = Path("benchmarks/results"),
-                 docs_dir: Path = Path("docs")) -> Path:
+def write_report(
+    results_dir: Path = Path("benchmarks/results"), docs_dir: Path = Path("docs")
+) -> Path:
     runs = load_runs(results_dir)
     sections, goal, summaries = [], [], []
     for name, rows in runs.items():
@@ -239,15 +276,16 @@ def write_report(results_dir: Path = Path("benchmarks/results"),
         "",
         "Methods:",
         "",
-        *[f"- `{m}`: {d}" for m, d in METHOD_DESCRIPTIONS.items()],
+        *[f"- `{m}`: {d.description}" for m, d in METHODS.items()],
         "",
         "## The goal",
         "",
         "A PB variant that beats the restart control outside seed noise, lies on or above "
         "the width ladder at equal parameters, and costs at most 3x the plain run's time.",
         "",
-        ("Met by: " + "; ".join(goal)) if goal else
-        "**Not met by any recorded variant.** The sections below show how far each came.",
+        ("Met by: " + "; ".join(goal))
+        if goal
+        else "**Not met by any recorded variant.** The sections below show how far each came.",
         "",
         "## Summary, per dataset",
         "",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .config import DendriteConfig
+from perforate import DendriteConfig
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,12 +42,14 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "bench":
         return _bench(args, parser)
     elif args.command == "train":
-        from .experiment import run_experiment
+        from .train_config import run_experiment
 
         run_experiment(args.config_file, resume=args.resume)
     elif args.command == "config":
-        print(DendriteConfig.markdown() if args.markdown else DendriteConfig.describe(),
-              end="" if args.markdown else "\n")
+        print(
+            DendriteConfig.markdown() if args.markdown else DendriteConfig.describe(),
+            end="" if args.markdown else "\n",
+        )
     return 0
 
 
@@ -58,8 +60,10 @@ def _bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
     if args.list:
         for s in SUITES.values():
-            print(f"{s.name:<14} {s.dataset:<14} {s.model}; ladder {s.ladder}, "
-                  f"PB widths {s.pb_widths}, {s.seeds} seeds")
+            print(
+                f"{s.name:<14} {s.dataset:<14} {s.model}; ladder {s.ladder}, "
+                f"PB widths {s.pb_widths}, {s.seeds} seeds"
+            )
         return 0
     if args.suite:
         suites = {**SUITES, "quick": quick_suite()}
@@ -68,8 +72,9 @@ def _bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         i, n = (int(v) for v in args.shard.split("/"))
         if not 0 <= i < n:
             parser.error(f"--shard {args.shard}: need 0 <= i < n")
-        run_suite(suites[args.suite], seeds=args.seeds, results_dir=Path(args.results),
-                  shard=(i, n))
+        run_suite(
+            suites[args.suite], seeds=args.seeds, results_dir=Path(args.results), shard=(i, n)
+        )
     if args.report:
         from .bench_report import write_report
 

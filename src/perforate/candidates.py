@@ -1,0 +1,158 @@
+"""The candidate pool of one layer: P candidate dendrites for each of its C neurons.
+
+Why a module of its own: candidates live only during a dendrite phase, train on a
+different objective from everything else, and never change the network's output. Keeping
+them apart from `DendriticLayer` means the layer only knows "add the pool's tap to my
+output" and "copy the chosen candidates in"; how candidates start, what they compute and
+how they learn is here.
+
+All P*C candidates are ONE layer of the base layer's kind (row `p*C + c` is candidate `p`
+of neuron `c`), plus an optional (P, k, C) cascade from the neuron's k installed
+dendrites. Their gradient comes from `CandidateTap`: an identity on the layer output whose
+backward hands `E = dL/dy` to the streaming statistics and returns `-dS/dV`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from .correlation import CandidateStats, Reduce, surrogate_gradient
+from .kinds import LayerKind
+
+
+class CandidateTap(torch.autograd.Function):
+    """Identity on `y`; in backward, turns dL/dy into the candidates' objective gradient."""
+
+    @staticmethod
+    def forward(ctx, y, v, pool):  # type: ignore[override]
+        ctx.pool = pool
+        ctx.save_for_backward(v.detach())
+        # A clone, not `y` itself: a returned input is a view, which in-place ops after
+        # this layer (ReLU(inplace=True)) are not allowed to modify.
+        return y.clone()
+
+    @staticmethod
+    def backward(ctx, grad_y):  # type: ignore[override]
+        (v,) = ctx.saved_tensors
+        return grad_y, ctx.pool.objective_gradient(v, grad_y), None
+
+
+class CandidatePool(nn.Module):
+    """P candidates per neuron of one layer, their cascade weights and their statistics.
+
+    Args:
+        kind: the layer kind (how outputs split into (P, C) and broadcast per neuron).
+        bank: a layer of `kind` with P*C outputs: the candidates' input weights and biases.
+        cascade: (P, k, C) weights from the neuron's k installed dendrites, or None.
+        neurons: C.
+        activation: the dendrite non-linearity g.
+        objective: 'covariance' or 'pearson' (see `correlation`).
+    """
+
+    def __init__(
+        self,
+        kind: LayerKind,
+        bank: nn.Module,
+        cascade: torch.Tensor | None,
+        neurons: int,
+        activation: Callable[[torch.Tensor], torch.Tensor],
+        objective: str,
+    ) -> None:
+        super().__init__()
+        self.kind = kind
+        self.neurons = neurons
+        self.size = kind.neurons(bank) // neurons
+        self.bank = bank
+        self.cascade = None if cascade is None else nn.Parameter(cascade)
+        self._g = activation
+        self.objective = objective
+        self.stats = CandidateStats(self.size, neurons, device=bank.weight.device)
+        # Set under DistributedDataParallel: sums statistics across processes, so every
+        # process folds in the global batch and takes the same decisions.
+        self.reduce: Reduce | None = None
+        self.world_size = 1
+
+    @classmethod
+    def normal(
+        cls,
+        kind: LayerKind,
+        base: nn.Module,
+        size: int,
+        slots: int,
+        *,
+        scale: float,
+        cascade: bool,
+        activation: Callable[[torch.Tensor], torch.Tensor],
+        objective: str,
+        generator: torch.Generator | None = None,
+    ) -> CandidatePool:
+        """Candidates with every weight drawn from N(0, scale): the paper's small start,
+        which keeps a sigmoid candidate in its linear range until the objective moves it."""
+        neurons = kind.neurons(base)
+        bank = kind.make_bank(base, size * neurons)
+        with torch.no_grad():
+            bank.weight.normal_(0.0, scale, generator=generator)
+            bank.bias.normal_(0.0, scale, generator=generator)
+        casc = None
+        if cascade and slots:
+            ref = base.weight
+            casc = torch.empty(size, slots, neurons, dtype=ref.dtype, device=ref.device)
+            casc.normal_(0.0, scale, generator=generator)
+        return cls(kind, bank, casc, neurons, activation, objective)
+
+    def share_statistics(self, reduce: Reduce | None, world_size: int) -> None:
+        """Sum statistics over a process group with `reduce` (None: this process alone)."""
+        self.reduce, self.world_size = reduce, world_size
+
+    # --- forward ----------------------------------------------------------------------
+    def outputs(self, xd: torch.Tensor, installed: torch.Tensor | None) -> torch.Tensor:
+        """V for the pool, (..., P, C) or (B, P, C, *S), from the (detached) layer input
+        and the activations of the neuron's installed dendrites, (..., k, C) or None."""
+        kind, c = self.kind, self.neurons
+        net = kind.split(self.bank(xd), self.size, c)
+        if installed is not None and self.cascade is not None:
+            eq = "...ic,pic->...pc" if kind.spatial_dims == 0 else "bic...,pic->bpc..."
+            net = net + torch.einsum(eq, installed.detach(), self.cascade)
+        return self._g(net)
+
+    def tap(self, y: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """`y` unchanged; the user's backward through it trains the candidates."""
+        return CandidateTap.apply(y, v, self)
+
+    # --- objective (called from backward) ---------------------------------------------
+    def objective_gradient(self, v: torch.Tensor, grad_y: torch.Tensor) -> torch.Tensor:
+        """Fold one batch into the statistics and return -dObjective/dV for it."""
+        p, c = self.size, self.neurons
+        # Linear: (..., P, C) -> (N, P, C), a view. Conv: (B, P, C, *S) as it is.
+        flat = self.kind.spatial_dims == 0
+        vn = v.reshape(-1, p, c) if flat else v
+        en = grad_y.reshape(-1, c) if flat else grad_y
+        g = surrogate_gradient(
+            vn, en, self.stats, self.objective, reduce=self.reduce, world_size=self.world_size
+        )
+        if g is None:  # empty, or a non-finite value somewhere: skipped everywhere
+            return torch.zeros_like(v)
+        return g.reshape(v.shape)
+
+    # --- what the phase learned -------------------------------------------------------
+    def best_correlation(self) -> float:
+        """Mean over neurons of the best candidate's |Pearson correlation| with the error."""
+        return float(self.stats.pearson().abs().max(0).values.mean())
+
+    def output_std(self) -> torch.Tensor:
+        """Standard deviation of every candidate's output over the patterns seen, (P, C)."""
+        s = self.stats
+        return (s.m_vv / s.count.clamp_min(1)).sqrt()
+
+    def statistics_state_dict(self) -> dict[str, Any]:
+        return self.stats.state_dict()
+
+    def load_statistics_state_dict(self, state: dict[str, Any]) -> None:
+        self.stats.load_state_dict(state)
+
+    def extra_repr(self) -> str:
+        return f"size={self.size}, neurons={self.neurons}, objective={self.objective!r}"

@@ -1,0 +1,274 @@
+"""The benchmark suite: when do dendrites earn their parameters?
+
+Every suite trains, on one dataset and for every seed, the plain width ladder and, at the
+suite's PB widths, the restart control and every dendrite method, all under the same epoch
+rules. One JSON line per run goes to `benchmarks/results/<suite>.jsonl`; runs already
+recorded there are skipped, so a suite resumes where it stopped and can be split across
+processes with `--shard i/n`.
+
+    perforate bench --suite mnist1d_mlp [--seeds 5] [--shard 0/2]
+    perforate bench --report            # docs/benchmarks.md and docs/figures/bench_*.png
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from perforate import DendriteConfig, hidden_layers_only
+from perforate.config import REFERENCE_GD
+
+from . import datasets, models
+from .loop import fit_classifier
+
+RESULTS_DIR = Path("benchmarks/results")
+
+
+@dataclass(frozen=True)
+class Method:
+    """A benchmarked method: DendriteConfig overrides, and whether the model's output
+    layer is left without dendrites."""
+
+    description: str
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+    hidden_only: bool = False
+
+
+METHODS: dict[str, Method] = {
+    "plain": Method(
+        "plain training with early stopping (the width ladder)",
+        {"method": "restart", "max_cycles": 0},
+    ),
+    "restart": Method(
+        "restart control: PB's cycle schedule, best state restored and a fresh "
+        "optimizer each cycle, no dendrites",
+        {"method": "restart"},
+    ),
+    "pb": Method(
+        "Perforated Backpropagation as in the paper: covariance-trained candidates "
+        "(pool 4), installed frozen, perforated"
+    ),
+    "pb_learn": Method(
+        "PB whose installed dendrites keep learning (still perforated)", {"dendrites_learn": True}
+    ),
+    "gd": Method(
+        "GD dendrites: the reference library's open build (untrained dendrite added "
+        "per neuron each cycle, trained jointly, not perforated)",
+        REFERENCE_GD,
+    ),
+    "pb_hidden": Method(
+        "PB on hidden layers only (the output layer gets no dendrites)", hidden_only=True
+    ),
+    "pb_selective": Method(
+        "PB installing only where the best candidate's |r| >= 0.1", {"install_threshold": 0.1}
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    dataset: str
+    load: Callable[[int], datasets.Splits]
+    build: Callable[[int], nn.Module]  # width -> model
+    model: str
+    ladder: tuple[int, ...]
+    pb_widths: tuple[int, ...]
+    seeds: int
+    methods: tuple[str, ...] = tuple(METHODS)
+    lr: float = 1e-2
+    candidate_lr: float = 5e-2
+    batch_size: int = 64
+    settings: dict[str, Any] = field(default_factory=dict)  # DendriteConfig overrides
+
+
+def _subset(splits: datasets.Splits, train: int | None, val: int | None) -> datasets.Splits:
+    if train is None and val is None:
+        return splits
+    t = slice(0, train)
+    v = slice(0, val)
+    return datasets.Splits(
+        splits.name,
+        splits.x_train[t],
+        splits.y_train[t],
+        splits.x_val[v],
+        splits.y_val[v],
+        splits.x_test,
+        splits.y_test,
+        splits.num_classes,
+    )
+
+
+SUITES: dict[str, Suite] = {
+    s.name: s
+    for s in [
+        Suite(
+            "digits_mlp",
+            "digits",
+            lambda seed: datasets.digits(0),
+            lambda w: models.mlp(64, w, 10),
+            "MLP 64-H-10",
+            (4, 8, 16, 32, 64),
+            (8,),
+            5,
+        ),
+        Suite(
+            "mnist1d_mlp",
+            "mnist1d",
+            lambda seed: datasets.mnist1d(0),
+            lambda w: models.mlp(40, w, 10),
+            "MLP 40-H-10",
+            (4, 8, 16, 32, 64, 128),
+            (8, 32),
+            5,
+        ),
+        Suite(
+            "fashion_mlp",
+            "fashion_mnist",
+            lambda seed: datasets.idx_directory(seed=0),
+            lambda w: models.mlp(784, w, 10),
+            "MLP 784-H-10",
+            (4, 8, 16, 32, 64),
+            (8,),
+            5,
+            batch_size=128,
+            settings={"patience": 5, "max_epochs": 250},
+        ),
+        Suite(
+            "mnist1d_cnn",
+            "mnist1d",
+            lambda seed: datasets.mnist1d(0),
+            lambda w: models.cnn1d(w),
+            "CNN1d (conv+BN x2, width c, 2c)",
+            (2, 4, 8, 16),
+            (4,),
+            3,
+        ),
+        Suite(
+            "fashion_cnn",
+            "fashion_mnist",
+            lambda seed: _subset(datasets.idx_directory(seed=0), 5_000, 2_000),
+            lambda w: models.cnn2d(w),
+            "CNN2d (conv+BN x2, width c, 2c), 5k train images",
+            (2, 4, 8),
+            (4,),
+            3,
+            batch_size=128,
+            settings={"patience": 4, "max_epochs": 60, "dendrite_max_epochs": 5},
+        ),
+    ]
+}
+
+
+def quick_suite() -> Suite:
+    """A few minutes on 2 cores, run by the test suite so the pipeline cannot rot."""
+    return Suite(
+        "quick",
+        "digits",
+        lambda seed: datasets.digits(0),
+        lambda w: models.mlp(64, w, 10),
+        "MLP 64-H-10",
+        (4, 8),
+        (4,),
+        2,
+        settings={
+            "patience": 2,
+            "dendrite_patience": 1,
+            "dendrite_max_epochs": 2,
+            "max_dendrites": 1,
+            "max_retries": 0,
+            "max_epochs": 40,
+        },
+    )
+
+
+def method_config(suite: Suite, method: str, model: nn.Module) -> DendriteConfig:
+    spec = METHODS[method]
+    config = DendriteConfig.from_dict({**suite.settings, **spec.overrides})
+    return hidden_layers_only(model, config) if spec.hidden_only else config
+
+
+def jobs(suite: Suite, seeds: int) -> list[tuple[str, int, int]]:
+    out = []
+    for seed in range(seeds):
+        out += [("plain", w, seed) for w in suite.ladder if "plain" in suite.methods]
+        out += [(m, w, seed) for w in suite.pb_widths for m in suite.methods if m != "plain"]
+    return out
+
+
+def _key(method: str, width: int, seed: int) -> tuple[str, int, int]:
+    return (method, width, seed)
+
+
+def recorded(path: Path) -> set[tuple[str, int, int]]:
+    if not path.exists():
+        return set()
+    keys = set()
+    for line in path.read_text().splitlines():
+        if line.strip():
+            r = json.loads(line)
+            keys.add(_key(r["method"], r["width"], r["seed"]))
+    return keys
+
+
+def run_suite(
+    suite: Suite,
+    seeds: int | None = None,
+    results_dir: Path = RESULTS_DIR,
+    shard: tuple[int, int] = (0, 1),
+    log: Callable[[str], None] = print,
+) -> Path:
+    torch.set_num_threads(int(os.environ.get("PERFORATE_BENCH_THREADS", "1")))
+    seeds = suite.seeds if seeds is None else seeds
+    path = Path(results_dir) / f"{suite.name}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    done = recorded(path)
+    todo = [j for i, j in enumerate(jobs(suite, seeds)) if i % shard[1] == shard[0]]
+    todo = [j for j in todo if _key(*j) not in done]
+    log(f"{suite.name}: {len(todo)} runs to do ({len(done)} recorded) -> {path}")
+    data = None
+    for i, (method, width, seed) in enumerate(todo, 1):
+        if data is None:
+            data = suite.load(0)
+        torch.manual_seed(seed)
+        model = suite.build(width)
+        config = method_config(suite, method, model)
+        result = fit_classifier(
+            model,
+            data,
+            config,
+            seed=seed,
+            lr=suite.lr,
+            candidate_lr=suite.candidate_lr,
+            batch_size=suite.batch_size,
+            label=method,
+        )
+        row = {
+            "suite": suite.name,
+            "dataset": suite.dataset,
+            "model": suite.model,
+            "width": width,
+            "method": method,
+            "seed": seed,
+            **result.summary(),
+            "torch_threads": torch.get_num_threads(),
+            "machine": platform.machine(),
+        }
+        with path.open("a") as fh:  # one line per run: a crash loses only the run in flight
+            fh.write(json.dumps(row) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        log(
+            f"[{i}/{len(todo)}] {suite.name} {method:<12} H={width:<4} seed {seed}: "
+            f"test {100 * result.test:5.2f}%  params {result.params:>7}  "
+            f"{result.epochs:>3} ep  {result.seconds:6.1f} s"
+        )
+    return path

@@ -1,0 +1,122 @@
+"""The optimizer owner: builds what trains now, at the start and after every restructure.
+
+Why the library owns the optimizer: each phase change freezes, thaws or replaces
+parameters, and an optimizer built earlier would hold stale ones (the reference library
+makes its users rebuild by hand). The user gives factories; this object calls them,
+counts the steps taken on the result (on the innermost optimizer, since wrappers from
+accelerate or Lightning call its `step` and may carry no hooks of their own), steps the
+scheduler, and re-applies a wrapper such as DistributedDataParallel, which registers only
+the parameters that train when it is built.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import PhaseError
+
+OptimizerFactory = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
+SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
+Wrapper = Callable[[nn.Module], nn.Module]
+
+
+class OptimizerOwner:
+    """Optimizer, scheduler and wrapped model of the current phase.
+
+    Args:
+        optimizer: factory `params -> Optimizer` for neuron phases.
+        candidate_optimizer: factory for dendrite phases (default: `optimizer`).
+        scheduler: optional factory `optimizer -> scheduler`, stepped once per evaluation
+            that continues a phase (with the score, for ReduceLROnPlateau).
+        wrapper: e.g. `lambda m: DistributedDataParallel(m)`, re-applied at every build.
+    """
+
+    def __init__(
+        self,
+        optimizer: OptimizerFactory,
+        candidate_optimizer: OptimizerFactory | None = None,
+        scheduler: SchedulerFactory | None = None,
+        wrapper: Wrapper | None = None,
+    ) -> None:
+        if not callable(optimizer):
+            raise TypeError(
+                "optimizer must be a factory, e.g. lambda params: torch.optim.Adam(params), "
+                f"got {type(optimizer).__name__}; the controller rebuilds it at every restructure"
+            )
+        for name, f in (
+            ("candidate_optimizer", candidate_optimizer),
+            ("scheduler", scheduler),
+            ("wrapper", wrapper),
+        ):
+            if f is not None and not callable(f):
+                raise TypeError(f"{name} must be callable, got {type(f).__name__}")
+        self._factory = optimizer
+        self._candidate_factory = candidate_optimizer or optimizer
+        self._scheduler_factory = scheduler
+        self._wrapper = wrapper
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.scheduler: Any = None
+        self.wrapped: nn.Module | None = None
+        self.steps_since_evaluation = 0
+        self._stepped: torch.optim.Optimizer | None = None
+
+    def build(self, model: nn.Module, params: list[nn.Parameter], candidates: bool) -> None:
+        """A fresh optimizer over `params` (candidate factory if `candidates`)."""
+        if not params:
+            raise PhaseError("no trainable parameter in the model: nothing to optimise")
+        factory = self._candidate_factory if candidates else self._factory
+        optimizer = factory(params)
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(
+                f"the optimizer factory returned {type(optimizer).__name__}, "
+                "not a torch.optim.Optimizer"
+            )
+        inner = optimizer
+        while isinstance(getattr(inner, "optimizer", None), torch.optim.Optimizer):
+            inner = inner.optimizer
+        self._stepped = inner
+        inner.register_step_post_hook(self._count_step)
+        self.optimizer = optimizer
+        self.wrapped = model if self._wrapper is None else self._wrapper(model)
+        if self._scheduler_factory is not None:
+            self.scheduler = self._scheduler_factory(optimizer)
+
+    def _count_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        if optimizer is self._stepped:  # an optimizer of an earlier phase may still step
+            self.steps_since_evaluation += 1
+
+    def take_steps(self) -> int:
+        """Steps taken since the last call."""
+        n, self.steps_since_evaluation = self.steps_since_evaluation, 0
+        return n
+
+    def step_scheduler(self, score: float) -> None:
+        if self.scheduler is None:
+            return
+        if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            self.scheduler.step(score)
+        else:
+            self.scheduler.step()
+
+    def current_lr(self) -> float | None:
+        groups = self.optimizer.param_groups if self.optimizer is not None else []
+        return float(groups[0]["lr"]) if groups and "lr" in groups[0] else None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "optimizer": None if self.optimizer is None else self.optimizer.state_dict(),
+            "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
+            "steps_since_evaluation": self.steps_since_evaluation,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore into the optimizer and scheduler `build` made for the same phase."""
+        if state["optimizer"] is not None and self.optimizer is not None:
+            self.optimizer.load_state_dict(state["optimizer"])
+        if state["scheduler"] is not None and self.scheduler is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.steps_since_evaluation = int(state["steps_since_evaluation"])

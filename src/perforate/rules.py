@@ -1,0 +1,177 @@
+"""Training rules: what a cycle does after a neuron phase, as small strategy objects.
+
+The controller's state machine is the same for every rule: train the neurons until the
+switching policy ends the phase, accept or retry the cycle, then ask the rule for the
+next cycle. The rule answers with an `Event`:
+
+- `DENDRITE_PHASE`: it attached candidate pools; the controller freezes the rest, trains
+  them, and at the end calls `rule.install(layers)`;
+- `INSTALLED`: it grew dendrites directly; a new neuron phase starts;
+- `RESTARTED`: it changed nothing; a new neuron phase starts (the restart control).
+
+A new rule (a closed-form candidate start, distillation targets, growth into a frozen
+model) is one subclass here plus its name in `config.TRAINING_RULES`, or an instance
+passed as `Perforator(..., rule=MyRule())`; the controller does not change.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import ClassVar
+
+import torch
+
+from .config import DendriteConfig
+from .events import Event
+from .layers import DendriticLayer
+from .selection import BestCandidate
+
+Layers = dict[str, DendriticLayer]
+
+
+class TrainingRule(ABC):
+    """What happens between two neuron phases."""
+
+    name: ClassVar[str]
+    #: Whether installed dendrites' input and cascade weights train in neuron phases.
+    dendrite_inputs_train: bool = False
+
+    @classmethod
+    @abstractmethod
+    def from_config(cls, config: DendriteConfig) -> TrainingRule: ...
+
+    def can_grow(self, layers: Layers) -> bool:
+        """Whether another cycle can still add anything; False ends the run."""
+        return True
+
+    @abstractmethod
+    def next_cycle(self, layers: Layers, generator: torch.Generator) -> Event:
+        """Start the next cycle on the accepted model (see the module docstring)."""
+
+    def install(self, layers: Layers) -> dict[str, dict[str, float]]:
+        """End a dendrite phase: install into every layer (which ends the layer's dendrite
+        phase) and return, per layer that gained dendrites, a summary for the history."""
+        raise NotImplementedError(f"rule {self.name!r} opens no dendrite phase")
+
+
+class _Growing(TrainingRule):
+    """Rules that add dendrites until every neuron has `max_dendrites`."""
+
+    def __init__(self, max_dendrites: int = 8, dendrite_inputs_train: bool = False) -> None:
+        self.max_dendrites = max_dendrites
+        self.dendrite_inputs_train = dendrite_inputs_train
+
+    def can_grow(self, layers: Layers) -> bool:
+        cap = self.max_dendrites
+        return any(int(layer.dendrite_count.min()) < cap for layer in layers.values())
+
+
+class CorrelationRule(_Growing):
+    """Perforated Backpropagation: per neuron a pool of candidates trained on the
+    cascade-correlation objective, then the selected one installed with output weight
+    `output_weight_init` (frozen inputs unless `dendrites_learn`)."""
+
+    name = "correlation"
+
+    def __init__(
+        self,
+        selector: BestCandidate | None = None,
+        pool_size: int = 4,
+        dendrite_inputs_train: bool = False,
+    ) -> None:
+        selector = selector if selector is not None else BestCandidate()
+        super().__init__(selector.max_dendrites, dendrite_inputs_train)
+        self.selector = selector
+        self.pool_size = pool_size
+
+    @classmethod
+    def from_config(cls, config: DendriteConfig) -> CorrelationRule:
+        return cls(
+            BestCandidate.from_config(config), config.candidates_per_neuron, config.dendrites_learn
+        )
+
+    def next_cycle(self, layers: Layers, generator: torch.Generator) -> Event:
+        for layer in layers.values():
+            layer.start_dendrite_phase(self.pool_size, generator=generator)
+        return Event.DENDRITE_PHASE
+
+    def install(self, layers: Layers) -> dict[str, dict[str, float]]:
+        summaries = {}
+        for name, layer in layers.items():
+            pick = self.selector.select(layer)
+            layer.install(
+                pick.choice, output_weight=pick.output_weight, activation_mean=pick.activation_mean
+            )
+            if pick.count:
+                summaries[name] = pick.summary
+        return summaries
+
+
+class GradientRule(_Growing):
+    """GD dendrites, the reference library's open build: each cycle every neuron below
+    the cap gains one dendrite with the layer kind's default initialisation and output
+    weight 0; neuron phases then train it by backpropagation."""
+
+    name = "gd"
+
+    def __init__(
+        self,
+        max_dendrites: int = 8,
+        dendrite_inputs_train: bool = True,
+        cascade_init_scale: float = 0.01,
+    ) -> None:
+        super().__init__(max_dendrites, dendrite_inputs_train)
+        self.cascade_init_scale = cascade_init_scale
+
+    @classmethod
+    def from_config(cls, config: DendriteConfig) -> GradientRule:
+        return cls(config.max_dendrites, config.dendrites_learn, config.candidate_init_scale)
+
+    def next_cycle(self, layers: Layers, generator: torch.Generator) -> Event:
+        for layer in layers.values():
+            # Default init, not the candidates' N(0, 0.01): GD dendrites must start as
+            # ordinary features, since nothing but backprop will shape them.
+            bank = layer.kind.make_bank(layer.base, layer.neurons)
+            ref = layer.base.weight
+            cascade = None
+            if layer.config.cascade and layer.slots:
+                cascade = torch.empty(
+                    layer.slots, layer.neurons, dtype=ref.dtype, device=ref.device
+                )
+                cascade.normal_(0.0, self.cascade_init_scale, generator=generator)
+                cascade = cascade.T
+            grow = (layer.dendrite_count < self.max_dendrites).nonzero().flatten()
+            layer.append_dendrites(
+                grow,
+                bank.weight.detach()[grow],
+                bank.bias.detach()[grow],
+                torch.zeros(len(grow), dtype=ref.dtype, device=ref.device),
+                None if cascade is None else cascade[grow],
+            )
+            layer.start_neuron_phase(self.dendrite_inputs_train)
+        return Event.INSTALLED
+
+
+class RestartRule(TrainingRule):
+    """The control: the same cycle schedule (best state restored, fresh optimizer, a new
+    neuron phase), no dendrites. What PB must beat to show that dendrites did anything."""
+
+    name = "restart"
+
+    @classmethod
+    def from_config(cls, config: DendriteConfig) -> RestartRule:
+        return cls()
+
+    def next_cycle(self, layers: Layers, generator: torch.Generator) -> Event:
+        return Event.RESTARTED
+
+
+RULES: dict[str, type[TrainingRule]] = {
+    rule.name: rule for rule in (CorrelationRule, GradientRule, RestartRule)
+}
+
+
+def resolve_rule(config: DendriteConfig) -> TrainingRule:
+    """The rule `config.method` names: the one place that reads it. (A test keeps
+    `RULES` and `config.TRAINING_RULES` in step.)"""
+    return RULES[config.method].from_config(config)
