@@ -1,4 +1,4 @@
-"""Command line: `perforate demo | report RUN_DIR | config`."""
+"""Command line: `perforate demo | train | report | bench | config | architecture`."""
 
 from __future__ import annotations
 
@@ -30,6 +30,12 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--report", action="store_true", help="write docs/benchmarks.md")
     cfg = sub.add_parser("config", help="list every setting with its default and help")
     cfg.add_argument("--markdown", action="store_true", help="as the table of docs/settings.md")
+    arch = sub.add_parser("architecture", help="the library's import graph, as Markdown")
+    arch.add_argument(
+        "--write",
+        metavar="DOC",
+        help="replace the generated section of DOC (docs/architecture.md) instead of printing it",
+    )
     args = parser.parse_args(argv)
     if args.command == "demo":
         from .demo import run_demo
@@ -45,6 +51,13 @@ def main(argv: list[str] | None = None) -> int:
         from .train_config import run_experiment
 
         run_experiment(args.config_file, resume=args.resume)
+    elif args.command == "architecture":
+        from .architecture import markdown, write_section
+
+        if args.write:
+            write_section(args.write)
+        else:
+            print(markdown(), end="")
     elif args.command == "config":
         print(
             DendriteConfig.markdown() if args.markdown else DendriteConfig.describe(),

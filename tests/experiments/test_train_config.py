@@ -76,12 +76,12 @@ def test_bad_factory_path():
 
 
 def test_docs_settings_page_is_generated_from_the_config():
-    page = Path(__file__).parent.parent / "docs" / "settings.md"
+    page = Path(__file__).parents[2] / "docs" / "settings.md"
     assert page.read_text() == perforate.DendriteConfig.markdown(), (
         "docs/settings.md is stale: run perforate config --markdown > docs/settings.md"
     )
 
 
 def test_example_configs_are_valid():
-    for path in (Path(__file__).parent.parent / "examples").glob("*.toml"):
+    for path in (Path(__file__).parents[2] / "examples").glob("*.toml"):
         read_experiment(path)

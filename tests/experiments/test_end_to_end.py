@@ -61,7 +61,7 @@ def test_quickstart_example_runs(tmp_path, monkeypatch):
     import runpy
     from pathlib import Path
 
-    script = Path(__file__).parent.parent / "examples" / "quickstart.py"
+    script = Path(__file__).parents[2] / "examples" / "quickstart.py"
     monkeypatch.chdir(tmp_path)
     runpy.run_path(str(script), run_name="__main__")
     assert (tmp_path / "runs" / "quickstart" / "model.safetensors").is_file()
