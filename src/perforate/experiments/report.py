@@ -1,4 +1,4 @@
-"""Tables and plots from run results (lists of `RunResult.to_dict()` records)."""
+"""Tables and plots from run results (lists of `RunRecord.to_dict()` records)."""
 
 from __future__ import annotations
 

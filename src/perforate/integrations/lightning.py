@@ -20,9 +20,10 @@ import lightning.pytorch as pl
 import torch
 
 from ..config import DendriteConfig
-from ..controller import Event, Perforator
+from ..controller import Perforator
 from ..convert import add_dendrites, dendritic_layers
 from ..errors import PhaseError
+from ..events import Event
 
 
 class PerforateCallback(pl.Callback):

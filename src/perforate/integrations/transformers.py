@@ -21,8 +21,9 @@ import torch
 from transformers import Trainer, TrainerCallback
 
 from ..config import DendriteConfig
-from ..controller import Event, Perforator
+from ..controller import Perforator
 from ..convert import add_dendrites, dendritic_layers
+from ..events import Event
 
 
 class PerforateTrainerCallback(TrainerCallback):
