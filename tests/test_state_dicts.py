@@ -186,6 +186,7 @@ def test_training_state_round_trips_nested_values_bit_for_bit(tmp_path):
         "a": [1, 2.5, None, "x", (True, torch.arange(3))],
         7: {"t": torch.randn(2, 2)},
         "empty": {},
+        "controller": {"epoch": 1},
     }
     training_state.save(tmp_path / "s.safetensors", state)
     back = training_state.load(tmp_path / "s.safetensors")

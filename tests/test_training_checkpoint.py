@@ -89,14 +89,19 @@ def test_checkpoint_every_epoch_keeps_the_previous_one(tmp_path):
     assert perforate.training_state.load(prev)["controller"]["epoch"] == 4
 
 
-def test_corrupted_checkpoint_is_refused_and_prev_still_resumes(tmp_path):
+def test_corrupted_checkpoint_falls_back_to_prev_and_says_so(tmp_path, caplog):
     path = _saved(tmp_path)
     data = bytearray(path.read_bytes())
     path.write_bytes(bytes(data[: len(data) - 100]))
     with pytest.raises(perforate.CheckpointError, match="truncated, corrupted"):
+        perforate.training_state.load(path)
+    ctl = Perforator.resume(path, build(), optimizer=factory)
+    assert ctl.epoch == 4 and ctl.resumed_from == path.with_name(path.name + ".prev")
+    assert "resuming from" in caplog.text and "one checkpoint older" in caplog.text
+    assert ctl.checkpoint_path == path  # keeps checkpointing where the run did
+    path.with_name(path.name + ".prev").write_bytes(b"junk")
+    with pytest.raises(perforate.CheckpointError, match="neither checkpoint can be read"):
         Perforator.resume(path, build(), optimizer=factory)
-    ctl = Perforator.resume(path.with_name(path.name + ".prev"), build(), optimizer=factory)
-    assert ctl.epoch == 4
 
 
 def test_resume_into_another_architecture_lists_the_differences(tmp_path):

@@ -19,6 +19,7 @@ from .config import DendriteConfig
 from .convert import add_dendrites, dendritic_layers, remove_dendrites
 from .errors import CheckpointError, CheckpointMismatchError, ConfigError, NotConvertedError
 from .layers import is_candidate_key, is_sized_on_load
+from .validation import slot_problems
 
 FORMAT = "perforate.model/1"
 
@@ -66,7 +67,7 @@ def save(model: nn.Module, path: str | os.PathLike, metadata: dict[str, Any] | N
 
 def read(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """Header and tensors of a perforate model file; `CheckpointError` if it is not one."""
-    header, tensors = files.read(path)
+    header, tensors = files.read(path, expect=FORMAT)
     if header.get("format") != FORMAT:
         raise CheckpointError(
             f"{path}: format {header.get('format')!r} is not {FORMAT!r}; a training "
@@ -81,23 +82,34 @@ def _mismatches(
 ) -> list[str]:
     layers = dendritic_layers(model)
     saved = header["layers"]
+    if not isinstance(saved, dict):
+        return ["the header's layer table is not a mapping"]
     problems = layer_set_mismatches(layers, saved)
+    config = next(iter(layers.values())).config if layers else None
+    if config is not None and isinstance(header.get("config"), dict):
+        problems += [f"setting {d}" for d in config.structural_differences(header["config"])]
     for name, layer in layers.items():
         if name not in saved:
             continue
         s = saved[name]
-        if s["kind"] != layer.kind.name:
-            problems.append(f"layer {name!r}: kind {layer.kind.name} here, {s['kind']} saved")
-        if s["neurons"] != layer.neurons:
-            problems.append(f"layer {name!r}: {layer.neurons} neurons here, {s['neurons']} saved")
-        if layer.slots > s["slots"]:
+        if not isinstance(s, dict):
+            problems.append(f"layer {name!r}: saved structure is not a mapping")
+            continue
+        if s.get("kind") != layer.kind.name:
+            problems.append(f"layer {name!r}: kind {layer.kind.name} here, {s.get('kind')} saved")
+        if s.get("neurons") != layer.neurons:
             problems.append(
-                f"layer {name!r}: already has {layer.slots} dendrite slots, checkpoint {s['slots']}"
+                f"layer {name!r}: {layer.neurons} neurons here, {s.get('neurons')!r} saved"
             )
-        if s["norm"] != layer.norm_path:
+        if s.get("norm") != layer.norm_path:
             problems.append(
-                f"layer {name!r}: paired norm {layer.norm_path!r} here, {s['norm']!r} saved"
+                f"layer {name!r}: paired norm {layer.norm_path!r} here, {s.get('norm')!r} saved"
             )
+        problems += slot_problems(name, layer, s.get("slots"), tensors)
+        counts = s.get("dendrites_per_neuron")
+        stored = tensors.get(f"{name}.dendrite_count")
+        if stored is not None and counts != stored.tolist():
+            problems.append(f"layer {name!r}: header counts {counts!r} differ from the tensor's")
     return problems + tensor_mismatches(model, tensors)
 
 
@@ -135,24 +147,34 @@ def load(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     """Restore structure and weights saved by `save` into `model`, bit for bit.
 
     `model` is a freshly built plain model (it is wrapped with the saved config) or an
-    already wrapped one. A mismatched architecture raises `CheckpointMismatchError` listing
-    every difference, before anything in the model changes.
+    already wrapped one, whose settings must agree with the saved ones. Every difference
+    (architecture, settings, malformed or inconsistent structure) raises
+    `CheckpointMismatchError` / `CheckpointError` listing all of them, and on any error the
+    model is exactly as it was.
     """
     header, tensors = read(path)
     wrapped_here = not dendritic_layers(model)
-    if wrapped_here:
-        try:
-            config = DendriteConfig.from_dict(header["config"])
-        except ConfigError as exc:
-            raise CheckpointError(f"{path}: saved config is invalid: {exc}") from exc
-        add_dendrites(model, config)
-    problems = _mismatches(model, header, tensors)
-    if problems:
+    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    try:
         if wrapped_here:
+            try:
+                config = DendriteConfig.from_dict(header.get("config"))
+            except (ConfigError, TypeError, AttributeError) as exc:
+                raise CheckpointError(f"{path}: saved config is invalid: {exc}") from exc
+            add_dendrites(model, config)
+        problems = _mismatches(model, header, tensors)
+        if problems:
+            raise CheckpointMismatchError(
+                f"{path} does not match this model ({len(problems)} difference(s)):\n  - "
+                + "\n  - ".join(problems)
+            )
+        try:
+            model.load_state_dict(tensors, strict=True)  # layers size slots from the tensors
+        except RuntimeError as exc:
+            raise CheckpointMismatchError(f"{path}: {exc}") from exc
+    except BaseException:
+        if wrapped_here and dendritic_layers(model):
             remove_dendrites(model)
-        raise CheckpointMismatchError(
-            f"{path} does not match this model ({len(problems)} difference(s)):\n  - "
-            + "\n  - ".join(problems)
-        )
-    model.load_state_dict(tensors, strict=True)  # layers size their slots from the tensors
+        model.load_state_dict(before)
+        raise
     return model

@@ -23,6 +23,16 @@ DIRECTIONS = ("maximize", "minimize")
 # Names of the training rules (rules.RULES maps each to its class).
 TRAINING_RULES = ("correlation", "gd", "restart")
 SWITCH_MODES = ("patience", "fixed")
+# Settings that fix the structure and the function of a wrapped model.
+STRUCTURAL_SETTINGS = (
+    "layer_types",
+    "include",
+    "exclude",
+    "pair_norms",
+    "skip_unsupported",
+    "activation",
+    "cascade",
+)
 # The reference library's open build: GD dendrites that keep learning, not perforated.
 REFERENCE_GD = MappingProxyType({"method": "gd", "perforate": False, "dendrites_learn": True})
 SUPPORTED_LAYER_TYPES = ("Linear", "Conv1d", "Conv2d", "Conv3d")
@@ -262,6 +272,17 @@ class DendriteConfig:
             for f in dataclasses.fields(self)
             for v in [getattr(self, f.name)]
         }
+
+    def structural_differences(self, other: DendriteConfig | Mapping[str, Any]) -> list[str]:
+        """Settings that fix what a wrapped model computes and differ in `other`, as
+        "name: mine here, theirs saved" lines (empty when the two agree)."""
+        theirs = other.to_dict() if isinstance(other, DendriteConfig) else dict(other)
+        mine = self.to_dict()
+        return [
+            f"{k!r}: {mine[k]!r} here, {theirs.get(k)!r} saved"
+            for k in STRUCTURAL_SETTINGS
+            if mine[k] != theirs.get(k)
+        ]
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)

@@ -36,16 +36,17 @@ from torch import nn
 from . import distributed, training_state
 from .accounting import parameter_report
 from .checkpoint import layer_set_mismatches, tensor_mismatches
-from .config import DendriteConfig
-from .convert import add_dendrites, dendritic_layers
+from .config import STRUCTURAL_SETTINGS, DendriteConfig
+from .convert import add_dendrites, dendritic_layers, remove_dendrites
 from .errors import CheckpointError, CheckpointMismatchError, ConfigError, PhaseError, ScoreError
 from .events import EpochRecord, Event, History
-from .layers import DendriticLayer, Phase
+from .layers import DendriticLayer, Phase, is_sized_on_load
 from .optimizers import OptimizerFactory, OptimizerOwner, SchedulerFactory
 from .rules import TrainingRule, resolve_rule
 from .snapshots import Snapshot
 from .switching import DirectionCheck, Improvement, Switching, resolve_switching
 from .trainability import OutsideFreeze
+from .validation import is_count, phase_state_problems
 
 STATE_VERSION = 2
 
@@ -111,6 +112,7 @@ class Perforator:
         self.recorder = History()
         self.checkpoint_path = None if checkpoint_path is None else Path(checkpoint_path)
         self.checkpoint_every = checkpoint_every
+        self.resumed_from: Path | None = None  # the file `resume` read (path or its .prev)
         self._generator = torch.Generator(device="cpu")
         self._generator.manual_seed(seed if seed is not None else torch.initial_seed())
         self.phase = Phase.NEURON
@@ -394,14 +396,34 @@ class Perforator:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from `state_dict()`. The model must have the same architecture and
-        config; differences raise `CheckpointMismatchError` before anything changes."""
-        self._check_compatible(state)
+        config: every difference, and any malformed or inconsistent value, raises
+        `CheckpointMismatchError` / `CheckpointError` with the model and the controller
+        exactly as they were."""
+        try:
+            self._check_compatible(state)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise CheckpointError(
+                f"malformed controller state ({type(exc).__name__}: {exc})"
+            ) from exc
+        backup = _detached(self.state_dict())
+        try:
+            self._apply_state(state)
+        except Exception as exc:
+            self._apply_state(backup)
+            if isinstance(exc, CheckpointError):
+                raise
+            raise CheckpointMismatchError(
+                f"the checkpoint could not be applied ({type(exc).__name__}: {exc}); the "
+                "model and the controller are unchanged"
+            ) from exc
+
+    def _apply_state(self, state: dict[str, Any]) -> None:
         for name, layer_state in state["layers"].items():
             self.layers[name].load_phase_state_dict(layer_state)
         self.model.load_state_dict(state["model"], strict=True)
         params = dict(self.model.named_parameters())
         for n, flag in state["requires_grad"].items():
-            params[n].requires_grad_(flag)
+            params[n].requires_grad_(bool(flag))
         self.phase = Phase(state["phase"])
         self.epoch, self.steps = int(state["epoch"]), int(state["steps"])
         self.cycle, self.retries = int(state["cycle"]), int(state["retries"])
@@ -416,21 +438,36 @@ class Perforator:
         self._generator.set_state(state["generator"])
 
     def _check_compatible(self, state: dict[str, Any]) -> None:
-        if state.get("version") != STATE_VERSION:
+        if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
+            version = state.get("version") if isinstance(state, dict) else None
             raise CheckpointError(
-                f"controller state version {state.get('version')!r}; this "
-                f"perforate reads version {STATE_VERSION}"
+                f"controller state version {version!r}; this perforate "
+                f"reads version {STATE_VERSION}"
             )
         mine = self.config.to_dict()
+        saved = state["config"]
         problems = [
-            f"setting {k!r}: {mine.get(k)!r} here, {v!r} saved"
-            for k, v in state["config"].items()
-            if mine.get(k) != v
+            f"setting {k!r}: {mine.get(k)!r} here, {saved.get(k)!r} saved"
+            for k in sorted(set(mine) | set(saved))
+            if mine.get(k) != saved.get(k)
         ]
         if state["rule"] != self.rule.name:
             problems.append(f"training rule {self.rule.name!r} here, {state['rule']!r} saved")
+        model = state["model"]
         problems += layer_set_mismatches(self.layers, state["layers"])
-        problems += tensor_mismatches(self.model, state["model"])
+        problems += tensor_mismatches(self.model, model)
+        for name, layer in self.layers.items():
+            if name in state["layers"]:
+                problems += phase_state_problems(name, layer, state["layers"][name], model)
+        if state["phase"] not in {Phase.NEURON.value, Phase.DENDRITE.value, Phase.DONE.value}:
+            problems.append(f"unknown controller phase {state['phase']!r}")
+        counters = [state[k] for k in ("epoch", "steps", "cycle", "retries")]
+        if not all(is_count(v) for v in counters):
+            problems.append(f"counters must be non-negative integers, got {counters}")
+        params = dict(self.model.named_parameters())
+        unknown = [n for n in state["requires_grad"] if n not in params and not is_sized_on_load(n)]
+        if unknown:
+            problems.append(f"trainability saved for parameters not in the model: {unknown}")
         if problems:
             raise CheckpointMismatchError(
                 f"the checkpoint does not match this model ({len(problems)} difference(s)):"
@@ -466,40 +503,41 @@ class Perforator:
         switching: Switching | None = None,
     ) -> Perforator:
         """Continue a run from `save_checkpoint`. `model` is freshly built, as at the start
-        (plain, or wrapped with the same settings); factories as at the start."""
-        state = training_state.load(path)
+        (plain, or wrapped with the same settings); factories as at the start.
+
+        Reads `path`, or its `.prev` when `path` is missing or damaged (logged). Checkpoints
+        keep going to `path` unless `checkpoint_path` says otherwise. On any error the model
+        is left as it was given."""
+        state, found = training_state.load_latest(path)
         try:
             config = DendriteConfig.from_dict(state["controller"]["config"])
         except ConfigError as exc:
             raise CheckpointError(f"{path}: saved config is invalid: {exc}") from exc
-        ctl = cls(
-            model,
-            config,
-            optimizer=optimizer,
-            candidate_optimizer=candidate_optimizer,
-            scheduler=scheduler,
-            checkpoint_path=checkpoint_path,
-            checkpoint_every=checkpoint_every,
-            wrapper=wrapper,
-            process_group=process_group,
-            rule=rule,
-            switching=switching,
-        )
-        ctl.load_state_dict(state["controller"])
-        training_state.set_process_rng_state(state["rng"])
+        was_wrapped = bool(dendritic_layers(model))
+        before = _detached(model.state_dict())
+        try:
+            ctl = cls(
+                model,
+                config,
+                optimizer=optimizer,
+                candidate_optimizer=candidate_optimizer,
+                scheduler=scheduler,
+                checkpoint_path=path if checkpoint_path is None else checkpoint_path,
+                checkpoint_every=checkpoint_every,
+                wrapper=wrapper,
+                process_group=process_group,
+                rule=rule,
+                switching=switching,
+            )
+            ctl.load_state_dict(state["controller"])
+            training_state.set_process_rng_state(state.get("rng"))
+        except BaseException:
+            if not was_wrapped and dendritic_layers(model):
+                remove_dendrites(model)
+            model.load_state_dict(before)
+            raise
+        ctl.resumed_from = found
         return ctl
-
-
-# Settings that fix the structure of wrapped layers; the rest may change between runs.
-_STRUCTURAL = (
-    "layer_types",
-    "include",
-    "exclude",
-    "pair_norms",
-    "skip_unsupported",
-    "activation",
-    "cascade",
-)
 
 
 def _adopt_config(
@@ -509,7 +547,7 @@ def _adopt_config(
     current = next(iter(layers.values())).config
     if config is None:
         return current
-    clash = [f for f in _STRUCTURAL if getattr(config, f) != getattr(current, f)]
+    clash = [f for f in STRUCTURAL_SETTINGS if getattr(config, f) != getattr(current, f)]
     if clash:
         raise ConfigError(
             f"the model was wrapped with different {', '.join(clash)} "
@@ -519,3 +557,14 @@ def _adopt_config(
     for layer in layers.values():
         layer.config = config
     return config
+
+
+def _detached(state: Any) -> Any:
+    """A deep copy of nested state whose tensors no longer share memory with the live ones."""
+    if isinstance(state, torch.Tensor):
+        return state.detach().clone()
+    if isinstance(state, dict):
+        return {k: _detached(v) for k, v in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(_detached(v) for v in state)
+    return state

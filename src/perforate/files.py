@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import struct
 import tempfile
 from pathlib import Path
@@ -27,26 +28,75 @@ from .errors import CheckpointError
 META_KEY = "perforate"
 
 
-def atomic_write(path: str | os.PathLike, data: bytes) -> None:
-    """Write `data` to `path` so that readers see the old file or the new one, never half."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+def _umask() -> int:
+    """The process umask (read without changing it where /proc allows)."""
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def temp_files(path: str | os.PathLike) -> list[Path]:
+    """Temporary files `atomic_write` left beside `path` (a writer killed mid-write)."""
+    path = Path(path)
+    return sorted(path.parent.glob(f".{path.name}.*.tmp"))
+
+
+def _fsync_dir(directory: Path) -> None:
+    dir_fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def atomic_write(path: str | os.PathLike, data: bytes, keep_previous: bool = False) -> None:
+    """Write `data` to `path` so that readers see the old file or the new one, never half.
+
+    The new bytes go to a temporary file in the same directory, are fsynced, and replace
+    `path` with one rename; the directory is fsynced after. With `keep_previous`, the file
+    being replaced is first hard-linked to `<name>.prev` (itself by an atomic rename), so
+    at every instant `path` holds a complete file and `.prev` a complete older one: a kill
+    or a full disk at any point loses at most the write in flight. Files get the usual
+    permissions (0666 less the umask), not mkstemp's 0600.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a directory; give a file path for the checkpoint")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    link = None
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), 0o666 & ~_umask())
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if keep_previous and path.is_file():
+            link = path.parent / f".{path.name}.{os.getpid()}.{id(data)}.prev.tmp"
+            try:
+                os.link(path, link)
+            except FileNotFoundError:  # another writer replaced it this instant
+                link = None
+            except OSError:  # no hard links here: copy, fsynced, then publish
+                shutil.copyfile(path, link)
+                with open(link, "rb+") as fh:
+                    os.fsync(fh.fileno())
+            if link is not None:
+                os.replace(link, path.with_name(path.name + ".prev"))
+                link = None
+        os.replace(tmp, path)
+    except BaseException:
+        for leftover in (tmp, link):
+            if leftover is not None and os.path.exists(leftover):
+                os.unlink(leftover)
+        raise
+    _fsync_dir(path.parent)
 
 
 def encode(header: dict[str, Any], tensors: dict[str, torch.Tensor]) -> bytes:
@@ -60,41 +110,69 @@ def write(
     atomic_write(path, encode(header, tensors))
 
 
-def _metadata(data: bytes) -> dict[str, str]:
-    """The metadata of safetensors bytes, parsed from the same bytes as the tensors."""
-    if len(data) < 8:
-        raise ValueError("shorter than a safetensors header")
-    (size,) = struct.unpack("<Q", data[:8])
-    if size > len(data) - 8:
-        raise ValueError(f"header of {size} bytes in a file of {len(data)}")
-    meta = json.loads(data[8 : 8 + size]).get("__metadata__") or {}
-    if not isinstance(meta, dict):
-        raise ValueError("metadata is not a mapping")
-    return meta
+MAX_HEADER_BYTES = 64 * 1024 * 1024  # safetensors' JSON header, metadata included
 
 
-def read(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """Header and tensors of any perforate file; `CheckpointError` if it is not one."""
+def _read_once(path: Path) -> tuple[dict[str, Any], bytes]:
+    """The safetensors header (checked first) and the whole file's bytes, from one open
+    file: a concurrent writer replaces the file by rename, so these bytes are one version."""
+    with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        head = fh.read(8)
+        if len(head) < 8:
+            raise ValueError(f"{size} bytes: shorter than a safetensors header")
+        (n,) = struct.unpack("<Q", head)
+        if n > min(size - 8, MAX_HEADER_BYTES):
+            raise ValueError(f"header of {n} bytes in a file of {size}")
+        header_bytes = fh.read(n)
+        header = json.loads(header_bytes)
+        if not isinstance(header, dict):
+            raise ValueError("header is not a mapping")
+        rest = fh.read()
+    return header, head + header_bytes + rest
+
+
+def read(
+    path: str | os.PathLike, expect: str | None = None
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Header and tensors of any perforate file; `CheckpointError` if it is not one.
+
+    The JSON header is parsed and its format checked (against `expect`, when given) before
+    the tensors are decoded; the caller validates the rest of the header against the
+    tensors before allocating anything from it.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
-    data = path.read_bytes()
     try:
+        st_header, data = _read_once(path)
+        meta = st_header.get("__metadata__") or {}
+        if not isinstance(meta, dict):
+            raise ValueError("metadata is not a mapping")
+        if META_KEY not in meta:
+            raise CheckpointError(f"{path} is a safetensors file but not a perforate checkpoint")
+        header = json.loads(meta[META_KEY])
+        if not isinstance(header, dict) or not isinstance(header.get("format"), str):
+            raise CheckpointError(f"{path}: structure header has no format field")
+        if expect is not None and header["format"] != expect:
+            return header, {}
         tensors = load_bytes(data)
-        meta = _metadata(data)
-    except (SafetensorError, ValueError, OSError, RuntimeError) as exc:
+    except CheckpointError:
+        raise
+    except (
+        SafetensorError,
+        ValueError,
+        TypeError,
+        OSError,
+        RuntimeError,
+        RecursionError,
+        MemoryError,
+        OverflowError,
+    ) as exc:
         raise CheckpointError(
             f"{path} is not a readable safetensors file (truncated, corrupted, or another "
-            f"format; perforate never unpickles): {exc}"
+            f"format; perforate never unpickles): {type(exc).__name__}: {exc}"
         ) from exc
-    if META_KEY not in meta:
-        raise CheckpointError(f"{path} is a safetensors file but not a perforate checkpoint")
-    try:
-        header = json.loads(meta[META_KEY])
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path}: corrupted structure header: {exc}") from exc
-    if not isinstance(header, dict) or "format" not in header:
-        raise CheckpointError(f"{path}: structure header has no format field")
     return header, tensors
 
 

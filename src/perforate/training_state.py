@@ -2,12 +2,15 @@
 
 The file holds `{"controller": Perforator.state_dict(), "rng": process RNG states}` as
 one safetensors file (tensors) with a JSON header (everything else), written through
-`files.atomic_write`; the file it replaces is kept as `<name>.prev`. The controller turns
-itself into a dict and back (`state_dict` / `load_state_dict`); this module only stores it.
+`files.atomic_write`: at every instant `<name>` is a complete file and `<name>.prev` the
+complete one before it. `load_latest` takes the newest readable of the two and says when
+it fell back. The controller turns itself into a dict and back (`state_dict` /
+`load_state_dict`) and validates it; this module only stores it.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 from pathlib import Path
@@ -19,6 +22,8 @@ import torch
 from . import files
 from .errors import CheckpointError
 
+log = logging.getLogger(__name__)
+
 FORMAT = "perforate.training/2"
 _OLDER = {"perforate.training/1": "perforate 0.1.0"}
 
@@ -27,17 +32,13 @@ def save(path: str | os.PathLike, state: dict[str, Any]) -> Path:
     """Write nested `state` to `path` atomically; the file it replaces becomes `.prev`."""
     tensors: dict[str, torch.Tensor] = {}
     header = {"format": FORMAT, "state": files.flatten(state, "s", tensors)}
-    data = files.encode(header, tensors)
-    path = Path(path)
-    if path.exists():
-        os.replace(path, path.with_name(path.name + ".prev"))
-    files.atomic_write(path, data)
-    return path
+    files.atomic_write(path, files.encode(header, tensors), keep_previous=True)
+    return Path(path)
 
 
 def load(path: str | os.PathLike) -> dict[str, Any]:
     """The state `save` wrote; `CheckpointError` for anything else."""
-    header, tensors = files.read(path)
+    header, tensors = files.read(path, expect=FORMAT)
     fmt = header.get("format")
     if fmt in _OLDER:
         raise CheckpointError(
@@ -50,7 +51,47 @@ def load(path: str | os.PathLike) -> dict[str, Any]:
             f"{path}: format {fmt!r} is not a training checkpoint ({FORMAT!r}); a model "
             "file written by perforate.save loads with perforate.load"
         )
-    return files.unflatten(header["state"], tensors)
+    try:
+        state = files.unflatten(header["state"], tensors)
+    except (KeyError, TypeError, ValueError, RecursionError) as exc:
+        raise CheckpointError(
+            f"{path}: malformed training state ({type(exc).__name__}: {exc})"
+        ) from exc
+    if not isinstance(state, dict) or not isinstance(state.get("controller"), dict):
+        raise CheckpointError(f"{path}: the training state holds no controller state")
+    return state
+
+
+def previous(path: str | os.PathLike) -> Path:
+    """Where `save` keeps the file before the newest."""
+    path = Path(path)
+    return path.with_name(path.name + ".prev")
+
+
+def load_latest(path: str | os.PathLike) -> tuple[dict[str, Any], Path]:
+    """The newest readable state of `path` or its `.prev`, and the file it came from.
+
+    Falls back to `.prev` (logging a warning that says why) when `path` is missing or
+    damaged; raises `CheckpointError` naming both files when neither can be read.
+    Temporary files of a writer killed mid-write are removed.
+    """
+    path = Path(path)
+    for stale in files.temp_files(path):
+        stale.unlink(missing_ok=True)
+    try:
+        return load(path), path
+    except CheckpointError as first:
+        prev = previous(path)
+        if not prev.exists():
+            raise
+        try:
+            state = load(prev)
+        except CheckpointError as second:
+            raise CheckpointError(
+                f"neither checkpoint can be read:\n  - {first}\n  - {second}"
+            ) from second
+        log.warning("%s; resuming from %s, one checkpoint older", first, prev)
+        return state, prev
 
 
 def process_rng_state() -> dict[str, Any]:
@@ -66,9 +107,25 @@ def process_rng_state() -> dict[str, Any]:
 
 
 def set_process_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(_tuples(state["python"]))
-    np.random.set_state(state["numpy"])
+    """Restore `process_rng_state()`; `CheckpointError` (nothing changed) if malformed."""
+    try:
+        torch_state = torch.as_tensor(state["torch"], dtype=torch.uint8)
+        python_state = _tuples(state["python"])
+        numpy_state = tuple(state["numpy"])
+        current = (torch.get_rng_state(), random.getstate(), np.random.get_state())
+        try:
+            torch.set_rng_state(torch_state)
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)
+        except BaseException:
+            torch.set_rng_state(current[0])
+            random.setstate(current[1])
+            np.random.set_state(current[2])
+            raise
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as exc:
+        raise CheckpointError(
+            f"malformed RNG state in the checkpoint ({type(exc).__name__}: {exc})"
+        ) from exc
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
