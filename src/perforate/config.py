@@ -110,6 +110,7 @@ class DendriteConfig:
         "Magnitude of the initial output weight v of an installed dendrite; its sign is "
         "chosen against the neuron's error. 0 keeps the network's function exactly; other "
         "values are compensated through the unit's bias by v*mean(a).",
+        min=0.0,
     )
     # --- how dendrites are trained (the controller) ---------------------------------
     method: str = _f(

@@ -94,8 +94,12 @@ class Perforator:
         switching: Switching | None = None,
     ) -> None:
         self.optimizers = OptimizerOwner(optimizer, candidate_optimizer, scheduler, wrapper)
-        if checkpoint_every < 1:
-            raise ConfigError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
+        if not is_count(checkpoint_every, 1):
+            raise ConfigError(f"checkpoint_every must be an integer >= 1, got "
+                              f"{checkpoint_every!r}")
+        if checkpoint_path is not None and Path(checkpoint_path).is_dir():
+            raise ConfigError(f"checkpoint_path {str(checkpoint_path)!r} is a directory; give "
+                              "a file path such as runs/x/ckpt.safetensors")
         existing = dendritic_layers(model)
         if existing:
             config = _adopt_config(existing, config)
@@ -216,6 +220,11 @@ class Perforator:
         return event
 
     def _checked_score(self, score: Any) -> float:
+        if isinstance(score, (bool, str, bytes)) or (
+            isinstance(score, torch.Tensor) and score.dtype == torch.bool
+        ):
+            raise ScoreError(f"score must be a real number, got {type(score).__name__} "
+                             f"{score!r}")
         if isinstance(score, torch.Tensor):
             if score.numel() != 1:
                 raise ScoreError(
@@ -290,7 +299,19 @@ class Perforator:
         out = {}
         for name, layer in self.layers.items():
             stats = layer.stats
-            if stats is None or float(stats.count) == 0:
+            if stats is None:
+                raise PhaseError(
+                    f"layer {name!r} has no candidates in this dendrite phase: the model was "
+                    "changed (re-wrapped, loaded or its phase set by hand) since the phase "
+                    "began; resume from a checkpoint or start a new Perforator"
+                )
+            if float(stats.count) == 0 and stats.skipped_batches:
+                raise PhaseError(
+                    f"every batch of this dendrite epoch ({stats.skipped_batches}) had a "
+                    f"non-finite error at layer {name!r}: the loss is NaN or inf; check the "
+                    "data and the learning rate, or resume from a checkpoint"
+                )
+            if float(stats.count) == 0:
                 raise PhaseError(
                     "no candidate statistics were gathered this epoch: in a dendrite phase "
                     "the loop must run forward passes with gradients enabled and call "

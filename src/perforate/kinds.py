@@ -45,6 +45,12 @@ class LayerKind:
         return layer.in_channels * math.prod(layer.kernel_size)
 
     def check_supported(self, layer: nn.Module, path: str) -> None:
+        if self.neurons(layer) == 0 or self.in_size(layer) == 0:
+            raise UnsupportedLayerError(
+                f"{path}: {type(layer).__name__} with {self.in_size(layer)} inputs and "
+                f"{self.neurons(layer)} outputs has no neuron a dendrite could serve. Exclude "
+                f"it with exclude=({path!r},) or set skip_unsupported=True."
+            )
         if self.spatial_dims and layer.groups != 1:
             raise UnsupportedLayerError(
                 f"{path}: {type(layer).__name__} with groups={layer.groups} is not supported "

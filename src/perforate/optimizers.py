@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import PhaseError
+from .errors import CheckpointMismatchError, PhaseError
 
 OptimizerFactory = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
@@ -108,13 +108,22 @@ class OptimizerOwner:
 
     def state_dict(self) -> dict[str, Any]:
         return {
+            "optimizer_class": None if self._stepped is None else type(self._stepped).__name__,
             "optimizer": None if self.optimizer is None else self.optimizer.state_dict(),
             "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
             "steps_since_evaluation": self.steps_since_evaluation,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore into the optimizer and scheduler `build` made for the same phase."""
+        """Restore into the optimizer and scheduler `build` made for the same phase; the
+        optimizer class must be the one saved (Adam moments are no SGD momentum)."""
+        saved = state.get("optimizer_class")
+        here = None if self._stepped is None else type(self._stepped).__name__
+        if saved is not None and here is not None and saved != here:
+            raise CheckpointMismatchError(
+                f"the checkpoint holds the state of a {saved} optimizer, the factory built a "
+                f"{here}; resume with the factory the run started with"
+            )
         if state["optimizer"] is not None and self.optimizer is not None:
             self.optimizer.load_state_dict(state["optimizer"])
         if state["scheduler"] is not None and self.scheduler is not None:

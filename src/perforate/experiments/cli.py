@@ -3,26 +3,56 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
-from perforate import DendriteConfig
+from perforate import DendriteConfig, PerforateError
+
+from .datasets import DatasetError
+
+
+def _count(low: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+
+    return parse
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run a command; a user error prints one line to stderr and returns 2 (no traceback)."""
+    try:
+        return _main(argv)
+    except (PerforateError, DatasetError, json.JSONDecodeError, OSError) as exc:
+        print(f"perforate: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="perforate", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="PB beside the width ladder and the restart control")
     demo.add_argument("--out", default="runs/demo", help="where results and the figure go")
-    demo.add_argument("--seeds", type=int, default=5, help="number of seeds (default 5)")
-    demo.add_argument("--hidden", type=int, default=8, help="hidden width of the PB model")
+    demo.add_argument("--seeds", type=_count(1), default=5, help="number of seeds (default 5)")
+    demo.add_argument("--hidden", type=_count(1), default=8, help="hidden width of the PB model")
     train = sub.add_parser("train", help="train from a TOML file (see examples/*.toml)")
     train.add_argument("config_file")
-    train.add_argument("--resume", action="store_true", help="continue from the run's checkpoint")
+    resume = train.add_mutually_exclusive_group()
+    resume.add_argument("--resume", action="store_true",
+                        help="continue from the run's checkpoint (an error if there is none)")
+    resume.add_argument("--resume-if-present", action="store_true",
+                        help="continue from the run's checkpoint if there is one")
     rep = sub.add_parser("report", help="reprint tables and redraw the figure of a run dir")
     rep.add_argument("run_dir")
     bench = sub.add_parser("bench", help="run a benchmark suite, or write its report")
     bench.add_argument("--suite", help="suite name (see --list)")
-    bench.add_argument("--seeds", type=int, default=None, help="seeds (default: the suite's)")
+    bench.add_argument("--seeds", type=_count(1), default=None,
+                       help="seeds (default: the suite's)")
     bench.add_argument("--shard", default="0/1", help="i/n: run every n-th job from the i-th")
     bench.add_argument("--results", default="benchmarks/results", help="results directory")
     bench.add_argument("--docs", default="docs", help="where --report writes")
@@ -50,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "train":
         from .train_config import run_experiment
 
-        run_experiment(args.config_file, resume=args.resume)
+        run_experiment(args.config_file,
+                       resume="if-present" if args.resume_if_present else args.resume)
     elif args.command == "architecture":
         from .architecture import markdown, write_section
 
@@ -82,7 +113,10 @@ def _bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         suites = {**SUITES, "quick": quick_suite()}
         if args.suite not in suites:
             parser.error(f"unknown suite {args.suite!r}; choose from {', '.join(suites)}")
-        i, n = (int(v) for v in args.shard.split("/"))
+        try:
+            i, n = (int(v) for v in args.shard.split("/"))
+        except ValueError:
+            parser.error(f"--shard {args.shard!r}: write i/n, e.g. 0/2")
         if not 0 <= i < n:
             parser.error(f"--shard {args.shard}: need 0 <= i < n")
         run_suite(

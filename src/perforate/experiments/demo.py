@@ -20,6 +20,7 @@ from perforate import DendriteConfig
 from perforate.files import atomic_write
 
 from . import datasets
+from .datasets import DatasetError
 from .loop import fit_classifier
 from .models import mlp
 from .report import cycle_table, plot_runs, summary_table
@@ -78,7 +79,18 @@ def run_demo(
 def report(run_dir: str | Path, log: Callable[[str], None] = print) -> Path:
     """Print the tables and redraw the figure from a saved `results.json`."""
     run_dir = Path(run_dir)
-    runs = json.loads((run_dir / "results.json").read_text())
+    path = run_dir / "results.json"
+    if not path.is_file():
+        raise DatasetError(f"no results at {path}: run `perforate demo` or `perforate train` "
+                           "first")
+    try:
+        runs = json.loads(path.read_text())
+        if not isinstance(runs, list) or not all(
+            isinstance(r, dict) and {"label", "seed", "history"} <= set(r) for r in runs
+        ):
+            raise ValueError("not a list of run records")
+    except ValueError as exc:
+        raise DatasetError(f"{path} is not a results file: {exc}") from exc
     control = next((r["label"] for r in runs if r["label"].startswith(CONTROL_PREFIX)), None)
     log(
         "Test accuracy at the best validation epoch (mean ± sd over seeds); 'vs control' is "

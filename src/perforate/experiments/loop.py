@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from perforate import DendriteConfig, Event, Perforator, parameter_report
+from perforate import DendriteConfig, Event, Perforator, parameter_report, training_state
 
 from .datasets import Splits
 
@@ -128,11 +128,13 @@ def fit_classifier(
     checkpoint_path: str | os.PathLike | None = None,
     resume: bool = False,
     progress: Progress | None = None,
+    started: Callable[[Perforator], None] | None = None,
 ) -> RunRecord:
     """Train `model` on `data` under a Perforator until it is done; evaluate at the best.
 
     With `checkpoint_path`, the training state is written there after every epoch, and
-    `resume=True` continues from it when it exists. `track_test` scores the test set after
+    `resume=True` continues from it (or its `.prev`) when one exists. `started(ctl)` is
+    called once the controller exists. `track_test` scores the test set after
     every epoch (for per-cycle tables; it does not influence training).
     """
     start = time.perf_counter()
@@ -144,7 +146,9 @@ def fit_classifier(
         "candidate_optimizer": lambda p: opt_cls(p, lr=cand_lr, **extra),
     }
     tests: list[float] = []
-    if resume and checkpoint_path is not None and Path(checkpoint_path).exists():
+    if resume and checkpoint_path is not None and (
+        Path(checkpoint_path).exists() or training_state.previous(checkpoint_path).exists()
+    ):
         ctl = Perforator.resume(
             checkpoint_path, model, checkpoint_path=checkpoint_path, **factories
         )
@@ -152,6 +156,8 @@ def fit_classifier(
     else:
         torch.manual_seed(seed)
         ctl = Perforator(model, config, seed=seed, checkpoint_path=checkpoint_path, **factories)
+    if started is not None:
+        started(ctl)
     loss_fn = nn.CrossEntropyLoss()
     n = len(data.y_train)
     while not ctl.done:

@@ -52,39 +52,90 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-SECTIONS = {
-    "model": {"factory", "kwargs"},
-    "data": {"name", "kwargs"},
-    "train": {"optimizer", "lr", "candidate_lr", "batch_size", "seed", "weight_decay", "threads"},
-    "dendrites": None,  # validated by DendriteConfig
-    "run": {"dir"},
+class ExperimentError(ConfigError):
+    """A `perforate train` file is unreadable or has a wrong section, key or value."""
+
+
+def _int(low: int) -> Callable[[Any], str | None]:
+    def check(v: Any) -> str | None:
+        ok = isinstance(v, int) and not isinstance(v, bool) and v >= low
+        return None if ok else f"must be an integer >= {low}, got {v!r}"
+    return check
+
+
+def _positive_number(v: Any) -> str | None:
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < float("inf")
+    return None if ok else f"must be a number > 0, got {v!r}"
+
+
+def _non_negative_number(v: Any) -> str | None:
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < float("inf")
+    return None if ok else f"must be a number >= 0, got {v!r}"
+
+
+def _text(v: Any) -> str | None:
+    return None if isinstance(v, str) and v else f"must be a non-empty string, got {v!r}"
+
+
+def _table(v: Any) -> str | None:
+    return None if isinstance(v, dict) else f"must be a table, got {v!r}"
+
+
+def _choice(options: Any) -> Callable[[Any], str | None]:
+    def check(v: Any) -> str | None:
+        return None if v in options else f"must be one of {sorted(options)}, got {v!r}"
+    return check
+
+
+# section -> key -> (required, check). [dendrites] is checked by DendriteConfig.
+SCHEMA: dict[str, dict[str, tuple[bool, Callable[[Any], str | None]]]] = {
+    "model": {"factory": (True, _text), "kwargs": (False, _table)},
+    "data": {"name": (True, _choice(datasets.DATASETS)), "kwargs": (False, _table)},
+    "train": {"optimizer": (False, _choice(OPTIMIZERS)), "lr": (False, _positive_number),
+              "candidate_lr": (False, _positive_number), "batch_size": (False, _int(1)),
+              "seed": (False, _int(0)), "weight_decay": (False, _non_negative_number),
+              "threads": (False, _int(1))},
+    "run": {"dir": (True, _text)},
 }
+SECTIONS = (*SCHEMA, "dendrites")
 
 
 def read_experiment(path: str | Path) -> dict[str, Any]:
+    """The validated contents of a `perforate train` file; `ExperimentError` names the
+    file, the section and the key of the first problem found."""
     path = Path(path)
     try:
         spec = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"cannot read {path}: {exc}") from exc
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ExperimentError(f"cannot read {path}: {exc}") from exc
     for section, values in spec.items():
         if section not in SECTIONS:
-            raise ConfigError(f"{path}: unknown section [{section}]; use {', '.join(SECTIONS)}")
-        allowed = SECTIONS[section]
-        unknown = [] if allowed is None else [k for k in values if k not in allowed]
-        if unknown:
-            raise ConfigError(
-                f"{path}: unknown key(s) {unknown} in [{section}]; allowed: {sorted(allowed)}"
-            )
-    for required in ("model", "data"):
-        if required not in spec:
-            raise ConfigError(f"{path}: missing section [{required}]")
+            raise ExperimentError(f"{path}: unknown section [{section}]; use "
+                                  f"{', '.join(SECTIONS)}")
+        if not isinstance(values, dict):
+            raise ExperimentError(f"{path}: [{section}] must be a table")
     spec.setdefault("train", {})
     spec.setdefault("run", {"dir": f"runs/{path.stem}"})
-    spec["config"] = DendriteConfig.from_dict(spec.get("dendrites", {}))
-    opt = spec["train"].get("optimizer", "Adam")
-    if opt not in OPTIMIZERS:
-        raise ConfigError(f"{path}: optimizer {opt!r} is not one of {list(OPTIMIZERS)}")
+    for section, keys in SCHEMA.items():
+        if section not in spec:
+            raise ExperimentError(f"{path}: missing section [{section}]")
+        values = spec[section]
+        unknown = [k for k in values if k not in keys]
+        if unknown:
+            raise ExperimentError(f"{path}: unknown key(s) {unknown} in [{section}]; "
+                                  f"allowed: {sorted(keys)}")
+        for key, (required, check) in keys.items():
+            if key not in values:
+                if required:
+                    raise ExperimentError(f"{path}: [{section}] needs {key} = ...")
+                continue
+            problem = check(values[key])
+            if problem:
+                raise ExperimentError(f"{path}: [{section}] {key} {problem}")
+    try:
+        spec["config"] = DendriteConfig.from_dict(spec.get("dendrites", {}))
+    except ConfigError as exc:
+        raise ExperimentError(f"{path}: [dendrites] {exc}") from exc
     return spec
 
 
@@ -93,14 +144,34 @@ def import_factory(path: str) -> Callable[..., nn.Module]:
     if not attr:
         raise ConfigError(f"model factory {path!r} must look like 'package.module:function'")
     try:
-        return getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"cannot import model factory {path!r}: {exc}") from exc
+        factory = getattr(importlib.import_module(module_name), attr)
+    except Exception as exc:  # the user's module may raise anything while importing
+        raise ExperimentError(
+            f"cannot import model factory {path!r}: {type(exc).__name__}: {exc}") from exc
+    if not callable(factory):
+        raise ExperimentError(f"model factory {path!r} is not callable")
+    return factory
+
+
+def build_model(path: str, kwargs: dict[str, Any]) -> nn.Module:
+    """Call the factory; anything it raises, or a non-module result, names the factory."""
+    factory = import_factory(path)
+    try:
+        model = factory(**kwargs)
+    except Exception as exc:
+        raise ExperimentError(f"model factory {path!r} failed with kwargs {kwargs}: "
+                              f"{type(exc).__name__}: {exc}") from exc
+    if not isinstance(model, nn.Module):
+        raise ExperimentError(f"model factory {path!r} returned a {type(model).__name__}, "
+                              "not a torch.nn.Module")
+    return model
 
 
 def run_experiment(
-    path: str | Path, resume: bool = False, log: Callable[[str], None] = print
+    path: str | Path, resume: bool | str = False, log: Callable[[str], None] = print
 ) -> dict[str, Any]:
+    """Train as the file says. `resume=True` continues from the run's checkpoint and fails
+    when there is none; `resume="if-present"` starts afresh when there is none."""
     spec = read_experiment(path)
     train = spec["train"]
     torch.set_num_threads(int(train.get("threads", torch.get_num_threads())))
@@ -108,13 +179,21 @@ def run_experiment(
     lr = float(train.get("lr", 1e-3))
     run_dir = Path(spec["run"]["dir"])
     run_dir.mkdir(parents=True, exist_ok=True)
-    data = datasets.load(spec["data"]["name"], **spec["data"].get("kwargs", {}))
-    torch.manual_seed(seed)
-    model = import_factory(spec["model"]["factory"])(**spec["model"].get("kwargs", {}))
     ckpt = run_dir / "ckpt.safetensors"
-    if resume and ckpt.exists():
-        epoch = training_state.load(ckpt)["controller"]["epoch"]
-        log(f"resumed {ckpt} at epoch {epoch}")
+    has_checkpoint = ckpt.exists() or training_state.previous(ckpt).exists()
+    if resume is True and not has_checkpoint:
+        raise ExperimentError(f"--resume: no checkpoint at {ckpt}; start the run without "
+                              "--resume, or use --resume-if-present")
+    try:
+        data = datasets.load(spec["data"]["name"], **spec["data"].get("kwargs", {}))
+    except TypeError as exc:
+        raise ExperimentError(f"{path}: [data] kwargs: {exc}") from exc
+    torch.manual_seed(seed)
+    model = build_model(spec["model"]["factory"], spec["model"].get("kwargs", {}))
+
+    def started(ctl: Perforator) -> None:
+        if ctl.resumed_from is not None:
+            log(f"resumed {ctl.resumed_from} at epoch {ctl.epoch}")
 
     def progress(ctl: Perforator, event: Event, val: float) -> None:
         total = perforate.parameter_report(model).total
@@ -136,7 +215,8 @@ def run_experiment(
         label=Path(path).stem,
         track_test=False,
         checkpoint_path=ckpt,
-        resume=resume,
+        resume=bool(resume) and has_checkpoint,
+        started=started,
         progress=progress,
     ).to_dict()
     perforate.save(model, run_dir / "model.safetensors")
