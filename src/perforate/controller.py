@@ -95,11 +95,12 @@ class Perforator:
     ) -> None:
         self.optimizers = OptimizerOwner(optimizer, candidate_optimizer, scheduler, wrapper)
         if not is_count(checkpoint_every, 1):
-            raise ConfigError(f"checkpoint_every must be an integer >= 1, got "
-                              f"{checkpoint_every!r}")
+            raise ConfigError(f"checkpoint_every must be an integer >= 1, got {checkpoint_every!r}")
         if checkpoint_path is not None and Path(checkpoint_path).is_dir():
-            raise ConfigError(f"checkpoint_path {str(checkpoint_path)!r} is a directory; give "
-                              "a file path such as runs/x/ckpt.safetensors")
+            raise ConfigError(
+                f"checkpoint_path {str(checkpoint_path)!r} is a directory; give "
+                "a file path such as runs/x/ckpt.safetensors"
+            )
         existing = dendritic_layers(model)
         if existing:
             config = _adopt_config(existing, config)
@@ -223,8 +224,7 @@ class Perforator:
         if isinstance(score, (bool, str, bytes)) or (
             isinstance(score, torch.Tensor) and score.dtype == torch.bool
         ):
-            raise ScoreError(f"score must be a real number, got {type(score).__name__} "
-                             f"{score!r}")
+            raise ScoreError(f"score must be a real number, got {type(score).__name__} {score!r}")
         if isinstance(score, torch.Tensor):
             if score.numel() != 1:
                 raise ScoreError(
@@ -455,7 +455,8 @@ class Perforator:
         self.freeze.load_state_dict(state["freeze"])
         self.recorder.load_state_dict(state["history"])
         self._build_optimizer()
-        self.optimizers.load_state_dict(state["optimizers"])
+        if not self.done:  # a finished run's optimizer (of its last phase) is not needed
+            self.optimizers.load_state_dict(state["optimizers"])
         self._generator.set_state(state["generator"])
 
     def _check_compatible(self, state: dict[str, Any]) -> None:

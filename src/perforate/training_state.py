@@ -53,7 +53,7 @@ def load(path: str | os.PathLike) -> dict[str, Any]:
         )
     try:
         state = files.unflatten(header["state"], tensors)
-    except (KeyError, TypeError, ValueError, RecursionError) as exc:
+    except (KeyError, TypeError, ValueError, RecursionError, OverflowError) as exc:
         raise CheckpointError(
             f"{path}: malformed training state ({type(exc).__name__}: {exc})"
         ) from exc
@@ -122,7 +122,7 @@ def set_process_rng_state(state: dict[str, Any]) -> None:
             random.setstate(current[1])
             np.random.set_state(current[2])
             raise
-    except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as exc:
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError, OverflowError) as exc:
         raise CheckpointError(
             f"malformed RNG state in the checkpoint ({type(exc).__name__}: {exc})"
         ) from exc

@@ -43,16 +43,21 @@ def _main(argv: list[str] | None = None) -> int:
     train = sub.add_parser("train", help="train from a TOML file (see examples/*.toml)")
     train.add_argument("config_file")
     resume = train.add_mutually_exclusive_group()
-    resume.add_argument("--resume", action="store_true",
-                        help="continue from the run's checkpoint (an error if there is none)")
-    resume.add_argument("--resume-if-present", action="store_true",
-                        help="continue from the run's checkpoint if there is one")
+    resume.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the run's checkpoint (an error if there is none)",
+    )
+    resume.add_argument(
+        "--resume-if-present",
+        action="store_true",
+        help="continue from the run's checkpoint if there is one",
+    )
     rep = sub.add_parser("report", help="reprint tables and redraw the figure of a run dir")
     rep.add_argument("run_dir")
     bench = sub.add_parser("bench", help="run a benchmark suite, or write its report")
     bench.add_argument("--suite", help="suite name (see --list)")
-    bench.add_argument("--seeds", type=_count(1), default=None,
-                       help="seeds (default: the suite's)")
+    bench.add_argument("--seeds", type=_count(1), default=None, help="seeds (default: the suite's)")
     bench.add_argument("--shard", default="0/1", help="i/n: run every n-th job from the i-th")
     bench.add_argument("--results", default="benchmarks/results", help="results directory")
     bench.add_argument("--docs", default="docs", help="where --report writes")
@@ -80,8 +85,9 @@ def _main(argv: list[str] | None = None) -> int:
     elif args.command == "train":
         from .train_config import run_experiment
 
-        run_experiment(args.config_file,
-                       resume="if-present" if args.resume_if_present else args.resume)
+        run_experiment(
+            args.config_file, resume="if-present" if args.resume_if_present else args.resume
+        )
     elif args.command == "architecture":
         from .architecture import markdown, write_section
 

@@ -81,8 +81,7 @@ def report(run_dir: str | Path, log: Callable[[str], None] = print) -> Path:
     run_dir = Path(run_dir)
     path = run_dir / "results.json"
     if not path.is_file():
-        raise DatasetError(f"no results at {path}: run `perforate demo` or `perforate train` "
-                           "first")
+        raise DatasetError(f"no results at {path}: run `perforate demo` or `perforate train` first")
     try:
         runs = json.loads(path.read_text())
         if not isinstance(runs, list) or not all(

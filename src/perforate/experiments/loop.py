@@ -146,8 +146,10 @@ def fit_classifier(
         "candidate_optimizer": lambda p: opt_cls(p, lr=cand_lr, **extra),
     }
     tests: list[float] = []
-    if resume and checkpoint_path is not None and (
-        Path(checkpoint_path).exists() or training_state.previous(checkpoint_path).exists()
+    if (
+        resume
+        and checkpoint_path is not None
+        and (Path(checkpoint_path).exists() or training_state.previous(checkpoint_path).exists())
     ):
         ctl = Perforator.resume(
             checkpoint_path, model, checkpoint_path=checkpoint_path, **factories

@@ -52,6 +52,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+
 class ExperimentError(ConfigError):
     """A `perforate train` file is unreadable or has a wrong section, key or value."""
 
@@ -60,6 +61,7 @@ def _int(low: int) -> Callable[[Any], str | None]:
     def check(v: Any) -> str | None:
         ok = isinstance(v, int) and not isinstance(v, bool) and v >= low
         return None if ok else f"must be an integer >= {low}, got {v!r}"
+
     return check
 
 
@@ -84,6 +86,7 @@ def _table(v: Any) -> str | None:
 def _choice(options: Any) -> Callable[[Any], str | None]:
     def check(v: Any) -> str | None:
         return None if v in options else f"must be one of {sorted(options)}, got {v!r}"
+
     return check
 
 
@@ -91,10 +94,15 @@ def _choice(options: Any) -> Callable[[Any], str | None]:
 SCHEMA: dict[str, dict[str, tuple[bool, Callable[[Any], str | None]]]] = {
     "model": {"factory": (True, _text), "kwargs": (False, _table)},
     "data": {"name": (True, _choice(datasets.DATASETS)), "kwargs": (False, _table)},
-    "train": {"optimizer": (False, _choice(OPTIMIZERS)), "lr": (False, _positive_number),
-              "candidate_lr": (False, _positive_number), "batch_size": (False, _int(1)),
-              "seed": (False, _int(0)), "weight_decay": (False, _non_negative_number),
-              "threads": (False, _int(1))},
+    "train": {
+        "optimizer": (False, _choice(OPTIMIZERS)),
+        "lr": (False, _positive_number),
+        "candidate_lr": (False, _positive_number),
+        "batch_size": (False, _int(1)),
+        "seed": (False, _int(0)),
+        "weight_decay": (False, _non_negative_number),
+        "threads": (False, _int(1)),
+    },
     "run": {"dir": (True, _text)},
 }
 SECTIONS = (*SCHEMA, "dendrites")
@@ -110,8 +118,7 @@ def read_experiment(path: str | Path) -> dict[str, Any]:
         raise ExperimentError(f"cannot read {path}: {exc}") from exc
     for section, values in spec.items():
         if section not in SECTIONS:
-            raise ExperimentError(f"{path}: unknown section [{section}]; use "
-                                  f"{', '.join(SECTIONS)}")
+            raise ExperimentError(f"{path}: unknown section [{section}]; use {', '.join(SECTIONS)}")
         if not isinstance(values, dict):
             raise ExperimentError(f"{path}: [{section}] must be a table")
     spec.setdefault("train", {})
@@ -122,8 +129,9 @@ def read_experiment(path: str | Path) -> dict[str, Any]:
         values = spec[section]
         unknown = [k for k in values if k not in keys]
         if unknown:
-            raise ExperimentError(f"{path}: unknown key(s) {unknown} in [{section}]; "
-                                  f"allowed: {sorted(keys)}")
+            raise ExperimentError(
+                f"{path}: unknown key(s) {unknown} in [{section}]; allowed: {sorted(keys)}"
+            )
         for key, (required, check) in keys.items():
             if key not in values:
                 if required:
@@ -147,7 +155,8 @@ def import_factory(path: str) -> Callable[..., nn.Module]:
         factory = getattr(importlib.import_module(module_name), attr)
     except Exception as exc:  # the user's module may raise anything while importing
         raise ExperimentError(
-            f"cannot import model factory {path!r}: {type(exc).__name__}: {exc}") from exc
+            f"cannot import model factory {path!r}: {type(exc).__name__}: {exc}"
+        ) from exc
     if not callable(factory):
         raise ExperimentError(f"model factory {path!r} is not callable")
     return factory
@@ -159,11 +168,13 @@ def build_model(path: str, kwargs: dict[str, Any]) -> nn.Module:
     try:
         model = factory(**kwargs)
     except Exception as exc:
-        raise ExperimentError(f"model factory {path!r} failed with kwargs {kwargs}: "
-                              f"{type(exc).__name__}: {exc}") from exc
+        raise ExperimentError(
+            f"model factory {path!r} failed with kwargs {kwargs}: {type(exc).__name__}: {exc}"
+        ) from exc
     if not isinstance(model, nn.Module):
-        raise ExperimentError(f"model factory {path!r} returned a {type(model).__name__}, "
-                              "not a torch.nn.Module")
+        raise ExperimentError(
+            f"model factory {path!r} returned a {type(model).__name__}, not a torch.nn.Module"
+        )
     return model
 
 
@@ -182,8 +193,10 @@ def run_experiment(
     ckpt = run_dir / "ckpt.safetensors"
     has_checkpoint = ckpt.exists() or training_state.previous(ckpt).exists()
     if resume is True and not has_checkpoint:
-        raise ExperimentError(f"--resume: no checkpoint at {ckpt}; start the run without "
-                              "--resume, or use --resume-if-present")
+        raise ExperimentError(
+            f"--resume: no checkpoint at {ckpt}; start the run without "
+            "--resume, or use --resume-if-present"
+        )
     try:
         data = datasets.load(spec["data"]["name"], **spec["data"].get("kwargs", {}))
     except TypeError as exc:
