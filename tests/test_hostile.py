@@ -453,3 +453,13 @@ def test_every_row_has_its_test():
     assert tested <= rows, f"rows missing in docs/errors.md: {sorted(tested - rows)}"
     assert {r for r in rows if r >= 43} == tested, sorted({r for r in rows if r >= 43} - tested)
     assert len(rows) >= 80
+
+
+def test_e92_load_into_a_model_in_a_dendrite_phase_is_refused_unchanged(model_file, gen):
+    path, _ = model_file
+    model = perforate.add_dendrites(build())
+    perforate.dendritic_layers(model)["0"].start_dendrite_phase(generator=gen)
+    before = state_of(model)
+    with pytest.raises(perforate.CheckpointMismatchError, match="in a dendrite phase"):
+        perforate.load(model, path)
+    assert same_state(model, before) and perforate.dendritic_layers(model)["0"].pool_size

@@ -18,7 +18,7 @@ from . import files
 from .config import DendriteConfig
 from .convert import add_dendrites, dendritic_layers, remove_dendrites
 from .errors import CheckpointError, CheckpointMismatchError, ConfigError, NotConvertedError
-from .layers import is_candidate_key, is_sized_on_load
+from .layers import Phase, is_candidate_key, is_sized_on_load
 from .validation import slot_problems
 
 FORMAT = "perforate.model/1"
@@ -95,6 +95,11 @@ def _mismatches(
         if not isinstance(s, dict):
             problems.append(f"layer {name!r}: saved structure is not a mapping")
             continue
+        if layer.phase == Phase.DENDRITE:
+            problems.append(
+                f"layer {name!r} is in a dendrite phase (candidates attached); "
+                "end it with start_neuron_phase() before loading"
+            )
         if s.get("kind") != layer.kind.name:
             problems.append(f"layer {name!r}: kind {layer.kind.name} here, {s.get('kind')} saved")
         if s.get("neurons") != layer.neurons:

@@ -113,9 +113,10 @@ def write(
 MAX_HEADER_BYTES = 64 * 1024 * 1024  # safetensors' JSON header, metadata included
 
 
-def _read_once(path: Path) -> tuple[dict[str, Any], bytes]:
-    """The safetensors header (checked first) and the whole file's bytes, from one open
-    file: a concurrent writer replaces the file by rename, so these bytes are one version."""
+def _read_once(path: Path, expect: str | None) -> tuple[dict[str, Any], bytes | None]:
+    """The perforate header and the file's bytes, from one open file: a concurrent writer
+    replaces the file by rename, so these bytes are one version. The header is parsed and
+    its format checked before the tensor bytes are read (None when `expect` differs)."""
     with open(path, "rb") as fh:
         size = os.fstat(fh.fileno()).st_size
         head = fh.read(8)
@@ -125,27 +126,9 @@ def _read_once(path: Path) -> tuple[dict[str, Any], bytes]:
         if n > min(size - 8, MAX_HEADER_BYTES):
             raise ValueError(f"header of {n} bytes in a file of {size}")
         header_bytes = fh.read(n)
-        header = json.loads(header_bytes)
-        if not isinstance(header, dict):
+        st_header = json.loads(header_bytes)
+        if not isinstance(st_header, dict):
             raise ValueError("header is not a mapping")
-        rest = fh.read()
-    return header, head + header_bytes + rest
-
-
-def read(
-    path: str | os.PathLike, expect: str | None = None
-) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """Header and tensors of any perforate file; `CheckpointError` if it is not one.
-
-    The JSON header is parsed and its format checked (against `expect`, when given) before
-    the tensors are decoded; the caller validates the rest of the header against the
-    tensors before allocating anything from it.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"no checkpoint at {path}")
-    try:
-        st_header, data = _read_once(path)
         meta = st_header.get("__metadata__") or {}
         if not isinstance(meta, dict):
             raise ValueError("metadata is not a mapping")
@@ -155,8 +138,25 @@ def read(
         if not isinstance(header, dict) or not isinstance(header.get("format"), str):
             raise CheckpointError(f"{path}: structure header has no format field")
         if expect is not None and header["format"] != expect:
-            return header, {}
-        tensors = load_bytes(data)
+            return header, None
+        return header, head + header_bytes + fh.read()
+
+
+def read(
+    path: str | os.PathLike, expect: str | None = None
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Header and tensors of any perforate file; `CheckpointError` if it is not one.
+
+    The JSON header is parsed and its format checked (against `expect`, when given: no
+    tensor is read for another format) before the tensors are decoded; the caller
+    validates the rest of the header against the tensors before allocating from it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}")
+    try:
+        header, data = _read_once(path, expect)
+        tensors = {} if data is None else load_bytes(data)
     except CheckpointError:
         raise
     except (
