@@ -126,17 +126,38 @@ def test_pickled_file_is_never_unpickled(tmp_path):
         Perforator.resume(tmp_path / "evil.safetensors", build(), optimizer=factory)
 
 
-def test_scheduler_with_a_callable_cannot_be_checkpointed(tmp_path):
+class _CallableState(torch.optim.lr_scheduler.LRScheduler):
+    """A scheduler whose state holds a function, as some user schedulers do."""
+
+    def __init__(self, optimizer):
+        self.rule = lambda epoch: 0.9**epoch
+        super().__init__(optimizer)
+
+    def get_lr(self):
+        return [base * self.rule(self.last_epoch) for base in self.base_lrs]
+
+
+def test_scheduler_whose_state_holds_a_callable_cannot_be_checkpointed(tmp_path):
     model = build()
-    ctl = Perforator(
-        model,
-        CFG,
-        optimizer=factory,
-        scheduler=lambda o: torch.optim.lr_scheduler.LambdaLR(o, lambda e: 0.9),
-    )
+    ctl = Perforator(model, CFG, optimizer=factory, scheduler=_CallableState)
     epoch(model, ctl, torch.Generator().manual_seed(0))
     ctl.end_epoch(0.1)
-    # LambdaLR leaves lambdas out of its state_dict, so this one does checkpoint.
-    ctl.save_checkpoint(tmp_path / "ok.safetensors")
     with pytest.raises(perforate.CheckpointError, match="cannot store a function"):
-        perforate.files.flatten({"f": lambda: 0}, "x", {})
+        ctl.save_checkpoint(tmp_path / "bad.safetensors")
+    assert not (tmp_path / "bad.safetensors").exists()
+
+
+def test_lambda_lr_leaves_its_lambda_out_and_resumes_with_the_same_lr(tmp_path):
+    def sched(o):
+        return torch.optim.lr_scheduler.LambdaLR(o, lambda e: 0.5**e)
+
+    model = build()
+    ctl = Perforator(model, CFG.replace(patience=5), optimizer=factory, scheduler=sched)
+    gen = torch.Generator().manual_seed(0)
+    for s in (0.1, 0.2):
+        epoch(model, ctl, gen)
+        ctl.end_epoch(s)
+    path = ctl.save_checkpoint(tmp_path / "ok.safetensors")
+    resumed = Perforator.resume(path, build(), optimizer=factory, scheduler=sched)
+    assert resumed.optimizer.param_groups[0]["lr"] == ctl.optimizer.param_groups[0]["lr"]
+    assert resumed.optimizer.param_groups[0]["lr"] == 0.05 * 0.25

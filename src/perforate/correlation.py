@@ -225,7 +225,7 @@ def surrogate_gradient(
     centred = stats.fold(v.to(work), e.to(torch.promote_types(e.dtype, torch.float32)), reduce)
     if centred is None:
         return None
-    _, _, _, m_ve, m_vv, m_ee, vc, ec = centred
+    n, _, _, m_ve, m_vv, m_ee, vc, ec = centred
     _, _, shape_v, _ = _layout(vc)
     sigma = stats.sign().to(work).view(shape_v)
     ec = ec.to(work).unsqueeze(1)
@@ -237,7 +237,12 @@ def surrogate_gradient(
         r = ((m_ve / e_norm) / torch.sqrt(s_vv)).view(shape_v)
         en = ec / e_norm.view(1, 1, -1, *([1] * (vc.dim() - 3)))  # unit-norm error
         grad = -sigma * (en / torch.sqrt(s_vv).view(shape_v) - r * vc / s_vv.view(shape_v))
-        grad = grad * world_size
+        # A candidate whose output does not vary over the batch beyond the working
+        # precision (saturated, or constant) has no defined correlation: it scores 0 and
+        # gets no gradient, instead of the error divided by the square root of the floor.
+        floor = n * torch.finfo(work).eps ** 2
+        live = (m_vv > floor).view(shape_v) & (m_ee > _TINY).view(1, 1, -1, *shape_v[3:])
+        grad = torch.where(live, grad * world_size, torch.zeros((), dtype=grad.dtype))
     else:
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
     return grad.to(v.dtype)

@@ -1,0 +1,408 @@
+"""Behaviours of the core that mutation testing found unpinned, each against a value
+computed independently (by hand, by autograd, or by a single-process reference)."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+from torch import nn
+
+import perforate
+from perforate import (
+    BestCandidate,
+    CandidateStats,
+    DendriteConfig,
+    DendriticLayer,
+    Event,
+    PatienceSwitching,
+    Perforator,
+    surrogate_gradient,
+)
+from perforate.kinds import KINDS
+from perforate.switching import Improvement
+
+
+def tiny():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
+
+
+def step(model, ctl, gen, n=16):
+    x, t = torch.randn(n, 3, generator=gen), torch.randn(n, 2, generator=gen)
+    ctl.optimizer.zero_grad()
+    nn.functional.mse_loss(model(x), t).backward()
+    ctl.optimizer.step()
+
+
+def sgd(params):
+    return torch.optim.SGD(params, lr=0.1)
+
+
+def drive(ctl, model, scores, gen):
+    events = []
+    for s in scores:
+        step(model, ctl, gen)
+        events.append(ctl.end_epoch(s))
+    return events
+
+
+# --- selection: the sign of a non-zero start, selective installation -------------------
+def _layer_with_stats(m_ve, m_vv, m_ee, mean_v=None):
+    """A Linear layer of C neurons in a dendrite phase whose statistics are set by hand."""
+    p, c = m_ve.shape
+    layer = DendriticLayer(nn.Linear(2, c), KINDS["Linear"], DendriteConfig())
+    layer.start_dendrite_phase(candidates=p)
+    s = layer.stats
+    s.count = torch.tensor(10.0, dtype=torch.float64)
+    s.m_ve.copy_(m_ve)
+    s.m_vv.copy_(m_vv)
+    s.m_ee.copy_(m_ee)
+    if mean_v is not None:
+        s.mean_v.copy_(mean_v)
+    return layer
+
+
+def test_start_weight_points_against_the_error_for_either_sign_of_correlation():
+    # Two neurons: the best candidate of neuron 0 correlates +0.8, of neuron 1 -0.6.
+    m_ve = torch.tensor([[0.8, 0.1], [0.2, -0.6]], dtype=torch.float64)
+    layer = _layer_with_stats(
+        m_ve, torch.ones(2, 2, dtype=torch.float64), torch.ones(2, dtype=torch.float64)
+    )
+    pick = BestCandidate(output_weight_init=0.25).select(layer)
+    assert pick.choice.tolist() == [0, 1]
+    # dL/dv = sum E a: with r > 0 the descent direction is v < 0, and vice versa.
+    assert pick.output_weight.tolist() == [-0.25, 0.25]
+    assert pick.summary["mean_abs_r"] == pytest.approx(0.7)
+    assert pick.summary["installed"] == 2
+    assert pick.summary["mean_output_std"] == pytest.approx((1 / 10) ** 0.5)
+
+
+def test_install_compensates_the_bias_by_start_times_mean_activation():
+    m_ve = torch.tensor([[0.8, -0.5]], dtype=torch.float64)
+    mean_v = torch.tensor([[0.3, 0.7]], dtype=torch.float64)
+    layer = _layer_with_stats(
+        m_ve, torch.ones(1, 2, dtype=torch.float64), torch.ones(2, dtype=torch.float64), mean_v
+    )
+    bias = layer.base.bias.detach().clone()
+    pick = BestCandidate(output_weight_init=0.5).select(layer)
+    layer.install(
+        pick.choice, output_weight=pick.output_weight, activation_mean=pick.activation_mean
+    )
+    assert layer.output_weight[0].tolist() == [-0.5, 0.5]
+    expected = bias - torch.tensor([-0.5 * 0.3, 0.5 * 0.7])
+    torch.testing.assert_close(layer.base.bias.detach(), expected)
+
+
+@pytest.mark.parametrize(
+    "threshold,expected",
+    [
+        (0.0, [0, 0, 0]),
+        (0.1, [-1, 0, 0]),
+        (0.3, [-1, 0, 0]),
+        (0.31, [-1, -1, 0]),
+        (0.6, [-1, -1, -1]),
+    ],
+)
+def test_selective_installation_keeps_exactly_the_neurons_at_or_above_threshold(
+    threshold, expected
+):
+    m_ve = torch.tensor([[0.05, -0.3, 0.5]], dtype=torch.float64)
+    layer = _layer_with_stats(
+        m_ve, torch.ones(1, 3, dtype=torch.float64), torch.ones(3, dtype=torch.float64)
+    )
+    pick = BestCandidate(install_threshold=threshold).select(layer)
+    assert pick.choice.tolist() == expected
+    assert pick.summary.get("installed", 0) == sum(c >= 0 for c in expected)
+
+
+def test_a_neuron_at_the_cap_gets_nothing_and_the_best_is_by_the_objective():
+    # Covariance prefers candidate 1 of neuron 0 (|0.9| > |0.5|); Pearson prefers 0.
+    m_ve = torch.tensor([[0.5, 0.4], [0.9, 0.2]], dtype=torch.float64)
+    m_vv = torch.tensor([[0.25, 1.0], [4.0, 1.0]], dtype=torch.float64)
+    layer = _layer_with_stats(m_ve, m_vv, torch.ones(2, dtype=torch.float64))
+    assert BestCandidate("covariance").select(layer).choice.tolist() == [1, 0]
+    assert BestCandidate("pearson").select(layer).choice.tolist() == [0, 0]
+    layer.dendrite_count[1] = 2
+    assert BestCandidate("covariance", max_dendrites=2).select(layer).choice.tolist() == [1, -1]
+
+
+def test_installing_nothing_ends_the_layers_dendrite_phase():
+    layer = DendriticLayer(nn.Linear(2, 3), KINDS["Linear"], DendriteConfig())
+    layer.start_dendrite_phase(candidates=2)
+    assert layer.install(torch.full((3,), -1)) == 0
+    assert layer.phase.value == "neuron" and layer.candidates is None and layer.slots == 0
+    assert layer.base.weight.requires_grad
+
+
+# --- candidates -------------------------------------------------------------------------
+def test_candidates_start_from_the_scaled_normal_and_see_installed_dendrites(gen):
+    layer = DendriticLayer(
+        nn.Linear(50, 40), KINDS["Linear"], DendriteConfig(candidate_init_scale=0.02)
+    )
+    layer.start_dendrite_phase(candidates=5, generator=gen)
+    w = layer.candidates.bank.weight.detach()
+    assert w.std().item() == pytest.approx(0.02, rel=0.05)
+    assert w.mean().abs().item() < 0.002
+    assert layer.candidates.cascade is None  # no installed dendrite to cascade from
+    layer.install(torch.zeros(40, dtype=torch.long))
+    layer.start_dendrite_phase(candidates=5, generator=gen)
+    casc = layer.candidates.cascade.detach()
+    assert casc.shape == (5, 1, 40) and casc.std().item() == pytest.approx(0.02, rel=0.1)
+
+
+def _direct_pearson(v, e):
+    vc, ec = v - v.mean(0), e - e.mean(0)
+    cov = torch.einsum("np...,n...->p...", vc, ec)
+    return cov / torch.sqrt(
+        torch.einsum("np...,np...->p...", vc, vc) * torch.einsum("n...,n...->...", ec, ec)
+    )
+
+
+def test_pearson_gradient_through_a_conv_layer_equals_autograd(gen):
+    x = torch.randn(3, 2, 6, 6, generator=gen, dtype=torch.float64)
+    w = 0.5 * torch.randn(2 * 3, 2, 3, 3, generator=gen, dtype=torch.float64)
+    w.requires_grad_(True)
+    e = torch.randn(3, 3, 4, 4, generator=gen, dtype=torch.float64)
+
+    def v_of(weight):
+        return torch.sigmoid(nn.functional.conv2d(x, weight)).unflatten(1, (2, 3))
+
+    v = v_of(w)  # (B, P, C, H, W): patterns are batch x positions
+    vp = v.permute(0, 3, 4, 1, 2).reshape(-1, 2, 3)
+    ep = e.permute(0, 2, 3, 1).reshape(-1, 3)
+    (expected,) = torch.autograd.grad(_direct_pearson(vp, ep).abs().sum(), w)
+    v2 = v_of(w)
+    v2.backward(surrogate_gradient(v2.detach(), e, CandidateStats(2, 3), "pearson"))
+    torch.testing.assert_close(w.grad, -expected, rtol=1e-8, atol=1e-10)
+
+
+def test_a_constant_candidate_gets_exactly_zero_pearson_gradient_not_a_blow_up(gen):
+    v = torch.rand(20, 2, 3, generator=gen)
+    v[:, 0, 1] = 1.0  # saturated
+    v[:, 1, 2] = 0.5 + 1e-9 * torch.randn(20, generator=gen)  # constant to float32
+    e = torch.randn(20, 3, generator=gen)
+    g = surrogate_gradient(v, e, CandidateStats(2, 3), "pearson")
+    assert torch.equal(g[:, 0, 1], torch.zeros(20)) and torch.equal(g[:, 1, 2], torch.zeros(20))
+    assert g.abs().max() < 10  # the live candidates: O(1/sqrt(n)), not 1e14
+    assert (g[:, 0, 0] != 0).all()
+
+
+def test_two_ranks_folding_halves_equal_one_process_folding_the_whole(gen):
+    """The DDP branch, in one process: two threads stand for two ranks, and an all-reduce
+    made of a barrier and a shared sum stands for torch.distributed."""
+    v = torch.rand(32, 2, 3, generator=gen, dtype=torch.float64)
+    e = torch.randn(32, 3, generator=gen, dtype=torch.float64)
+    barrier, slots = threading.Barrier(2), {}
+
+    def reducer(rank):
+        def reduce(t):
+            slots[rank] = t.clone()
+            barrier.wait()
+            t.copy_(slots[0] + slots[1])
+            barrier.wait()
+
+        return reduce
+
+    results = {}
+
+    def rank(r, objective):
+        stats = CandidateStats(2, 3)
+        half = slice(16 * r, 16 * (r + 1))
+        g = surrogate_gradient(v[half], e[half], stats, objective, reduce=reducer(r), world_size=2)
+        results[r] = (stats, g)
+
+    for objective in ("covariance", "pearson"):
+        threads = [threading.Thread(target=rank, args=(r, objective)) for r in (0, 1)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        whole = CandidateStats(2, 3)
+        g_whole = surrogate_gradient(v, e, whole, objective)
+        for r in (0, 1):
+            stats, g = results[r]
+            for name in CandidateStats.FIELDS:
+                torch.testing.assert_close(getattr(stats, name), getattr(whole, name))
+            expected = g_whole[16 * r : 16 * (r + 1)]
+            scale = 2 if objective == "pearson" else 1  # DDP averages the ranks' grads
+            torch.testing.assert_close(g, expected * scale)
+
+
+# --- switching ------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "maximize,score,ref,expected",
+    [
+        (True, 1.05, 1.0, False),
+        (True, 1.11, 1.0, True),
+        (False, 0.95, 1.0, False),
+        (False, 0.89, 1.0, True),
+        (True, -0.95, -1.0, False),
+        (True, -0.89, -1.0, True),
+    ],
+)
+def test_relative_improvement_margin_is_relative_to_the_reference_magnitude(
+    maximize, score, ref, expected
+):
+    assert Improvement(maximize, rel=0.1, abs=0.0).better(score, ref) is expected
+    assert Improvement(maximize, rel=0.1, abs=0.0).better(score, ref, margin=False) is (
+        score > ref if maximize else score < ref
+    )
+
+
+def test_absolute_margin_wins_when_larger_than_the_relative_one():
+    imp = Improvement(True, rel=0.01, abs=0.2)
+    assert not imp.better(1.15, 1.0) and imp.better(1.21, 1.0)
+
+
+def test_dendrite_phase_ends_by_correlation_patience_with_a_relative_threshold():
+    p = PatienceSwitching(
+        Improvement(), dendrite_patience=2, dendrite_improvement_rel=0.1, dendrite_max_epochs=100
+    )
+    p.start_dendrite_phase()
+    # 0.105 is not 10% above 0.1; 0.2 is; then two evaluations without 10% more.
+    assert [p.dendrite_epoch(c) for c in (0.1, 0.105, 0.2, 0.21, 0.215)] == [
+        False,
+        False,
+        False,
+        False,
+        True,
+    ]
+    p.start_dendrite_phase()
+    assert p.best_correlation is None and p.since_correlation == 0
+
+
+def test_dendrite_phase_ends_at_its_maximum_length_even_while_improving():
+    p = PatienceSwitching(Improvement(), dendrite_patience=5, dendrite_max_epochs=3)
+    p.start_dendrite_phase()
+    assert [p.dendrite_epoch(c) for c in (0.1, 0.2, 0.4)] == [False, False, True]
+
+
+def test_a_controller_dendrite_phase_ends_by_patience_not_only_by_length(gen):
+    model = tiny()
+    cfg = DendriteConfig(
+        patience=1, dendrite_patience=1, dendrite_improvement_rel=10.0, dendrite_max_epochs=50
+    )
+    ctl = Perforator(model, cfg, optimizer=sgd)
+    events = drive(ctl, model, [0.1, 0.1, 0.0, 0.0], gen)
+    # A 1000% relative improvement never happens: after one epoch without it, install.
+    assert events == [Event.CONTINUE, Event.DENDRITE_PHASE, Event.CONTINUE, Event.INSTALLED]
+
+
+# --- the controller's cycle decisions ---------------------------------------------------
+def test_a_cycle_within_the_relative_margin_is_rejected_and_one_beyond_it_accepted(gen):
+    model = tiny()
+    cfg = DendriteConfig(patience=1, dendrite_max_epochs=1, improvement_rel=0.1, max_retries=1)
+    ctl = Perforator(model, cfg, optimizer=sgd)
+    # 1.05 is within 10% of the accepted 1.0: that cycle is retried; 1.2 is beyond it.
+    scores = [1.0, 1.0, 0.0, 1.05, 0.0, 1.2, 1.2]
+    events = drive(ctl, model, scores, gen)
+    assert events == [
+        Event.CONTINUE,
+        Event.DENDRITE_PHASE,
+        Event.INSTALLED,
+        Event.RETRY,
+        Event.INSTALLED,
+        Event.CONTINUE,
+        Event.DENDRITE_PHASE,
+    ]
+    # The best score recorded mid-run: the accepted one, or the cycle in flight's.
+    assert [r.best_score for r in ctl.history] == [1.0, 1.0, 1.0, 1.0, 1.0, 1.2, 1.2]
+    assert ctl.retries == 0 and ctl.cycle == 2
+
+
+def test_minimising_a_tie_does_not_replace_the_best_state(gen):
+    model = tiny()
+    ctl = Perforator(
+        model, DendriteConfig(direction="minimize", patience=2, max_cycles=0), optimizer=sgd
+    )
+    step(model, ctl, gen)
+    best = {k: v.clone() for k, v in model.state_dict().items()}
+    ctl.end_epoch(0.5)
+    drive(ctl, model, [0.5, 0.7], gen)  # a tie, then worse: patience 2 runs out
+    assert ctl.done and ctl.best_score == 0.5
+    assert all(torch.equal(model.state_dict()[k], best[k]) for k in best)
+
+
+def test_a_rejected_first_install_rolls_back_to_the_plain_model(gen):
+    model = tiny()
+    ctl = Perforator(
+        model,
+        DendriteConfig(
+            patience=1,
+            dendrite_max_epochs=1,
+            max_retries=0,
+            improvement_rel=0.0,
+            improvement_abs=0.01,
+        ),
+        optimizer=sgd,
+    )
+    step(model, ctl, gen)
+    plain = {k: v.clone() for k, v in model.state_dict().items()}
+    events = [ctl.end_epoch(0.5), *drive(ctl, model, [0.5, 0.0, 0.505], gen)]
+    assert events[-1] == Event.DONE
+    assert ctl.dendrite_counts() == {"0": [0] * 4, "2": [0, 0]}
+    assert sorted(model.state_dict()) == sorted(plain)
+    assert all(torch.equal(model.state_dict()[k], plain[k]) for k in plain)
+
+
+def test_max_epochs_inside_a_dendrite_phase_ends_cleanly_with_the_accepted_model(gen):
+    model = tiny()
+    ctl = Perforator(
+        model, DendriteConfig(patience=1, dendrite_max_epochs=10, max_epochs=3), optimizer=sgd
+    )
+    step(model, ctl, gen)
+    ctl.end_epoch(0.5)
+    accepted = {k: v.clone() for k, v in model.state_dict().items()}
+    events = drive(ctl, model, [0.4, 0.0], gen)
+    assert events == [Event.DENDRITE_PHASE, Event.DONE]
+    assert all(
+        layer.phase.value == "neuron" and layer.candidates is None for layer in ctl.layers.values()
+    )
+    assert all(p.requires_grad for p in model.parameters())
+    assert all(torch.equal(model.state_dict()[k], accepted[k]) for k in accepted)
+
+
+def test_the_candidate_optimizer_factory_builds_the_dendrite_phase_optimizer(gen):
+    model = tiny()
+    ctl = Perforator(
+        model,
+        DendriteConfig(patience=1),
+        optimizer=sgd,
+        candidate_optimizer=lambda p: torch.optim.Adam(p, lr=0.123),
+    )
+    assert isinstance(ctl.optimizer, torch.optim.SGD)
+    drive(ctl, model, [0.1, 0.1], gen)
+    assert isinstance(ctl.optimizer, torch.optim.Adam)
+    assert ctl.optimizer.param_groups[0]["lr"] == 0.123
+    cand = {id(p) for layer in ctl.layers.values() for p in layer.candidate_parameters()}
+    assert {id(p) for p in ctl.parameters_in_use()} == cand
+
+
+def test_reduce_on_plateau_is_stepped_with_the_score(gen):
+    model = tiny()
+    ctl = Perforator(
+        model,
+        DendriteConfig(patience=5),
+        optimizer=sgd,
+        scheduler=lambda o: torch.optim.lr_scheduler.ReduceLROnPlateau(
+            o, mode="max", patience=0, factor=0.5
+        ),
+    )
+    drive(ctl, model, [0.5, 0.6], gen)
+    assert ctl.optimizer.param_groups[0]["lr"] == 0.1  # improving: unchanged
+    drive(ctl, model, [0.55], gen)
+    assert ctl.optimizer.param_groups[0]["lr"] == 0.05  # worse: halved at once
+
+
+def test_trainability_after_load_and_after_adoption(tmp_path, gen):
+    model = tiny()
+    ctl = Perforator(model, DendriteConfig(patience=1, dendrite_max_epochs=1), optimizer=sgd)
+    drive(ctl, model, [0.1, 0.1, 0.0], gen)
+    perforate.save(model, tmp_path / "m.safetensors")
+    fresh = perforate.load(tiny(), tmp_path / "m.safetensors")
+    layer = perforate.dendritic_layers(fresh)["0"]
+    assert layer.output_weight.requires_grad and not layer.dendrites.weight.requires_grad
+    Perforator(fresh, DendriteConfig(dendrites_learn=True), optimizer=sgd)
+    assert layer.dendrites.weight.requires_grad and layer.output_weight.requires_grad
