@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint setup clean
+.PHONY: demo test lint mutation setup clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
+
+# Mutation testing of the library core (docs/testing.md); about 15 minutes on 2 cores.
+mutation: $(STAMP)
+	$(PY) tools/mutation.py --per-module 40 --workers 2 --out docs/mutation.json
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -406,3 +406,282 @@ def test_trainability_after_load_and_after_adoption(tmp_path, gen):
     assert layer.output_weight.requires_grad and not layer.dendrites.weight.requires_grad
     Perforator(fresh, DendriteConfig(dendrites_learn=True), optimizer=sgd)
     assert layer.dendrites.weight.requires_grad and layer.output_weight.requires_grad
+
+
+# --- defaults, immutability, small contracts ---------------------------------------------
+def test_strategy_defaults_are_the_configs_defaults():
+    from perforate import CorrelationRule, FixedSwitching, GradientRule
+
+    cfg, gd = DendriteConfig(), DendriteConfig.reference_gd()
+    assert BestCandidate() == BestCandidate.from_config(cfg)
+    assert Improvement() == Improvement.from_config(cfg)
+    a, b = CorrelationRule(), CorrelationRule.from_config(cfg)
+    assert (a.selector, a.pool_size, a.dendrite_inputs_train, a.max_dendrites) == (
+        b.selector,
+        b.pool_size,
+        b.dendrite_inputs_train,
+        b.max_dendrites,
+    )
+    a, b = GradientRule(), GradientRule.from_config(gd)
+    assert (a.max_dendrites, a.dendrite_inputs_train, a.cascade_init_scale) == (
+        b.max_dendrites,
+        b.dendrite_inputs_train,
+        b.cascade_init_scale,
+    )
+    a, b = PatienceSwitching(Improvement()), PatienceSwitching.from_config(cfg)
+    assert {k: v for k, v in vars(a).items()} == {k: v for k, v in vars(b).items()}
+    assert vars(FixedSwitching()) == vars(FixedSwitching.from_config(cfg))
+
+
+def test_value_objects_are_frozen():
+    import dataclasses
+
+    from perforate.selection import Selection
+
+    for obj in (
+        Improvement(),
+        BestCandidate(),
+        Selection(torch.tensor([-1, 0, 2]), torch.zeros(3), torch.zeros(1, 3), {}),
+    ):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            obj.__setattr__(next(iter(vars(obj))), None)
+    assert Selection(torch.tensor([-1, 0, 2]), torch.zeros(3), torch.zeros(1, 3), {}).count == 2
+
+
+def test_rules_without_a_dendrite_phase_refuse_install_and_selection_needs_candidates():
+    from perforate import RestartRule
+
+    with pytest.raises(NotImplementedError, match="restart"):
+        RestartRule().install({})
+    layer = DendriticLayer(nn.Linear(2, 3), KINDS["Linear"], DendriteConfig(), path="fc")
+    with pytest.raises(ValueError, match="fc: no candidates"):
+        BestCandidate().select(layer)
+
+
+def test_a_rule_written_outside_inherits_frozen_dendrite_inputs(gen):
+    from perforate import TrainingRule
+
+    class Grow(TrainingRule):
+        name = "grow"
+
+        @classmethod
+        def from_config(cls, config):
+            return cls()
+
+        def next_cycle(self, layers, generator):
+            for layer in layers.values():
+                n = layer.neurons
+                layer.append_dendrites(
+                    torch.arange(n),
+                    torch.zeros(n, layer.base.in_features),
+                    torch.zeros(n),
+                    torch.zeros(n),
+                )
+            return Event.INSTALLED
+
+    model = tiny()
+    ctl = Perforator(model, DendriteConfig(patience=1), optimizer=sgd, rule=Grow())
+    drive(ctl, model, [0.1, 0.1], gen)
+    layer = ctl.layers["0"]
+    assert layer.output_weight.requires_grad and not layer.dendrites.weight.requires_grad
+
+
+def test_gradient_rule_cascade_starts_small_and_centred_and_draws_only_when_needed(gen):
+    from perforate import GradientRule
+
+    layer = DendriticLayer(nn.Linear(4, 400), KINDS["Linear"], DendriteConfig())
+    layers = {"fc": layer}
+    rule = GradientRule(cascade_init_scale=0.01)
+    rule.next_cycle(layers, gen)
+    state = gen.get_state()
+    rule.next_cycle(layers, gen)  # second dendrite: cascades from the first
+    assert not torch.equal(state, gen.get_state())
+    casc = layer.cascade_weight.detach()[1, 0]
+    assert torch.isfinite(casc).all() and casc.std().item() == pytest.approx(0.01, rel=0.15)
+    assert abs(casc.mean().item()) < 0.003
+    flat = DendriticLayer(nn.Linear(4, 3), KINDS["Linear"], DendriteConfig(cascade=False))
+    rule.next_cycle({"fc": flat}, gen)
+    state = gen.get_state()
+    rule.next_cycle({"fc": flat}, gen)
+    assert torch.equal(state, gen.get_state())  # no cascade, nothing drawn
+
+
+def test_candidate_biases_also_start_from_the_scaled_normal(gen):
+    layer = DendriticLayer(
+        nn.Linear(3, 200), KINDS["Linear"], DendriteConfig(candidate_init_scale=0.05)
+    )
+    layer.start_dendrite_phase(candidates=10, generator=gen)
+    assert layer.candidates.bank.bias.detach().std().item() == pytest.approx(0.05, rel=0.1)
+
+
+def test_a_pool_used_on_its_own_folds_statistics_and_reports_its_best(gen):
+    from perforate import CandidatePool
+
+    base = nn.Linear(3, 2)
+    pool = CandidatePool.normal(
+        KINDS["Linear"],
+        base,
+        3,
+        0,
+        scale=0.5,
+        cascade=True,
+        activation=torch.sigmoid,
+        objective="covariance",
+        generator=gen,
+    )
+    assert "size=3" in repr(pool) and pool.output_std().eq(0).all()  # empty: 0, not NaN
+    v = pool.outputs(torch.randn(8, 3, generator=gen), None)
+    g = pool.objective_gradient(v.detach(), torch.randn(8, 2, generator=gen))
+    assert g.shape == v.shape and int(pool.stats.count) == 8
+    m = torch.tensor([[0.1, -0.9], [0.5, 0.2], [-0.3, 0.4]], dtype=torch.float64)
+    pool.stats.m_ve.copy_(m)
+    pool.stats.m_vv.fill_(1.0)
+    pool.stats.m_ee.fill_(1.0)
+    assert pool.best_correlation() == pytest.approx((0.5 + 0.9) / 2)  # per neuron, then mean
+
+
+def test_statistics_are_shared_over_the_group_the_layer_was_given(gen):
+    calls = []
+    layer = DendriticLayer(nn.Linear(3, 2), KINDS["Linear"], DendriteConfig())
+    layer.share_statistics(lambda t: calls.append(t.numel()), 2)
+    layer.start_dendrite_phase(candidates=2, generator=gen)
+    assert layer.candidates.reduce is not None and layer.candidates.world_size == 2
+    layer(torch.randn(4, 3, generator=gen)).sum().backward()
+    assert len(calls) == 2  # sums, then centred moments
+
+
+def test_a_tiny_but_real_variation_keeps_its_pearson_gradient(gen):
+    v = 0.5 + 1e-5 * torch.randn(50, 1, 2, generator=gen)
+    e = torch.randn(50, 2, generator=gen)
+    g = surrogate_gradient(v, e, CandidateStats(1, 2), "pearson")
+    assert (g != 0).all() and torch.isfinite(g).all()
+
+
+# --- the layer --------------------------------------------------------------------------
+def test_output_weights_train_in_a_neuron_phase_whatever_the_inputs_do(gen):
+    layer = DendriticLayer(nn.Linear(3, 2), KINDS["Linear"], DendriteConfig())
+    layer.start_dendrite_phase(candidates=1, generator=gen)
+    layer.install(torch.zeros(2, dtype=torch.long))
+    layer.start_dendrite_phase(candidates=1, generator=gen)
+    layer.start_neuron_phase(dendrite_inputs_train=False)
+    assert layer.output_weight.requires_grad and not layer.dendrites.weight.requires_grad
+    assert not layer.cascade_weight.requires_grad
+
+
+def test_inference_drops_a_pool_in_flight_and_freezes_everything(gen):
+    layer = DendriticLayer(nn.Linear(3, 2), KINDS["Linear"], DendriteConfig())
+    layer.start_dendrite_phase(candidates=2, generator=gen)
+    layer.start_inference()
+    assert layer.candidates is None and not any(p.requires_grad for p in layer.parameters())
+
+
+def test_absent_slots_hold_exact_zeros_and_the_mask_is_a_buffer(gen):
+    layer = DendriticLayer(nn.Linear(3, 2), KINDS["Linear"], DendriteConfig())
+    layer.set_slots(2)
+    assert torch.equal(layer.dendrites.bias, torch.zeros(4))
+    assert torch.equal(layer.dendrites.weight, torch.zeros(4, 3))
+    assert "slot_mask" in dict(layer.named_buffers())
+    assert "slot_mask" not in layer.state_dict()
+
+
+def test_a_plain_load_state_dict_of_the_wrong_width_keeps_the_layers_dendrites(gen):
+    layer = DendriticLayer(nn.Linear(3, 2), KINDS["Linear"], DendriteConfig())
+    layer.start_dendrite_phase(candidates=1, generator=gen)
+    layer.install(torch.zeros(2, dtype=torch.long))
+    state = {k: v.clone() for k, v in layer.state_dict().items()}
+    state["output_weight"] = torch.zeros(1, 5)
+    with pytest.raises(RuntimeError):
+        layer.load_state_dict(state)
+    assert layer.slots == 1 and layer.dendrite_count.tolist() == [1, 1]
+
+
+def test_an_unsupported_layer_without_a_path_is_named_by_its_type():
+    with pytest.raises(perforate.UnsupportedLayerError, match="Linear: Linear with 0 inputs"):
+        DendriticLayer(nn.Linear(0, 2), KINDS["Linear"], DendriteConfig())
+
+
+# --- the controller's small contracts -----------------------------------------------------
+def test_wrapped_is_the_model_or_its_wrapper_rebuilt_at_each_phase(gen):
+    model = tiny()
+    assert Perforator(model, DendriteConfig(), optimizer=sgd).wrapped is model
+    built = []
+
+    def wrapper(m):
+        built.append(nn.Sequential(m))
+        return built[-1]
+
+    model = tiny()
+    ctl = Perforator(model, DendriteConfig(patience=1), optimizer=sgd, wrapper=wrapper)
+    assert ctl.wrapped is built[-1] and built[-1][0] is model
+    drive(ctl, model, [0.1, 0.1], gen)
+    assert len(built) == 2 and ctl.wrapped is built[-1]
+
+
+@pytest.mark.parametrize("score", [torch.tensor([0.5, 0.6]), torch.zeros(0)])
+def test_a_score_tensor_must_hold_exactly_one_number(score, gen):
+    model = tiny()
+    ctl = Perforator(model, DendriteConfig(), optimizer=sgd)
+    step(model, ctl, gen)
+    with pytest.raises(perforate.ScoreError, match="one number"):
+        ctl.end_epoch(score)
+    assert ctl.end_epoch(torch.tensor([0.5])) == Event.CONTINUE
+
+
+def test_parameters_outside_the_layers_train_again_after_a_dendrite_phase(gen):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4), nn.Tanh(), nn.Linear(4, 2))
+    ctl = Perforator(
+        model, DendriteConfig(patience=1, dendrite_max_epochs=1, pair_norms=False), optimizer=sgd
+    )
+    drive(ctl, model, [0.1, 0.1], gen)
+    assert not model[1].weight.requires_grad  # frozen while candidates train
+    drive(ctl, model, [0.0], gen)
+    assert model[1].weight.requires_grad
+    assert id(model[1].weight) in {id(p) for p in ctl.parameters_in_use()}
+
+
+def test_a_failed_load_state_dict_leaves_a_trained_controller_exactly_as_it_was(gen):
+    model = tiny()
+    ctl = Perforator(model, DendriteConfig(patience=1, dendrite_max_epochs=1), optimizer=sgd)
+    drive(ctl, model, [0.1, 0.1, 0.0, 0.2], gen)
+    other_model = tiny()
+    other = Perforator(
+        other_model,
+        DendriteConfig(patience=1, dendrite_max_epochs=1),
+        optimizer=lambda p: torch.optim.Adam(p, lr=0.1),
+    )
+    drive(other, other_model, [0.3, 0.3, 0.0], gen)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    history = [r.to_dict() for r in ctl.history]
+    with pytest.raises(perforate.CheckpointMismatchError, match="Adam"):
+        ctl.load_state_dict(other.state_dict())
+    after = model.state_dict()
+    assert sorted(after) == sorted(before) and all(torch.equal(after[k], before[k]) for k in before)
+    assert [r.to_dict() for r in ctl.history] == history and ctl.epoch == 4
+
+
+def test_save_checkpoint_returns_the_path_it_wrote(tmp_path, gen):
+    model = tiny()
+    ctl = Perforator(model, DendriteConfig(), optimizer=sgd)
+    step(model, ctl, gen)
+    ctl.end_epoch(0.1)
+    path = ctl.save_checkpoint(str(tmp_path / "c.safetensors"))
+    assert path == tmp_path / "c.safetensors" and path.is_file()
+
+
+def test_the_direction_warning_points_at_the_callers_line_and_survives_resume(gen):
+    import warnings
+
+    from perforate.switching import DirectionCheck
+
+    model = tiny()
+    ctl = Perforator(model, DendriteConfig(patience=2, max_cycles=0), optimizer=sgd)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        drive(ctl, model, [0.9, 0.5, 0.1], gen)
+    hits = [w for w in caught if issubclass(w.category, perforate.PerforateWarning)]
+    assert len(hits) == 1 and "direction='maximize'" in str(hits[0].message)
+    assert hits[0].filename == __file__
+    check = DirectionCheck(Improvement(), "maximize")
+    check.load_state_dict(ctl.direction_check.state_dict())
+    assert check.scores == [0.9, 0.5, 0.1]

@@ -356,12 +356,7 @@ class Perforator:
         if self.phase == Phase.DENDRITE:
             params = [p for layer in self.layers.values() for p in layer.candidate_parameters()]
         else:
-            seen: set[int] = set()
-            params = [
-                p
-                for p in self.model.parameters()
-                if p.requires_grad and not (id(p) in seen or seen.add(id(p)))
-            ]
+            params = [p for p in self.model.parameters() if p.requires_grad]  # deduplicated
         self.optimizers.build(self.model, params, candidates=self.phase == Phase.DENDRITE)
 
     def _record(

@@ -148,7 +148,6 @@ class GradientRule(_Growing):
                 torch.zeros(len(grow), dtype=ref.dtype, device=ref.device),
                 None if cascade is None else cascade[grow],
             )
-            layer.start_neuron_phase(self.dendrite_inputs_train)
         return Event.INSTALLED
 
 

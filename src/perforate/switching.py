@@ -101,12 +101,10 @@ class PatienceSwitching(Switching):
         )
 
     def start_neuron_phase(self, reference: float | None) -> None:
-        self.phase_epochs = 0
         self.since_improvement = 0
         self.reference = reference
 
     def neuron_epoch(self, score: float) -> bool:
-        self.phase_epochs += 1
         if self.improvement.better(score, self.reference):
             self.reference = score
             self.since_improvement = 0
