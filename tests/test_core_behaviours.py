@@ -582,6 +582,8 @@ def test_absent_slots_hold_exact_zeros_and_the_mask_is_a_buffer(gen):
     assert torch.equal(layer.dendrites.weight, torch.zeros(4, 3))
     assert "slot_mask" in dict(layer.named_buffers())
     assert "slot_mask" not in layer.state_dict()
+    layer.set_slots(0)
+    assert layer.slot_mask is None and layer.dendrites is None
 
 
 def test_a_plain_load_state_dict_of_the_wrong_width_keeps_the_layers_dendrites(gen):
