@@ -265,7 +265,7 @@ def main() -> int:
         m
         for mod in args.modules
         for m in mutants(mod, args.per_module, args.seed)
-        if (m.module, m.line, m.description) not in EQUIVALENT
+        if not is_equivalent(m)
     ]
     results: dict[Mutant, str] = {}
     workdirs = []

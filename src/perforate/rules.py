@@ -57,7 +57,7 @@ class TrainingRule(ABC):
 class _Growing(TrainingRule):
     """Rules that add dendrites until every neuron has `max_dendrites`."""
 
-    def __init__(self, max_dendrites: int = 8, dendrite_inputs_train: bool = False) -> None:
+    def __init__(self, max_dendrites: int, dendrite_inputs_train: bool) -> None:
         self.max_dendrites = max_dendrites
         self.dendrite_inputs_train = dendrite_inputs_train
 
