@@ -510,21 +510,20 @@ class Perforator:
         model: nn.Module,
         *,
         optimizer: OptimizerFactory,
-        candidate_optimizer: OptimizerFactory | None = None,
-        scheduler: SchedulerFactory | None = None,
         checkpoint_path: str | os.PathLike | None = None,
-        checkpoint_every: int = 1,
-        wrapper: Callable[[nn.Module], nn.Module] | None = None,
-        process_group: Any = "auto",
-        rule: TrainingRule | None = None,
-        switching: Switching | None = None,
+        **options: Any,
     ) -> Perforator:
         """Continue a run from `save_checkpoint`. `model` is freshly built, as at the start
-        (plain, or wrapped with the same settings); factories as at the start.
+        (plain, or wrapped with the same settings); the factories and other keyword
+        arguments (`candidate_optimizer`, `scheduler`, `checkpoint_every`, `wrapper`,
+        `process_group`, `rule`, `switching`) as at the start.
 
         Reads `path`, or its `.prev` when `path` is missing or damaged (logged). Checkpoints
         keep going to `path` unless `checkpoint_path` says otherwise. On any error the model
         is left as it was given."""
+        if "config" in options or "seed" in options:
+            raise TypeError("resume takes the config and the candidate generator from the "
+                            "checkpoint; do not pass config or seed")
         state, found = training_state.load_latest(path)
         try:
             config = DendriteConfig.from_dict(state["controller"]["config"])
@@ -537,14 +536,8 @@ class Perforator:
                 model,
                 config,
                 optimizer=optimizer,
-                candidate_optimizer=candidate_optimizer,
-                scheduler=scheduler,
                 checkpoint_path=path if checkpoint_path is None else checkpoint_path,
-                checkpoint_every=checkpoint_every,
-                wrapper=wrapper,
-                process_group=process_group,
-                rule=rule,
-                switching=switching,
+                **options,
             )
             ctl.load_state_dict(state["controller"])
             training_state.set_process_rng_state(state.get("rng"))
