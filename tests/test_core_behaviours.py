@@ -693,3 +693,157 @@ def test_the_direction_warning_points_at_the_callers_line_and_survives_resume(ge
     check = DirectionCheck(Improvement(), "maximize")
     check.load_state_dict(ctl.direction_check.state_dict())
     assert check.scores == [0.9, 0.5, 0.1]
+
+
+# --- pinned after a held-out mutation sample (seed 1) -------------------------------------
+def test_sharing_statistics_reaches_a_pool_already_attached(gen):
+    layer = DendriticLayer(nn.Linear(3, 2), KINDS["Linear"], DendriteConfig())
+    layer.start_dendrite_phase(candidates=2, generator=gen)
+
+    def reduce(t):
+        return None
+
+    layer.share_statistics(reduce, 3)
+    assert layer.candidates.reduce is reduce and layer.candidates.world_size == 3
+
+
+def test_an_exported_layer_cannot_train_again(gen):
+    layer = DendriticLayer(nn.Linear(3, 2), KINDS["Linear"], DendriteConfig(), path="fc")
+    layer.start_inference()
+    for start in (layer.start_neuron_phase, layer.start_dendrite_phase):
+        with pytest.raises(perforate.PhaseError, match="fc: layer was exported"):
+            start()
+    with pytest.raises(perforate.PhaseError):
+        layer.append_dendrites([0], torch.zeros(1, 3), torch.zeros(1), torch.zeros(1))
+
+
+def test_unit_flags_live_only_during_a_dendrite_phase_and_survive_its_checkpoint(gen):
+    layer = DendriticLayer(nn.Linear(3, 2), KINDS["Linear"], DendriteConfig())
+    layer.base.bias.requires_grad_(False)  # the user froze it
+    layer.start_dendrite_phase(candidates=1, generator=gen)
+    phase, weights = layer.phase_state_dict(), layer.state_dict()
+    assert phase["unit_flags"] == {"base.weight": True, "base.bias": False}
+    layer.start_neuron_phase()
+    assert layer.phase_state_dict()["unit_flags"] == {}
+    fresh = DendriticLayer(nn.Linear(3, 2), KINDS["Linear"], DendriteConfig())
+    fresh.load_phase_state_dict(phase)
+    fresh.load_state_dict(weights)
+    fresh.start_neuron_phase()
+    assert fresh.base.weight.requires_grad and not fresh.base.bias.requires_grad
+
+
+def test_install_copies_each_chosen_candidates_cascade_from_earlier_slots_only(gen):
+    layer = DendriticLayer(nn.Linear(3, 2), KINDS["Linear"], DendriteConfig())
+    layer.start_dendrite_phase(candidates=2, generator=gen)
+    layer.install(torch.tensor([0, 1]))
+    layer.start_dendrite_phase(candidates=2, generator=gen)
+    with torch.no_grad():
+        layer.candidates.cascade.copy_(torch.tensor([[[1.0, 2.0]], [[3.0, 4.0]]]))
+    w = layer.candidates.bank.weight.detach().clone()
+    layer.install(torch.tensor([1, 0]))
+    assert layer.cascade_weight[1, 0].tolist() == [3.0, 2.0]  # pool 1 -> neuron 0, 0 -> 1
+    assert layer.cascade_weight[0].abs().sum() == 0  # slot 0 cascades from nothing
+    torch.testing.assert_close(layer.dendrites.weight[2:].detach(), w[[2, 1]])
+
+
+def test_append_dendrites_takes_a_list_and_an_empty_one_changes_nothing():
+    layer = DendriticLayer(nn.Linear(3, 2), KINDS["Linear"], DendriteConfig())
+    assert layer.append_dendrites([], torch.zeros(0, 3), torch.zeros(0), torch.zeros(0)) == 0
+    assert layer.slots == 0
+    assert layer.append_dendrites([1], torch.ones(1, 3), torch.zeros(1), torch.zeros(1)) == 1
+    assert layer.dendrite_count.tolist() == [0, 1]
+    with pytest.raises(perforate.InstallError, match="one dendrite per call"):
+        layer.append_dendrites([0, 0], torch.ones(2, 3), torch.zeros(2), torch.zeros(2))
+
+
+def test_parameter_counts_and_repr_of_a_grown_unit_with_a_norm():
+    base = nn.Linear(3, 2)
+    layer = DendriticLayer(
+        base, KINDS["Linear"], DendriteConfig(), norm=nn.LayerNorm(2), path="fc", norm_path="ln"
+    )
+    layer.append_dendrites([0, 1], torch.ones(2, 3), torch.zeros(2), torch.zeros(2))
+    layer.append_dendrites([0], torch.ones(1, 3), torch.zeros(1), torch.zeros(1))
+    # unit: 3*2+2 + LayerNorm 4; dendrites: 3 x (3 inputs + bias + output weight) + 1 cascade
+    assert layer.parameter_counts() == (12, 3 * 5 + 1)
+    assert "norm=yes" in repr(layer) and "dendrites=3" in repr(layer)
+    plain = DendriticLayer(nn.Linear(3, 2), KINDS["Linear"], DendriteConfig())
+    assert "norm=no" in repr(plain)
+
+
+def test_the_seed_decides_the_candidates(gen):
+    def first_pool(seed):
+        model = tiny()
+        ctl = Perforator(model, DendriteConfig(patience=1), optimizer=sgd, seed=seed)
+        drive(ctl, model, [0.1, 0.1], torch.Generator().manual_seed(0))
+        return ctl.layers["0"].candidates.bank.weight.detach().clone()
+
+    assert torch.equal(first_pool(3), first_pool(3))
+    assert not torch.equal(first_pool(3), first_pool(4))
+
+
+def test_end_step_counts_steps_up_and_fires_every_n(gen):
+    ctl = Perforator(tiny(), DendriteConfig(steps_per_evaluation=3), optimizer=sgd)
+    fired = [ctl.end_step() for _ in range(7)]
+    assert fired == [False, False, True, False, False, True, False] and ctl.steps == 7
+
+
+def test_a_checkpoint_error_raised_while_applying_keeps_its_own_message(tmp_path, gen):
+    model = tiny()
+    ctl = Perforator(model, DendriteConfig(patience=1), optimizer=sgd)
+    drive(ctl, model, [0.1], gen)
+    state = ctl.state_dict()
+    other = Perforator(
+        tiny(), DendriteConfig(patience=1), optimizer=lambda p: torch.optim.Adam(p, lr=0.1)
+    )
+    with pytest.raises(perforate.CheckpointMismatchError) as err:
+        other.load_state_dict(state)
+    assert str(err.value).startswith("the checkpoint holds the state of a SGD optimizer")
+
+
+def test_resume_in_a_dendrite_phase_thaws_outside_parameters_after_install(tmp_path, gen):
+    def build():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4), nn.Tanh(), nn.Linear(4, 2))
+
+    cfg = DendriteConfig(patience=1, dendrite_max_epochs=2, pair_norms=False)
+    model = build()
+    ctl = Perforator(model, cfg, optimizer=sgd)
+    drive(ctl, model, [0.1, 0.1, 0.0], gen)  # inside the dendrite phase
+    path = ctl.save_checkpoint(tmp_path / "c.safetensors")
+    model = build()
+    ctl = Perforator.resume(path, model, optimizer=sgd)
+    assert not model[1].weight.requires_grad
+    drive(ctl, model, [0.0], gen)  # install
+    assert model[1].weight.requires_grad
+
+
+def test_empty_batches_fold_nothing_and_unknown_objectives_are_refused():
+    stats = CandidateStats(2, 3)
+    assert surrogate_gradient(torch.zeros(0, 2, 3), torch.zeros(0, 3), stats, "pearson") is None
+    assert int(stats.count) == 0 and stats.skipped_batches == 0
+    with pytest.raises(ValueError, match="objective must be one of"):
+        surrogate_gradient(torch.rand(4, 2, 3), torch.randn(4, 3), stats, "spearman")
+
+
+def test_a_fresh_patience_policy_starts_from_zero():
+    assert PatienceSwitching(Improvement()).state_dict() == {
+        "phase_epochs": 0,
+        "since_improvement": 0,
+        "reference": None,
+        "best_correlation": None,
+        "since_correlation": 0,
+    }
+
+
+def test_the_direction_warning_fires_for_a_slow_steady_decline_too():
+    import warnings
+
+    from perforate.switching import DirectionCheck
+
+    check = DirectionCheck(Improvement(rel=1e-3), "maximize")
+    for s in (0.9, 0.8999, 0.8998):  # each step below the improvement threshold
+        check.add(s)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        check.check()
+    assert len(caught) == 1

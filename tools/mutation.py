@@ -74,6 +74,10 @@ EQUIVALENT: frozenset[tuple[str, str, str]] = frozenset(
             "layer.share_statistics(distributed.sum_reducer(self.group), self.world_size)",
             "Expr deleted",
         ),
+        # Every slot's activation has one dtype: the first one's or the second one's alike.
+        ("layers", "dtype = a[0].dtype if isinstance(a, list) else a.dtype", "constant 0 changed"),
+        # A layer has at least one neuron (zero-width layers are refused), so c is never 0.
+        ("correlation", "n_local = e.numel() // c if c else 0", "constant 0 changed"),
         # A type alias used only in annotations (postponed by `from __future__ import annotations`).
         ("rules", "Layers = dict[str, DendriticLayer]", "Assign deleted"),
     }
