@@ -43,6 +43,7 @@ TESTS = {
         "tests/test_layers.py",
         "tests/test_properties.py",
         "tests/test_correlation.py",
+        "tests/test_accounting.py",
         *_CORE,
     ],
     "controller": [
