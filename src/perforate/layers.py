@@ -384,7 +384,7 @@ class DendriticLayer(nn.Module):
 
     def load_phase_state_dict(self, state: dict[str, Any]) -> None:
         """Restore `phase_state_dict()`: sizes slots and pool so that `load_state_dict`
-        of the matching `state_dict()` follows. Candidate weights start at zero here."""
+        of the matching `state_dict()` follows; candidate weights are placeholders until then."""
         self.dendrite_inputs_train = bool(state["dendrite_inputs_train"])
         self.set_slots(int(state["slots"]))
         phase = Phase(state["phase"])
