@@ -847,3 +847,12 @@ def test_the_direction_warning_fires_for_a_slow_steady_decline_too():
         warnings.simplefilter("always")
         check.check()
     assert len(caught) == 1
+
+
+def test_max_epochs_caps_the_run_even_when_every_epoch_changes_phase(gen):
+    model = tiny()
+    cfg = DendriteConfig(patience=1, dendrite_max_epochs=1, max_retries=10, max_epochs=3)
+    ctl = Perforator(model, cfg, optimizer=sgd)
+    events = drive(ctl, model, [0.1, 0.1, 0.0], gen)
+    assert events == [Event.CONTINUE, Event.DENDRITE_PHASE, Event.DONE]
+    assert ctl.epoch == 3 and all(layer.candidates is None for layer in ctl.layers.values())

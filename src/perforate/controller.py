@@ -209,7 +209,7 @@ class Perforator:
         else:
             correlation = self._correlations()
             event = self._dendrite_epoch(correlation)
-        if event == Event.CONTINUE and self.epoch >= self.config.max_epochs:
+        if event != Event.DONE and self.epoch >= self.config.max_epochs:  # any event
             event = self._finish_by_cap()
         self._record(score, phase, cycle, lr, event, correlation)
         if event == Event.CONTINUE:
@@ -522,8 +522,10 @@ class Perforator:
         keep going to `path` unless `checkpoint_path` says otherwise. On any error the model
         is left as it was given."""
         if "config" in options or "seed" in options:
-            raise TypeError("resume takes the config and the candidate generator from the "
-                            "checkpoint; do not pass config or seed")
+            raise TypeError(
+                "resume takes the config and the candidate generator from the "
+                "checkpoint; do not pass config or seed"
+            )
         state, found = training_state.load_latest(path)
         try:
             config = DendriteConfig.from_dict(state["controller"]["config"])
