@@ -40,7 +40,7 @@ def main(rank: int, world: int, init_file: str, out: str, mode: str) -> None:
         dendrite_max_epochs=2,
         max_dendrites=2,
         max_retries=0,
-        max_epochs=14,
+        max_epochs=20,
         improvement_rel=0.0,
         improvement_abs=0.0,
     )
