@@ -96,8 +96,6 @@ JSON = st.recursive(
     max_leaves=6,
 )
 outcomes: dict[str, int] = {}
-LAST = [0]
-jumps = []
 
 
 def attempt(kind, data):
@@ -114,10 +112,6 @@ def attempt(kind, data):
     except Exception as exc:  # what the test looks for
         name = f"UNEXPECTED {type(exc).__name__}: {str(exc)[:200]}"
     outcomes[name] = outcomes.get(name, 0) + 1
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    if rss - LAST[0] > 5000:
-        jumps.append((kind, rss - LAST[0], name, len(data)))
-    LAST[0] = rss
 
 
 @settings(
@@ -161,7 +155,6 @@ growth_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
         {
             "outcomes": outcomes,
             "growth_kb": growth_kb,
-            "jumps": jumps[:20],
             "file_kb": max(len(v) for v in ORIGINALS.values()) / 1024,
         }
     )
