@@ -37,6 +37,7 @@ def main(rank: int, world: int, init_file: str, out: str, mode: str) -> None:
     config = perforate.DendriteConfig(
         patience=2,
         dendrite_patience=1,
+        switch_mode="patience",
         dendrite_max_epochs=2,
         max_dendrites=2,
         max_retries=0,

@@ -39,7 +39,9 @@ def adam(p):
 def make_files():
     model = build()
     ckpt = out / "ckpt.safetensors"
-    cfg = DendriteConfig(patience=1, dendrite_patience=1, dendrite_max_epochs=2)
+    cfg = DendriteConfig(
+        patience=1, dendrite_patience=1, switch_mode="patience", dendrite_max_epochs=2
+    )
     ctl = Perforator(model, cfg, optimizer=adam, checkpoint_path=ckpt, seed=0)
     gen = torch.Generator().manual_seed(0)
     for s in [0.1, 0.1, 0.0, 0.0, 0.5, 0.5, 0.0]:

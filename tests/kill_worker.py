@@ -30,6 +30,7 @@ def factory(params):
 config = perforate.DendriteConfig(
     patience=2,
     dendrite_patience=1,
+    switch_mode="patience",
     dendrite_max_epochs=2,
     max_dendrites=3,
     max_epochs=max_epochs,

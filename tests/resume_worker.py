@@ -42,6 +42,7 @@ def scheduler(opt):
 config = perforate.DendriteConfig(
     patience=2,
     dendrite_patience=2,
+    switch_mode="patience",
     dendrite_max_epochs=3,
     max_dendrites=2,
     max_retries=1,

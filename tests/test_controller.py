@@ -46,7 +46,7 @@ SCRIPT = [
     0.6,
     0.6,  # cycle 0: best at 2, patience 2 runs out at 4
     0.0,
-    0.0,  # dendrite phase: install after dendrite_max_epochs=2
+    0.0,  # dendrite phase: install after switch_mode="patience", dendrite_max_epochs=2
     0.65,
     0.64,
     0.64,  # cycle 1 beats 0.6 by more than 0.01 -> accepted
@@ -74,6 +74,7 @@ def _config(direction="maximize", **kw):
     return DendriteConfig(
         patience=2,
         dendrite_patience=5,
+        switch_mode="patience",
         dendrite_max_epochs=2,
         max_retries=1,
         improvement_rel=0.0,
@@ -291,8 +292,18 @@ def test_step_based_phases(gen):
             evaluations.append((step, ctl.end_epoch(next(scores))))
     assert [s for s, _ in evaluations] == [5, 10, 15, 20, 25, 30]
     assert evaluations[3][1] == Event.DENDRITE_PHASE and evaluations[5][1] == Event.INSTALLED
-    with pytest.raises(perforate.PhaseError, match="steps_per_evaluation"):
-        Perforator(tiny_model(), optimizer=lambda p: torch.optim.SGD(p, lr=0.1)).end_step()
+    # Without steps_per_evaluation a neuron phase never asks for an early evaluation;
+    # after the run, end_step is an error.
+    model = tiny_model()
+    sgd = lambda p: torch.optim.SGD(p, lr=0.1)  # noqa: E731
+    plain = Perforator(model, DendriteConfig(max_cycles=0, patience=1), optimizer=sgd)
+    for score in (0.5, 0.4):
+        train_epoch(model, plain.optimizer, gen)
+        assert plain.end_step() is False
+        plain.end_epoch(score)
+    assert plain.done
+    with pytest.raises(perforate.PhaseError, match="done"):
+        plain.end_step()
 
 
 def test_dendrite_phase_leaves_norm_running_stats_as_they_were(gen):

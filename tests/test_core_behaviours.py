@@ -258,7 +258,10 @@ def test_absolute_margin_wins_when_larger_than_the_relative_one():
 
 def test_dendrite_phase_ends_by_correlation_patience_with_a_relative_threshold():
     p = PatienceSwitching(
-        Improvement(), dendrite_patience=2, dendrite_improvement_rel=0.1, dendrite_max_epochs=100
+        Improvement(),
+        dendrite_patience=2,
+        dendrite_improvement_rel=0.1,
+        dendrite_max_epochs=100,
     )
     p.start_dendrite_phase()
     # 0.105 is not 10% above 0.1; 0.2 is; then two evaluations without 10% more.
@@ -282,7 +285,11 @@ def test_dendrite_phase_ends_at_its_maximum_length_even_while_improving():
 def test_a_controller_dendrite_phase_ends_by_patience_not_only_by_length(gen):
     model = tiny()
     cfg = DendriteConfig(
-        patience=1, dendrite_patience=1, dendrite_improvement_rel=10.0, dendrite_max_epochs=50
+        patience=1,
+        dendrite_patience=1,
+        dendrite_improvement_rel=10.0,
+        switch_mode="patience",
+        dendrite_max_epochs=50,
     )
     ctl = Perforator(model, cfg, optimizer=sgd)
     events = drive(ctl, model, [0.1, 0.1, 0.0, 0.0], gen)
@@ -293,7 +300,13 @@ def test_a_controller_dendrite_phase_ends_by_patience_not_only_by_length(gen):
 # --- the controller's cycle decisions ---------------------------------------------------
 def test_a_cycle_within_the_relative_margin_is_rejected_and_one_beyond_it_accepted(gen):
     model = tiny()
-    cfg = DendriteConfig(patience=1, dendrite_max_epochs=1, improvement_rel=0.1, max_retries=1)
+    cfg = DendriteConfig(
+        patience=1,
+        switch_mode="patience",
+        dendrite_max_epochs=1,
+        improvement_rel=0.1,
+        max_retries=1,
+    )
     ctl = Perforator(model, cfg, optimizer=sgd)
     # 1.05 is within 10% of the accepted 1.0: that cycle is retried; 1.2 is beyond it.
     scores = [1.0, 1.0, 0.0, 1.05, 0.0, 1.2, 1.2]
@@ -331,6 +344,7 @@ def test_a_rejected_first_install_rolls_back_to_the_plain_model(gen):
         model,
         DendriteConfig(
             patience=1,
+            switch_mode="patience",
             dendrite_max_epochs=1,
             max_retries=0,
             improvement_rel=0.0,
@@ -350,7 +364,9 @@ def test_a_rejected_first_install_rolls_back_to_the_plain_model(gen):
 def test_max_epochs_inside_a_dendrite_phase_ends_cleanly_with_the_accepted_model(gen):
     model = tiny()
     ctl = Perforator(
-        model, DendriteConfig(patience=1, dendrite_max_epochs=10, max_epochs=3), optimizer=sgd
+        model,
+        DendriteConfig(patience=1, switch_mode="patience", dendrite_max_epochs=10, max_epochs=3),
+        optimizer=sgd,
     )
     step(model, ctl, gen)
     ctl.end_epoch(0.5)
@@ -398,7 +414,11 @@ def test_reduce_on_plateau_is_stepped_with_the_score(gen):
 
 def test_trainability_after_load_and_after_adoption(tmp_path, gen):
     model = tiny()
-    ctl = Perforator(model, DendriteConfig(patience=1, dendrite_max_epochs=1), optimizer=sgd)
+    ctl = Perforator(
+        model,
+        DendriteConfig(patience=1, switch_mode="patience", dendrite_max_epochs=1),
+        optimizer=sgd,
+    )
     drive(ctl, model, [0.1, 0.1, 0.0], gen)
     perforate.save(model, tmp_path / "m.safetensors")
     fresh = perforate.load(tiny(), tmp_path / "m.safetensors")
@@ -634,7 +654,9 @@ def test_parameters_outside_the_layers_train_again_after_a_dendrite_phase(gen):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4), nn.Tanh(), nn.Linear(4, 2))
     ctl = Perforator(
-        model, DendriteConfig(patience=1, dendrite_max_epochs=1, pair_norms=False), optimizer=sgd
+        model,
+        DendriteConfig(patience=1, switch_mode="patience", dendrite_max_epochs=1, pair_norms=False),
+        optimizer=sgd,
     )
     drive(ctl, model, [0.1, 0.1], gen)
     assert not model[1].weight.requires_grad  # frozen while candidates train
@@ -645,12 +667,16 @@ def test_parameters_outside_the_layers_train_again_after_a_dendrite_phase(gen):
 
 def test_a_failed_load_state_dict_leaves_a_trained_controller_exactly_as_it_was(gen):
     model = tiny()
-    ctl = Perforator(model, DendriteConfig(patience=1, dendrite_max_epochs=1), optimizer=sgd)
+    ctl = Perforator(
+        model,
+        DendriteConfig(patience=1, switch_mode="patience", dendrite_max_epochs=1),
+        optimizer=sgd,
+    )
     drive(ctl, model, [0.1, 0.1, 0.0, 0.2], gen)
     other_model = tiny()
     other = Perforator(
         other_model,
-        DendriteConfig(patience=1, dendrite_max_epochs=1),
+        DendriteConfig(patience=1, switch_mode="patience", dendrite_max_epochs=1),
         optimizer=lambda p: torch.optim.Adam(p, lr=0.1),
     )
     drive(other, other_model, [0.3, 0.3, 0.0], gen)
@@ -805,7 +831,9 @@ def test_resume_in_a_dendrite_phase_thaws_outside_parameters_after_install(tmp_p
         torch.manual_seed(0)
         return nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4), nn.Tanh(), nn.Linear(4, 2))
 
-    cfg = DendriteConfig(patience=1, dendrite_max_epochs=2, pair_norms=False)
+    cfg = DendriteConfig(
+        patience=1, switch_mode="patience", dendrite_max_epochs=2, pair_norms=False
+    )
     model = build()
     ctl = Perforator(model, cfg, optimizer=sgd)
     drive(ctl, model, [0.1, 0.1, 0.0], gen)  # inside the dendrite phase
@@ -851,7 +879,9 @@ def test_the_direction_warning_fires_for_a_slow_steady_decline_too():
 
 def test_max_epochs_caps_the_run_even_when_every_epoch_changes_phase(gen):
     model = tiny()
-    cfg = DendriteConfig(patience=1, dendrite_max_epochs=1, max_retries=10, max_epochs=3)
+    cfg = DendriteConfig(
+        patience=1, switch_mode="patience", dendrite_max_epochs=1, max_retries=10, max_epochs=3
+    )
     ctl = Perforator(model, cfg, optimizer=sgd)
     events = drive(ctl, model, [0.1, 0.1, 0.0], gen)
     assert events == [Event.CONTINUE, Event.DENDRITE_PHASE, Event.DONE]

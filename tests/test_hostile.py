@@ -22,7 +22,9 @@ from helpers import grow
 from perforate import DendriteConfig, Perforator, files, training_state
 
 DOC = Path(__file__).parent.parent / "docs" / "errors.md"
-CFG = DendriteConfig(patience=1, dendrite_patience=1, dendrite_max_epochs=2, max_retries=1)
+CFG = DendriteConfig(
+    patience=1, dendrite_patience=1, switch_mode="patience", dendrite_max_epochs=2, max_retries=1
+)
 
 
 def build(hidden=4):

@@ -93,7 +93,10 @@ def test_a_selector_that_accepts_nothing_ends_the_run_after_the_dendrite_phase(g
     model = model3()
     rule = CorrelationRule(BestCandidate(install_threshold=1.0), pool_size=2)
     ctl = Perforator(
-        model, DendriteConfig(patience=1, dendrite_max_epochs=1), optimizer=sgd, rule=rule
+        model,
+        DendriteConfig(patience=1, switch_mode="patience", dendrite_max_epochs=1),
+        optimizer=sgd,
+        rule=rule,
     )
     events = []
     for score in [0.1, 0.1, 0.0]:
@@ -108,7 +111,9 @@ def test_gradient_rule_grows_every_neuron_below_the_cap_silently_and_trainably(g
     model = model3()
     ctl = Perforator(
         model,
-        DendriteConfig.reference_gd(patience=1, max_dendrites=2, improvement_rel=0.0),
+        DendriteConfig.reference_gd(
+            patience=1, max_dendrites=2, improvement_rel=0.0, switch_mode="patience"
+        ),
         optimizer=sgd,
     )
     x = torch.randn(5, 3, generator=gen)
@@ -136,7 +141,9 @@ def test_restart_rule_never_grows(gen):
     model = model3()
     ctl = Perforator(
         model,
-        DendriteConfig(method="restart", patience=1, max_cycles=2, improvement_rel=0.0),
+        DendriteConfig(
+            method="restart", patience=1, max_cycles=2, improvement_rel=0.0, switch_mode="patience"
+        ),
         optimizer=sgd,
     )
     events = []

@@ -127,6 +127,7 @@ def _model():
 CFG = DendriteConfig(
     patience=1,
     dendrite_patience=1,
+    switch_mode="patience",
     dendrite_max_epochs=2,
     improvement_abs=0.01,
     improvement_rel=0.0,

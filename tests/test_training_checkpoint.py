@@ -23,6 +23,7 @@ def factory(params):
 CFG = DendriteConfig(
     patience=1,
     dendrite_patience=1,
+    switch_mode="patience",
     dendrite_max_epochs=2,
     max_retries=1,
     improvement_abs=0.01,

@@ -65,6 +65,7 @@ def test_trainer_callback_installs_dendrites_in_attention_and_mlp(tmp_path):
         pair_norms=False,
         patience=2,
         dendrite_patience=1,
+        switch_mode="patience",
         dendrite_max_epochs=2,
         max_dendrites=1,
         max_retries=0,

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from .convert import dendritic_layers
+from .layers import DendriticLayer
 
 
 @dataclass(frozen=True)
@@ -78,3 +79,21 @@ def parameter_report(model: nn.Module) -> ParameterReport:
     return ParameterReport(
         tuple(rows), base=base, dendrite=sum(r.dendrite for r in rows), other=other
     )
+
+
+def step_cost(layers: dict[str, DendriticLayer], dendrite_phase: bool, candidates: int) -> float:
+    """Estimated cost of one training step now, relative to a plain step (FLOP ideal,
+    as if every layer were wrapped; docs/performance.md measures the real ratios).
+
+    A plain step is about 3 forward passes' worth (forward, input and weight gradients).
+    A dendrite-phase step runs the frozen network's forward and input gradients (2) and
+    P candidates' forward and weight gradients (2P): (2 + 2P) / 3. A neuron-phase step
+    with k frozen, perforated dendrites per neuron adds their forward: 1 + k / 3.
+    """
+    if dendrite_phase:
+        return (2.0 + 2.0 * candidates) / 3.0
+    neurons = sum(layer.neurons for layer in layers.values())
+    if neurons == 0:
+        return 1.0
+    dendrites = sum(int(layer.dendrite_count.sum()) for layer in layers.values())
+    return 1.0 + dendrites / neurons / 3.0

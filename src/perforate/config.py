@@ -22,7 +22,7 @@ OBJECTIVES = ("covariance", "pearson")
 DIRECTIONS = ("maximize", "minimize")
 # Names of the training rules (rules.RULES maps each to its class).
 TRAINING_RULES = ("correlation", "gd", "restart")
-SWITCH_MODES = ("patience", "fixed")
+SWITCH_MODES = ("budget", "patience", "fixed")
 # Settings that fix the structure and the function of a wrapped model.
 STRUCTURAL_SETTINGS = (
     "layer_types",
@@ -128,13 +128,50 @@ class DendriteConfig:
         choices=DIRECTIONS,
     )
     switch_mode: str = _f(
-        "patience",
-        "'patience': phases end when their score stops improving; 'fixed': neuron phases "
-        "last fixed_neuron_epochs and dendrite phases fixed_dendrite_epochs.",
+        "budget",
+        "'budget': the first neuron phase is a plain run with early stopping, later ones "
+        "end after cycle_patience evaluations without a new best, dendrite phases end "
+        "when the candidates' correlation is statistically settled (judged every "
+        "dendrite_check_steps steps), and the run stops when cost_budget is spent. "
+        "'patience': phases end when their score stops improving (patience, "
+        "dendrite_patience). 'fixed': neuron phases last fixed_neuron_epochs and dendrite "
+        "phases fixed_dendrite_epochs.",
         choices=SWITCH_MODES,
     )
     patience: int = _f(
-        10, "Neuron phase: evaluations without an improvement before the phase ends.", min=1
+        10,
+        "Neuron phase: evaluations without an improvement before the phase ends (with "
+        "switch_mode='budget': the first neuron phase only).",
+        min=1,
+    )
+    cycle_patience: int = _f(
+        3,
+        "switch_mode='budget': evaluations without a new best before a neuron phase after "
+        "the first one ends.",
+        min=1,
+    )
+    dendrite_check_steps: int = _f(
+        50,
+        "switch_mode='budget': training steps between judgements of a dendrite phase, made "
+        "in ctl.end_step(); an end_epoch after at least half as many steps also judges (a "
+        "loop that does not call end_step is judged at every end_epoch). 0: judge only at "
+        "end_epoch.",
+        min=0,
+    )
+    settle_z: float = _f(
+        2.0,
+        "switch_mode='budget': a dendrite phase installs when the mean best correlation "
+        "rose by at most settle_z standard errors of its estimate since the last judgement.",
+        min=0.0,
+    )
+    cost_budget: float = _f(
+        2.0,
+        "switch_mode='budget': a new cycle starts only while the training after the first "
+        "neuron phase has cost less than this multiple of that phase, in plain-step units "
+        "(a dendrite-phase step with P candidates counts (2 + 2P)/3, a step with k "
+        "dendrites per neuron 1 + k/3); otherwise the run ends with the best accepted "
+        "model. The cycle in flight finishes. 0: no budget.",
+        min=0.0,
     )
     improvement_rel: float = _f(
         1e-3,

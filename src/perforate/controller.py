@@ -24,6 +24,7 @@ is set (training_state.py turns `state_dict()` into a file).
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections.abc import Callable, Iterable
@@ -34,7 +35,7 @@ import torch
 from torch import nn
 
 from . import distributed, training_state
-from .accounting import parameter_report
+from .accounting import parameter_report, step_cost
 from .checkpoint import layer_set_mismatches, tensor_mismatches
 from .config import STRUCTURAL_SETTINGS, DendriteConfig
 from .convert import add_dendrites, dendritic_layers, remove_dendrites
@@ -49,6 +50,7 @@ from .trainability import OutsideFreeze
 from .validation import is_count, phase_state_problems
 
 STATE_VERSION = 2
+log = logging.getLogger(__name__)
 
 
 class Perforator:
@@ -127,6 +129,9 @@ class Perforator:
         self.retries = 0
         self._best: Snapshot | None = None  # best state within the current cycle
         self._accepted: Snapshot | None = None  # best state of the last accepted cycle
+        # A dendrite phase judged inside end_step: steps since the last judgement, whether
+        # the loop calls end_step, and a verdict to act on at the next end_epoch.
+        self._window = {"steps": 0, "stepping": False, "install_due": False, "correlation": {}}
         self.group = distributed.resolve_group(process_group)
         self.world_size = distributed.world_size(self.group)
         self.rank = distributed.rank(self.group)
@@ -165,6 +170,11 @@ class Perforator:
         scores = [s.score for s in (self._accepted, self._best) if s is not None]
         return self.improvement.best(scores) if scores else None
 
+    @property
+    def dendrites_kept(self) -> int:
+        """Dendrites installed in the model now, all layers (0: a plain network)."""
+        return sum(int(layer.dendrite_count.sum()) for layer in self.layers.values())
+
     def dendrite_counts(self) -> dict[str, list[int]]:
         return {n: layer.dendrite_count.tolist() for n, layer in self.layers.items()}
 
@@ -175,41 +185,51 @@ class Perforator:
 
     # --- the loop's calls ----------------------------------------------------------------
     def end_step(self) -> bool:
-        """Count one training step; True when an evaluation (and `end_epoch`) is due.
+        """Count one training step; True when the loop should evaluate and call
+        `end_epoch` now, before the epoch is over.
 
-        Needs `steps_per_evaluation > 0`: phases are then measured in steps, not epochs.
+        That is every `steps_per_evaluation` steps (when > 0), and in a dendrite phase as
+        soon as the switching policy finds the candidates settled (judged every
+        `switching.check_steps` steps, a few tensor reductions). A loop that never calls
+        it still works: phases are then judged at every `end_epoch`.
         """
-        n = self.config.steps_per_evaluation
-        if n == 0:
-            raise PhaseError(
-                "end_step needs steps_per_evaluation > 0 in the config; with 0, call "
-                "end_epoch once per epoch instead"
-            )
         if self.done:
             raise PhaseError("training is done (ctl.done is True)")
         self.steps += 1
-        return self.steps % n == 0
+        window = self._window
+        window["stepping"] = True
+        every = self.switching.check_steps
+        if self.phase == Phase.DENDRITE and every > 0 and not window["install_due"]:
+            window["steps"] += 1
+            if window["steps"] >= every:
+                window["install_due"] = self._judge_candidates()
+        n = self.config.steps_per_evaluation
+        return window["install_due"] or (n > 0 and self.steps % n == 0)
 
     def end_epoch(self, score: float) -> Event:
         """Report the validation score of the epoch just trained; returns what happened."""
         if self.done:
             raise PhaseError("training is done (ctl.done is True); stop calling end_epoch")
         score = self._checked_score(score)
-        if self.optimizers.take_steps() == 0:
+        steps = self.optimizers.take_steps()
+        if steps == 0:
             raise PhaseError(
                 "end_epoch was called without any ctl.optimizer.step() since the last call: "
                 "train between evaluations, and step the optimizer the controller owns "
                 "(ctl.optimizer, rebuilt at every restructure), not one made elsewhere"
             )
         self.epoch += 1
+        self.switching.spend(steps * self._step_cost())
         phase, cycle, lr = self.phase, self.cycle, self.optimizers.current_lr()
         correlation: dict[str, float] = {}
         if phase == Phase.NEURON:
             event = self._neuron_epoch(score)
         else:
-            correlation = self._correlations()
-            event = self._dendrite_epoch(correlation)
+            event = self._dendrite_epoch()
+            correlation = self._window["correlation"]
+        self._window["stepping"] = False
         if event != Event.DONE and self.epoch >= self.config.max_epochs:  # any event
+            log.info("max_epochs=%d reached: the run ends", self.config.max_epochs)
             event = self._finish_by_cap()
         self._record(score, phase, cycle, lr, event, correlation)
         if event == Event.CONTINUE:
@@ -276,6 +296,9 @@ class Perforator:
             or not self.rule.can_grow(self.layers)
         ):
             return self._finish()
+        if self.switching.exhausted():  # a cycle once started runs to its own end
+            log.info("the switching policy's cost budget is spent: no new cycle, the run ends")
+            return self._finish()
         event = self.rule.next_cycle(self.layers, self._generator)
         if event == Event.DENDRITE_PHASE:
             self._start_dendrite_phase()
@@ -293,7 +316,13 @@ class Perforator:
         self.freeze.freeze()
         self.phase = Phase.DENDRITE
         self.switching.start_dendrite_phase()
+        self._window.update(steps=0, install_due=False, correlation={})
         self._build_optimizer()
+
+    def _step_cost(self) -> float:
+        return step_cost(
+            self.layers, self.phase == Phase.DENDRITE, self.config.candidates_per_neuron
+        )
 
     def _correlations(self) -> dict[str, float]:
         out = {}
@@ -321,12 +350,30 @@ class Perforator:
             self.recorder.note_skipped(stats.skipped_batches)
         return out
 
-    def _dendrite_epoch(self, correlation: dict[str, float]) -> Event:
+    def _judge_candidates(self) -> bool:
+        """Ask the policy about the statistics since the last judgement; True: install.
+        Otherwise the statistics restart, so each judgement sees one window."""
+        correlation = self._correlations()
+        self._window.update(steps=0, correlation=correlation)
+        samples = min(int(layer.stats.count) for layer in self.layers.values())
         mean = sum(correlation.values()) / len(correlation)
-        if not self.switching.dendrite_epoch(mean):
-            for layer in self.layers.values():
-                layer.stats.reset()  # each evaluation judges one epoch's statistics
-            return Event.CONTINUE
+        if self.switching.dendrite_epoch(mean, samples):
+            return True
+        for layer in self.layers.values():
+            layer.stats.reset()
+        return False
+
+    def _dendrite_epoch(self) -> Event:
+        window = self._window
+        if not window["install_due"]:
+            partial = window["stepping"] and window["steps"] < self.switching.check_steps // 2
+            # A window cut short by the epoch's end is judged at end_epoch if it has half
+            # its steps (small data sets: epochs shorter than a window), otherwise it goes
+            # on into the next epoch; a loop that never calls end_step has its dendrite
+            # phase judged once per epoch.
+            if partial or not self._judge_candidates():
+                return Event.CONTINUE
+        window["install_due"] = False
         # Undo what the dendrite phase changed outside the candidates (norm running stats).
         self._accepted.restore(self.model)
         self.freeze.unfreeze()
@@ -343,12 +390,19 @@ class Perforator:
         return self._finish()
 
     def _finish(self) -> Event:
+        grew = self.rule.grows and (self.cycle > 0 or self.phase == Phase.DENDRITE)
         if self.phase == Phase.DENDRITE:
             for layer in self.layers.values():
                 layer.start_neuron_phase()
             self.freeze.unfreeze()
         self._accepted.restore(self.model)
         self.phase = Phase.DONE
+        if grew and self.dendrites_kept == 0:
+            log.warning(
+                "the run ended with no dendrites: no cycle with dendrites beat the best "
+                "score without them, so the model is the plain network's best state "
+                "(ctl.dendrites_kept == 0)"
+            )
         return Event.DONE
 
     # --- helpers -------------------------------------------------------------------------
@@ -403,6 +457,7 @@ class Perforator:
             "best": None if self._best is None else self._best.state_dict(),
             "accepted": None if self._accepted is None else self._accepted.state_dict(),
             "switching": self.switching.state_dict(),
+            "window": dict(self._window),
             "direction_check": self.direction_check.state_dict(),
             "freeze": self.freeze.state_dict(),
             "optimizers": self.optimizers.state_dict(),
@@ -446,6 +501,13 @@ class Perforator:
         self._best = Snapshot.from_state_dict(state["best"])
         self._accepted = Snapshot.from_state_dict(state["accepted"])
         self.switching.load_state_dict(state["switching"])
+        window = state.get("window", {})  # absent in files written before 0.3
+        self._window = {
+            "steps": int(window.get("steps", 0)),
+            "stepping": bool(window.get("stepping", False)),
+            "install_due": bool(window.get("install_due", False)),
+            "correlation": {str(k): float(v) for k, v in window.get("correlation", {}).items()},
+        }
         self.direction_check.load_state_dict(state["direction_check"])
         self.freeze.load_state_dict(state["freeze"])
         self.recorder.load_state_dict(state["history"])
@@ -462,7 +524,8 @@ class Perforator:
                 f"reads version {STATE_VERSION}"
             )
         mine = self.config.to_dict()
-        saved = state["config"]
+        # Settings added since the file was written take their defaults.
+        saved = {**DendriteConfig().to_dict(), **state["config"]}
         problems = [
             f"setting {k!r}: {mine.get(k)!r} here, {saved.get(k)!r} saved"
             for k in sorted(set(mine) | set(saved))

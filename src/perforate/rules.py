@@ -35,6 +35,8 @@ class TrainingRule(ABC):
     name: ClassVar[str]
     #: Whether installed dendrites' input and cascade weights train in neuron phases.
     dendrite_inputs_train: bool = False
+    #: Whether the rule adds dendrites (False: the restart control).
+    grows: ClassVar[bool] = True
 
     @classmethod
     @abstractmethod
@@ -156,6 +158,7 @@ class RestartRule(TrainingRule):
     neuron phase), no dendrites. What PB must beat to show that dendrites did anything."""
 
     name = "restart"
+    grows = False
 
     @classmethod
     def from_config(cls, config: DendriteConfig) -> RestartRule:

@@ -9,6 +9,7 @@ continues its counts. New policies (a time budget, a parameter budget) are new c
 from __future__ import annotations
 
 import itertools
+import math
 import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -56,8 +57,25 @@ class Switching(ABC):
         """A dendrite phase begins."""
 
     @abstractmethod
-    def dendrite_epoch(self, correlation: float) -> bool:
-        """Count one evaluation of a dendrite phase; True when candidates should install."""
+    def dendrite_epoch(self, correlation: float, samples: int = 0) -> bool:
+        """Judge the candidates on the statistics since the last judgement (`correlation`:
+        the mean best |r| per neuron, over `samples` patterns); True when they should
+        install."""
+
+    # Steps between judgements of a dendrite phase made inside `Perforator.end_step`
+    # (0: a dendrite phase is judged only at `end_epoch`).
+    check_steps: int = 0
+
+    def spend(self, cost: float) -> None:
+        """Count the training cost since the last evaluation, in plain-step units
+        (`accounting.step_cost`). Policies without a budget ignore it."""
+        return None
+
+    def exhausted(self) -> bool:
+        """True when the run's budget is spent: the controller then starts no new cycle
+        and ends the run with the best accepted model (a cycle once started runs to its
+        own end, so a dendrite phase is never wasted)."""
+        return False
 
     @abstractmethod
     def state_dict(self) -> dict[str, Any]: ...
@@ -117,7 +135,7 @@ class PatienceSwitching(Switching):
         self.best_correlation = None
         self.since_correlation = 0
 
-    def dendrite_epoch(self, correlation: float) -> bool:
+    def dendrite_epoch(self, correlation: float, samples: int = 0) -> bool:
         self.phase_epochs += 1
         best = self.best_correlation
         if best is None or correlation > best * (1 + self.dendrite_improvement_rel):
@@ -168,7 +186,7 @@ class FixedSwitching(Switching):
     def start_dendrite_phase(self) -> None:
         self.phase_epochs = 0
 
-    def dendrite_epoch(self, correlation: float) -> bool:
+    def dendrite_epoch(self, correlation: float, samples: int = 0) -> bool:
         self.phase_epochs += 1
         return self.phase_epochs >= self.dendrite_epochs
 
@@ -179,7 +197,123 @@ class FixedSwitching(Switching):
         self.phase_epochs = state["phase_epochs"]
 
 
-SWITCHING: dict[str, type[Switching]] = {"patience": PatienceSwitching, "fixed": FixedSwitching}
+def correlation_se(r: float, samples: int) -> float:
+    """Standard error of a Pearson correlation estimated from `samples` patterns,
+    (1 - r^2) / sqrt(n - 3) (infinite below 4 patterns)."""
+    if samples < 4:
+        return math.inf
+    return (1.0 - min(r * r, 1.0)) / math.sqrt(samples - 3)
+
+
+class BudgetSwitching(PatienceSwitching):
+    """A PB run that costs a bounded multiple of a plain run (the default schedule).
+
+    Why: with whole-epoch dendrite phases and patience-10 neuron phases after every
+    install, a run cost 4-28x a plain one, nearly all of it epochs (docs/performance.md).
+    Here:
+
+    - the first neuron phase is the plain run: it ends after `patience` evaluations
+      without an improvement, as early stopping would;
+    - later neuron phases end after `cycle_patience` evaluations without beating the best
+      score (an installed dendrite starts with output weight 0, so the network resumes
+      where it was; a cycle that cannot beat the best soon is not worth more epochs);
+    - a dendrite phase is judged every `check_steps` training steps (when the loop calls
+      `ctl.end_step()`; at an `end_epoch` after at least half a window, and at every
+      `end_epoch` of a loop that does not call it) and installs once the mean best
+      correlation stops rising: when a window's gain over the previous one is within
+      `settle_z` standard errors of the streamed estimate (or below
+      `dendrite_improvement_rel` of it), or after `dendrite_max_epochs` judgements;
+    - a new cycle starts only while everything after the first neuron phase has cost
+      less than `cost_budget` times that phase (in plain-step units,
+      `accounting.step_cost`); otherwise the run ends with the best accepted model. The
+      cycle in flight finishes, so a run may pass the budget by at most one cycle.
+      0: no budget.
+    """
+
+    def __init__(
+        self,
+        improvement: Improvement,
+        patience: int = 10,
+        cycle_patience: int = 3,
+        check_steps: int = 50,
+        settle_z: float = 2.0,
+        dendrite_improvement_rel: float = 1e-2,
+        dendrite_max_epochs: int = 20,
+        cost_budget: float = 2.0,
+    ) -> None:
+        super().__init__(improvement, patience, 1, dendrite_improvement_rel, dendrite_max_epochs)
+        self.cycle_patience = cycle_patience
+        self.check_steps = check_steps
+        self.settle_z = settle_z
+        self.cost_budget = cost_budget
+        self.first_phase = True
+        self.first_cost = 0.0
+        self.spent = 0.0
+
+    @classmethod
+    def from_config(cls, config: DendriteConfig) -> BudgetSwitching:
+        return cls(
+            Improvement.from_config(config),
+            patience=config.patience,
+            cycle_patience=config.cycle_patience,
+            check_steps=config.dendrite_check_steps,
+            settle_z=config.settle_z,
+            dendrite_improvement_rel=config.dendrite_improvement_rel,
+            dendrite_max_epochs=config.dendrite_max_epochs,
+            cost_budget=config.cost_budget,
+        )
+
+    def start_neuron_phase(self, reference: float | None) -> None:
+        self.first_phase = False
+        super().start_neuron_phase(reference)
+
+    def neuron_epoch(self, score: float) -> bool:
+        if self.improvement.better(score, self.reference):
+            self.reference = score
+            self.since_improvement = 0
+        else:
+            self.since_improvement += 1
+        patience = self.patience if self.first_phase else self.cycle_patience
+        return self.since_improvement >= patience
+
+    def start_dendrite_phase(self) -> None:
+        self.first_phase = False
+        super().start_dendrite_phase()
+
+    def dendrite_epoch(self, correlation: float, samples: int = 0) -> bool:
+        self.phase_epochs += 1
+        previous, self.best_correlation = self.best_correlation, correlation
+        if self.phase_epochs >= self.dendrite_max_epochs:
+            return True
+        if previous is None:
+            return False
+        gap = max(
+            self.dendrite_improvement_rel * abs(previous),
+            self.settle_z * correlation_se(correlation, samples),
+        )
+        return correlation - previous <= gap
+
+    def spend(self, cost: float) -> None:
+        if self.first_phase:
+            self.first_cost += cost
+        else:
+            self.spent += cost
+
+    def exhausted(self) -> bool:
+        return (
+            not self.first_phase
+            and self.cost_budget > 0
+            and self.spent >= self.cost_budget * self.first_cost
+        )
+
+    _STATE = (*PatienceSwitching._STATE, "first_phase", "first_cost", "spent")
+
+
+SWITCHING: dict[str, type[Switching]] = {
+    "budget": BudgetSwitching,
+    "patience": PatienceSwitching,
+    "fixed": FixedSwitching,
+}
 
 
 def resolve_switching(config: DendriteConfig) -> Switching:

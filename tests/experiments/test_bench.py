@@ -15,7 +15,7 @@ def test_quick_suite_runs_resumes_and_reports(tmp_path):
     logs: list[str] = []
     path = run_suite(suite, seeds=1, results_dir=tmp_path / "results", log=logs.append)
     rows = [json.loads(line) for line in path.read_text().splitlines()]
-    assert len(rows) == len(jobs(suite, 1)) == 8
+    assert len(rows) == len(jobs(suite, 1)) == 9
     for r in rows:
         assert {
             "dataset",
@@ -32,6 +32,9 @@ def test_quick_suite_runs_resumes_and_reports(tmp_path):
             "phases",
         } <= set(r)
         assert r["phases"] and r["epochs"] == len(r["phases"])
+        assert len(r["epoch_seconds"]) == len(r["eval_seconds"]) == len(r["test_by_epoch"])
+        assert len(r["epoch_seconds"]) == r["epochs"]
+        assert sum(r["epoch_seconds"]) <= r["seconds"]
     for method in ("gd", "pb", "pb_learn"):
         run = next(r for r in rows if r["method"] == method)
         assert any(event == "installed" for _, _, event in run["phases"]), method
@@ -39,11 +42,14 @@ def test_quick_suite_runs_resumes_and_reports(tmp_path):
     assert all(set(i) == {"1"} for i in pb_hidden["installs"])  # not the output layer "3"
     logs.clear()
     run_suite(suite, seeds=1, results_dir=tmp_path / "results", log=logs.append)
-    assert "0 runs to do (8 recorded)" in logs[0]
+    assert "0 runs to do (9 recorded)" in logs[0]
     page = write_report(tmp_path / "results", tmp_path / "docs").read_text()
     assert "## quick: digits" in page and "In plain words" in page
     assert "`pb` at width 4" in page
     assert (tmp_path / "docs" / "figures" / "bench_quick.png").stat().st_size > 5_000
+    cost = (tmp_path / "docs" / "run_cost.md").read_text()
+    assert "## quick: digits" in cost and "| pb_epochs | 4 | 1 |" in cost
+    assert (tmp_path / "docs" / "figures" / "cost_quick.png").stat().st_size > 5_000
 
 
 def test_ladder_interpolation_is_log_linear():

@@ -17,7 +17,10 @@ GOOD = {
     "kwargs = { inputs = 64, hidden = 4, classes = 10 }",
     "data": 'name = "digits"',
     "train": "lr = 0.01\nseed = 0\nthreads = 1",
-    "dendrites": "patience = 1\ndendrite_patience = 1\ndendrite_max_epochs = 1\nmax_epochs = 3",
+    "dendrites": (
+        'patience = 1\ndendrite_patience = 1\ndendrite_max_epochs = 1\nswitch_mode = "patience"\n'
+        "max_epochs = 3"
+    ),
 }
 
 

@@ -24,6 +24,7 @@ threads = 1
 [dendrites]
 patience = 1
 dendrite_patience = 1
+switch_mode = "patience"
 dendrite_max_epochs = 1
 max_epochs = {max_epochs}
 [run]

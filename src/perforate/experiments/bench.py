@@ -70,6 +70,12 @@ METHODS: dict[str, Method] = {
     "pb_selective": Method(
         "PB installing only where the best candidate's |r| >= 0.1", {"install_threshold": 0.1}
     ),
+    "pb_epochs": Method(
+        "PB with the schedule that was the default before 0.3: neuron phases of `patience` "
+        "epochs after every install, dendrite phases of whole epochs with patience 3 (up "
+        "to 20), no cost budget",
+        {"switch_mode": "patience"},
+    ),
 }
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .bench import METHODS, SUITES
+from .cost_report import write_cost_report
 from .report import mean_sd, paired_difference
 
 COMMAND = "perforate bench --report"
@@ -193,13 +194,11 @@ def _verdict(method, width, d, half, gap, ratio) -> str:
 
 
 def plot_suite(name: str, rows: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: the process's backend is left alone
 
     groups = _by(rows, "method", "width")
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    fig = Figure(figsize=(7.5, 4.8))
+    ax = fig.subplots()
     plain = sorted((w, rs) for (m, w), rs in groups.items() if m == "plain")
     if plain:
         xs = [statistics.fmean(_params(r) for r in rs) for _, rs in plain]
@@ -241,7 +240,6 @@ def plot_suite(name: str, rows: list[dict[str, Any]], path: Path) -> None:
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def write_report(
@@ -295,4 +293,5 @@ def write_report(
     page = "\n".join(head + sections) + "\n"
     out = docs_dir / "benchmarks.md"
     out.write_text(page)
+    write_cost_report({n: r for n, r in runs.items() if n in SUITES or n == "quick"}, docs_dir)
     return out

@@ -55,8 +55,13 @@ class RunRecord:
     epochs: int
     seconds: float
     best_val: float = float("nan")  # the controller's best accepted score
+    dendrites: int = 0  # installed in the final model (0: the run kept none)
     history: list[dict[str, Any]] = field(default_factory=list)
     test_by_epoch: list[float] = field(default_factory=list)
+    # Per evaluation: wall seconds (training, validation, controller; not the test-set
+    # scoring done for the tables) and the validation pass's share of them.
+    epoch_seconds: list[float] = field(default_factory=list)
+    eval_seconds: list[float] = field(default_factory=list)
 
     @property
     def params(self) -> int:
@@ -96,11 +101,15 @@ class RunRecord:
             "base_params": self.base_params,
             "dendrite_params": self.dendrite_params,
             "dendrites_per_neuron": self.dendrites_per_neuron,
+            "dendrites": self.dendrites,
             "val": self.val,
             "test": self.test,
             "epochs": self.epochs,
             "seconds": self.seconds,
             "phases": [[h["phase"][0], round(h["score"], 5), h["event"]] for h in self.history],
+            "epoch_seconds": [round(t, 4) for t in self.epoch_seconds],
+            "eval_seconds": [round(t, 4) for t in self.eval_seconds],
+            "test_by_epoch": [round(t, 5) for t in self.test_by_epoch],
             "cycles": self.cycles(),
             "installs": [h["install"] for h in self.history if h["install"]],
         }
@@ -146,6 +155,9 @@ def fit_classifier(
         "candidate_optimizer": lambda p: opt_cls(p, lr=cand_lr, **extra),
     }
     tests: list[float] = []
+    epoch_seconds: list[float] = []
+    eval_seconds: list[float] = []
+    test_seconds = 0.0
     if (
         resume
         and checkpoint_path is not None
@@ -163,15 +175,25 @@ def fit_classifier(
     loss_fn = nn.CrossEntropyLoss()
     n = len(data.y_train)
     while not ctl.done:
+        began = time.perf_counter()
         model.train()
         for idx in torch.randperm(n).split(batch_size):
             ctl.optimizer.zero_grad(set_to_none=True)
             loss_fn(model(data.x_train[idx]), data.y_train[idx]).backward()
             ctl.optimizer.step()
+            if ctl.end_step():  # evaluate now: e.g. the candidates have settled
+                break
+        trained = time.perf_counter()
         val = accuracy(model, data.x_val, data.y_val)
+        evaluated = time.perf_counter()
+        scoring_test = 0.0
         if track_test:
             tests.append(accuracy(model, data.x_test, data.y_test))
+            scoring_test = time.perf_counter() - evaluated
         event = ctl.end_epoch(val)
+        test_seconds += scoring_test
+        epoch_seconds.append(time.perf_counter() - began - scoring_test)
+        eval_seconds.append(evaluated - trained)
         if progress is not None:
             progress(ctl, event, val)
     report = parameter_report(model)
@@ -186,8 +208,11 @@ def fit_classifier(
         dendrite_params=report.dendrite,
         dendrites_per_neuron=sum(r.dendrites for r in report.layers) / max(neurons, 1),
         epochs=ctl.epoch,
-        seconds=time.perf_counter() - start,
+        seconds=time.perf_counter() - start - test_seconds,
         best_val=ctl.best_score,
+        dendrites=ctl.dendrites_kept,
         history=[r.to_dict() for r in ctl.history],
         test_by_epoch=tests,
+        epoch_seconds=epoch_seconds,
+        eval_seconds=eval_seconds,
     )
