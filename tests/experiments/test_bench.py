@@ -15,7 +15,7 @@ def test_quick_suite_runs_resumes_and_reports(tmp_path):
     logs: list[str] = []
     path = run_suite(suite, seeds=1, results_dir=tmp_path / "results", log=logs.append)
     rows = [json.loads(line) for line in path.read_text().splitlines()]
-    assert len(rows) == len(jobs(suite, 1)) == 9
+    assert len(rows) == len(jobs(suite, 1)) == 10
     for r in rows:
         assert {
             "dataset",
@@ -42,7 +42,7 @@ def test_quick_suite_runs_resumes_and_reports(tmp_path):
     assert all(set(i) == {"1"} for i in pb_hidden["installs"])  # not the output layer "3"
     logs.clear()
     run_suite(suite, seeds=1, results_dir=tmp_path / "results", log=logs.append)
-    assert "0 runs to do (9 recorded)" in logs[0]
+    assert "0 runs to do (10 recorded)" in logs[0]
     page = write_report(tmp_path / "results", tmp_path / "docs").read_text()
     assert "## quick: digits" in page and "In plain words" in page
     assert "`pb` at width 4" in page

@@ -40,6 +40,8 @@ class Method:
     description: str
     overrides: Mapping[str, Any] = field(default_factory=dict)
     hidden_only: bool = False
+    # Later neuron phases as patient as the first (cycle_patience = the suite's patience).
+    patient_cycles: bool = False
 
 
 METHODS: dict[str, Method] = {
@@ -69,6 +71,11 @@ METHODS: dict[str, Method] = {
     ),
     "pb_selective": Method(
         "PB installing only where the best candidate's |r| >= 0.1", {"install_threshold": 0.1}
+    ),
+    "pb_patient": Method(
+        "PB on the budget schedule with neuron phases after an install as patient as the "
+        "first one (cycle_patience = patience)",
+        patient_cycles=True,
     ),
     "pb_epochs": Method(
         "PB with the schedule that was the default before 0.3: neuron phases of `patience` "
@@ -199,6 +206,8 @@ def quick_suite() -> Suite:
 def method_config(suite: Suite, method: str, model: nn.Module) -> DendriteConfig:
     spec = METHODS[method]
     config = DendriteConfig.from_dict({**suite.settings, **spec.overrides})
+    if spec.patient_cycles:
+        config = config.replace(cycle_patience=config.patience)
     return hidden_layers_only(model, config) if spec.hidden_only else config
 
 

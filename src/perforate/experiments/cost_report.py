@@ -22,7 +22,7 @@ from .report import mean_sd, paired_difference
 
 COMMAND = "perforate bench --report"
 PARTS = ("first neuron phase", "kept: neuron", "kept: dendrite", "discarded cycles", "evaluation")
-CURVE_METHODS = ("plain", "restart", "pb", "gd", "pb_epochs")
+CURVE_METHODS = ("plain", "restart", "pb", "pb_patient", "gd", "pb_epochs")
 # The controller's default improvement margin (DendriteConfig.improvement_rel).
 IMPROVEMENT_REL = 1e-3
 
