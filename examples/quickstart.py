@@ -13,8 +13,8 @@ torch.manual_seed(0)
 data = digits()
 model = nn.Sequential(nn.Linear(64, 8), nn.ReLU(), nn.Linear(8, 10))
 
-# The three added lines: settings, the controller (it wraps the model), and end_epoch.
-config = perforate.DendriteConfig(patience=5, dendrite_patience=2, max_dendrites=2)
+# The added lines: settings, the controller (it wraps the model), end_step and end_epoch.
+config = perforate.DendriteConfig(patience=5, max_dendrites=2)
 ctl = perforate.Perforator(model, config, optimizer=lambda p: torch.optim.Adam(p, lr=1e-2))
 
 while not ctl.done:
@@ -23,6 +23,8 @@ while not ctl.done:
         ctl.optimizer.zero_grad()
         nn.functional.cross_entropy(model(data.x_train[idx]), data.y_train[idx]).backward()
         ctl.optimizer.step()
+        if ctl.end_step():  # the candidates have settled: evaluate now
+            break
     model.eval()
     with torch.no_grad():
         val = (model(data.x_val).argmax(1) == data.y_val).float().mean().item()

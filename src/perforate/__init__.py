@@ -38,13 +38,14 @@ from .events import EpochRecord, Event
 from .layers import DendriticLayer, Phase
 from .rules import CorrelationRule, GradientRule, RestartRule, TrainingRule
 from .selection import BestCandidate
-from .switching import FixedSwitching, PatienceSwitching, Switching
+from .switching import BudgetSwitching, FixedSwitching, PatienceSwitching, Switching
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = [
     "AlreadyConvertedError",
     "BestCandidate",
+    "BudgetSwitching",
     "CandidatePool",
     "CandidateStats",
     "CheckpointError",
