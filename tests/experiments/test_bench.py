@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
-from perforate.experiments.bench import SUITES, jobs, quick_suite, run_suite
+from perforate.experiments import datasets
+from perforate.experiments.bench import SUITES, jobs, quick_suite, run_suite, scarce
 from perforate.experiments.bench_report import ladder_at, write_report
 
 
@@ -60,5 +62,20 @@ def test_ladder_interpolation_is_log_linear():
 
 def test_every_suite_has_the_required_methods():
     for suite in SUITES.values():
-        assert {"plain", "restart", "pb", "pb_learn", "gd"} <= set(suite.methods)
+        assert {"plain", "restart", "pb", "gd"} <= set(suite.methods)
         assert len(suite.ladder) >= 3 and suite.seeds >= 3
+
+
+def test_scarce_splits_are_drawn_per_seed_and_shared_by_methods():
+    full = datasets.digits(0)
+    a, b, a2 = scarce(full, 0.1, 0), scarce(full, 0.1, 1), scarce(full, 0.1, 0)
+    assert len(a.y_train) == round(0.1 * len(full.y_train))
+    assert len(a.y_val) == min(len(full.y_val), 100)
+    assert torch.equal(a.x_train, a2.x_train) and torch.equal(a.y_val, a2.y_val)
+    assert not torch.equal(a.x_train, b.x_train)
+    assert torch.equal(a.x_test, full.x_test)
+    # Every training example comes from the full training split.
+    rows = {tuple(r.tolist()) for r in full.x_train}
+    assert all(tuple(r.tolist()) in rows for r in a.x_train)
+    assert {"fashion_mlp_1pct", "mnist1d_mlp_10pct"} <= set(SUITES)
+    assert SUITES["fashion_mlp_3pct"].data_per_seed

@@ -101,6 +101,9 @@ class Suite:
     candidate_lr: float = 5e-2
     batch_size: int = 64
     settings: dict[str, Any] = field(default_factory=dict)  # DendriteConfig overrides
+    # Whether `load(seed)` draws a different sample per seed (scarce-data suites): every
+    # method of a seed still shares it.
+    data_per_seed: bool = False
 
 
 def _subset(splits: datasets.Splits, train: int | None, val: int | None) -> datasets.Splits:
@@ -118,6 +121,71 @@ def _subset(splits: datasets.Splits, train: int | None, val: int | None) -> data
         splits.y_test,
         splits.num_classes,
     )
+
+
+def scarce(splits: datasets.Splits, fraction: float, seed: int) -> datasets.Splits:
+    """`fraction` of the training split, drawn by `seed`, and as much of the validation
+    split (at least 100 examples, so a decision rests on more than a handful); the test
+    split whole. Input normalisation stays that of the full training split."""
+    g = torch.Generator().manual_seed(10_000 + seed)
+    n_train = max(1, round(fraction * len(splits.y_train)))
+    n_val = min(len(splits.y_val), max(100, round(fraction * len(splits.y_val))))
+    t = torch.randperm(len(splits.y_train), generator=g)[:n_train]
+    v = torch.randperm(len(splits.y_val), generator=g)[:n_val]
+    return datasets.Splits(
+        f"{splits.name}_{fraction:g}",
+        splits.x_train[t],
+        splits.y_train[t],
+        splits.x_val[v],
+        splits.y_val[v],
+        splits.x_test,
+        splits.y_test,
+        splits.num_classes,
+    )
+
+
+SCARCE_METHODS = ("plain", "restart", "pb", "gd")
+
+
+def _scarce_suites() -> list[Suite]:
+    """Scarce data from scratch: 1%, 3% and 10% of Fashion-MNIST's and MNIST-1D's
+    training sets (MNIST-1D generated with 20,000 examples so the test split has 3,000)."""
+    out = []
+    for fraction in (0.01, 0.03, 0.1):
+        pct = f"{100 * fraction:g}pct"
+        out.append(
+            Suite(
+                f"fashion_mlp_{pct}",
+                "fashion_mnist",
+                lambda seed, f=fraction: scarce(datasets.idx_directory(seed=0), f, seed),
+                lambda w: models.mlp(784, w, 10),
+                f"MLP 784-H-10, {100 * fraction:g}% of the training set",
+                (4, 8, 16, 32, 64),
+                (8,),
+                5,
+                methods=SCARCE_METHODS,
+                batch_size=32,
+                settings={"max_epochs": 500},
+                data_per_seed=True,
+            )
+        )
+        out.append(
+            Suite(
+                f"mnist1d_mlp_{pct}",
+                "mnist1d",
+                lambda seed, f=fraction: scarce(datasets.mnist1d(0, samples=20_000), f, seed),
+                lambda w: models.mlp(40, w, 10),
+                f"MLP 40-H-10, {100 * fraction:g}% of the training set",
+                (8, 16, 32, 64, 128),
+                (32,),
+                5,
+                methods=SCARCE_METHODS,
+                batch_size=32,
+                settings={"max_epochs": 500},
+                data_per_seed=True,
+            )
+        )
+    return out
 
 
 SUITES: dict[str, Suite] = {
@@ -177,6 +245,7 @@ SUITES: dict[str, Suite] = {
             batch_size=128,
             settings={"patience": 4, "max_epochs": 60, "dendrite_max_epochs": 5},
         ),
+        *_scarce_suites(),
     ]
 }
 
@@ -249,10 +318,11 @@ def run_suite(
     todo = [j for i, j in enumerate(jobs(suite, seeds)) if i % shard[1] == shard[0]]
     todo = [j for j in todo if _key(*j) not in done]
     log(f"{suite.name}: {len(todo)} runs to do ({len(done)} recorded) -> {path}")
-    data = None
+    data, data_seed = None, None
     for i, (method, width, seed) in enumerate(todo, 1):
-        if data is None:
-            data = suite.load(0)
+        wanted = seed if suite.data_per_seed else 0
+        if data is None or wanted != data_seed:
+            data, data_seed = suite.load(wanted), wanted
         torch.manual_seed(seed)
         model = suite.build(width)
         config = method_config(suite, method, model)
