@@ -245,3 +245,24 @@ def test_budget_run_resumes_exactly(tmp_path, stop_after):
     assert strip == [{k: v for k, v in r.to_dict().items() if k != "seconds"} for r in ref.history]
     a, b = ref_model.state_dict(), model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_controller_state_from_before_the_budget_settings_still_loads():
+    """0.2 states lack the window and the budget settings: those take their defaults."""
+    cfg = DendriteConfig(switch_mode="patience", patience=1, dendrite_max_epochs=1)
+    model = tiny()
+    ctl = Perforator(model, cfg, optimizer=sgd, seed=0)
+    drive(model, ctl, torch.Generator().manual_seed(1), [0.5, 0.4, 0.0], call_end_step=False)
+    state = ctl.state_dict()
+    del state["window"]
+    for name in ("cycle_patience", "dendrite_check_steps", "settle_z", "cost_budget"):
+        del state["config"][name]
+    fresh = Perforator(tiny(), cfg, optimizer=sgd, seed=0)
+    fresh.load_state_dict(state)
+    assert fresh.epoch == ctl.epoch and fresh.phase == ctl.phase
+    assert fresh.state_dict()["window"] == {
+        "steps": 0,
+        "stepping": False,
+        "install_due": False,
+        "correlation": {},
+    }
