@@ -18,6 +18,9 @@ from typing import Any
 from .bench import METHODS, SUITES
 from .cost_report import write_cost_report
 from .report import mean_sd, paired_difference
+from .transfer_report import plot_transfer, transfer_section
+
+TRANSFER_SUITES = ("transfer", "transfer_quick")
 
 COMMAND = "perforate bench --report"
 
@@ -193,6 +196,62 @@ def _verdict(method, width, d, half, gap, ratio) -> str:
     return f"`{method}` at width {width} {beat}; {lad}{cost}{tail}"
 
 
+def pb_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """Per PB width: PB against the restart control and the width ladder, and its cost."""
+    groups = _by(rows, "method", "width")
+    plain = {w: rs for (m, w), rs in groups.items() if m == "plain"}
+    ladder = [
+        (statistics.fmean(_params(r) for r in rs), statistics.fmean(r["test"] for r in rs))
+        for rs in plain.values()
+    ]
+    out = []
+    for (method, width), rs in sorted(groups.items()):
+        if method != "pb" or ("restart", width) not in groups:
+            continue
+        d, half, n = paired_difference(
+            {r["seed"]: r["test"] for r in rs},
+            {r["seed"]: r["test"] for r in groups[("restart", width)]},
+        )
+        lad = ladder_at(ladder, statistics.fmean(_params(r) for r in rs))
+        gap = None if lad is None else statistics.fmean(r["test"] for r in rs) - lad
+        kept = sum(r.get("dendrites", int(r["dendrite_params"] > 0)) > 0 for r in rs)
+        plain_s = {r["seed"]: r["seconds"] for r in plain.get(width, [])}
+        ratios = [r["seconds"] / plain_s[r["seed"]] for r in rs if r["seed"] in plain_s]
+        pays = d - half > 0 and gap is not None and gap >= 0
+        out.append(
+            f"PB at width {width} {'**pays**' if pays else 'does not pay'}: "
+            f"{100 * d:+.2f} ± {100 * half:.2f} points against the restart control (n={n}), "
+            + ("outside the ladder" if gap is None else f"{100 * gap:+.2f} against the ladder")
+            + f"; dendrites kept in {kept} of {len(rs)} runs"
+            + (f"; {statistics.median(ratios):.1f}x the plain run's time." if ratios else ".")
+        )
+    return out
+
+
+def when_to_use(when: dict[str, list[str]]) -> list[str]:
+    """The page's top section: per regime, whether PB paid, from the numbers below."""
+    titles = {
+        "scratch": "From scratch, with the whole training set",
+        "scarce": "From scratch, with 1%, 3% or 10% of the training set",
+        "transfer": "Growing into a trained model (few labels, trunk frozen)",
+    }
+    lines = [
+        "## When to use dendrites",
+        "",
+        "PB 'pays' where it beats every control of its regime outside seed noise (paired 95% "
+        "interval above zero): from scratch the restart control and the width ladder at "
+        "equal parameters; in transfer the head alone, its restart schedule, fine-tuning, "
+        "LoRA and extra neurons at equal parameters. Regimes not measured yet are not "
+        "listed: compression against distillation and candidate variants are open "
+        "(issue 14).",
+        "",
+    ]
+    for key, title in titles.items():
+        if when[key]:
+            lines += [f"**{title}.**", "", *[f"- {v}" for v in when[key]], ""]
+    return lines
+
+
 def plot_suite(name: str, rows: list[dict[str, Any]], path: Path) -> None:
     from matplotlib.figure import Figure  # no pyplot: the process's backend is left alone
 
@@ -246,7 +305,7 @@ def write_report(
     results_dir: Path = Path("benchmarks/results"), docs_dir: Path = Path("docs")
 ) -> Path:
     runs = load_runs(results_dir)
-    sections, goal, summaries = [], [], []
+    sections, goal, summaries, when = [], [], [], {"scratch": [], "scarce": [], "transfer": []}
     for name, rows in runs.items():
         if name not in SUITES and name != "quick":
             continue
@@ -256,6 +315,15 @@ def write_report(
         sections.append(text)
         summaries.append(summary)
         goal += [f"{name}: {m}" for m in met]
+        regime = "scarce" if name in SUITES and SUITES[name].data_per_seed else "scratch"
+        when[regime] += [f"**{name}**: {line}" for line in pb_lines(rows)]
+    for name in TRANSFER_SUITES:
+        if name in runs:
+            fig = docs_dir / "figures" / f"bench_{name}.png"
+            plot_transfer(runs[name], fig)
+            text, verdicts = transfer_section(runs[name], fig)
+            sections.append(text)
+            when["transfer"] += [f"**{name}**, {v}" for v in verdicts]
     head = [
         "# Benchmarks: when do dendrites earn their parameters?",
         "",
@@ -285,6 +353,7 @@ def write_report(
         if goal
         else "**Not met by any recorded variant.** The sections below show how far each came.",
         "",
+        *when_to_use(when),
         "## Summary, per dataset",
         "",
         *summaries,

@@ -103,6 +103,9 @@ def _main(argv: list[str] | None = None) -> int:
     return 0
 
 
+TRANSFER_SUITES = ("transfer", "transfer_quick")
+
+
 def _bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from pathlib import Path
 
@@ -114,9 +117,13 @@ def _bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                 f"{s.name:<14} {s.dataset:<14} {s.model}; ladder {s.ladder}, "
                 f"PB widths {s.pb_widths}, {s.seeds} seeds"
             )
+        print(
+            f"{'transfer':<14} {'fashion_mnist':<14} MLP 784-64-64, classes 0-4 -> 5-9 with "
+            "10/30/100/300 labels per class; head, restart, fine-tuning, LoRA, wider, PB, GD"
+        )
         return 0
     if args.suite:
-        suites = {**SUITES, "quick": quick_suite()}
+        suites = [*SUITES, "quick", *TRANSFER_SUITES]
         if args.suite not in suites:
             parser.error(f"unknown suite {args.suite!r}; choose from {', '.join(suites)}")
         try:
@@ -125,9 +132,18 @@ def _bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             parser.error(f"--shard {args.shard!r}: write i/n, e.g. 0/2")
         if not 0 <= i < n:
             parser.error(f"--shard {args.shard}: need 0 <= i < n")
-        run_suite(
-            suites[args.suite], seeds=args.seeds, results_dir=Path(args.results), shard=(i, n)
-        )
+        if args.suite in TRANSFER_SUITES:
+            import dataclasses
+
+            from .transfer import TransferSuite, quick_transfer, run_transfer
+
+            transfer = TransferSuite() if args.suite == "transfer" else quick_transfer()
+            if args.seeds is not None:
+                transfer = dataclasses.replace(transfer, seeds=args.seeds)
+            run_transfer(transfer, results_dir=Path(args.results), shard=(i, n))
+        else:
+            suite = SUITES[args.suite] if args.suite in SUITES else quick_suite()
+            run_suite(suite, seeds=args.seeds, results_dir=Path(args.results), shard=(i, n))
     if args.report:
         from .bench_report import write_report
 
