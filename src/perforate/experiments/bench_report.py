@@ -8,7 +8,6 @@ parameters), and its wall time relative to the plain run of the same width.
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 import statistics
@@ -16,11 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from .bench import METHODS, SUITES
+from .compression_report import compression_section, plot_compression
 from .cost_report import write_cost_report
-from .report import mean_sd, paired_difference
+from .report import ladder_at, mean_sd, paired_difference
 from .transfer_report import plot_transfer, transfer_section
 
 TRANSFER_SUITES = ("transfer", "transfer_quick")
+COMPRESSION_SUITES = ("compression", "compression_quick")
 
 COMMAND = "perforate bench --report"
 
@@ -39,20 +40,6 @@ def _by(rows, *keys):
     for r in rows:
         out.setdefault(tuple(r[k] for k in keys), []).append(r)
     return out
-
-
-def ladder_at(ladder: list[tuple[float, float]], params: float) -> float | None:
-    """Plain-ladder test accuracy interpolated at `params` (log scale); None outside."""
-    pts = sorted(ladder)
-    if not pts or params < pts[0][0] or params > pts[-1][0]:
-        return None
-    for (p0, a0), (p1, a1) in itertools.pairwise(pts):
-        if p0 <= params <= p1:
-            if p1 == p0:
-                return a0
-            t = (math.log(params) - math.log(p0)) / (math.log(p1) - math.log(p0))
-            return a0 + t * (a1 - a0)
-    return pts[-1][1]
 
 
 def _params(r):
@@ -234,6 +221,7 @@ def when_to_use(when: dict[str, list[str]]) -> list[str]:
         "scratch": "From scratch, with the whole training set",
         "scarce": "From scratch, with 1%, 3% or 10% of the training set",
         "transfer": "Growing into a trained model (few labels, trunk frozen)",
+        "compression": "Compression: a small model from a wide one",
     }
     lines = [
         "## When to use dendrites",
@@ -241,9 +229,9 @@ def when_to_use(when: dict[str, list[str]]) -> list[str]:
         "PB 'pays' where it beats every control of its regime outside seed noise (paired 95% "
         "interval above zero): from scratch the restart control and the width ladder at "
         "equal parameters; in transfer the head alone, its restart schedule, fine-tuning, "
-        "LoRA and extra neurons at equal parameters. Regimes not measured yet are not "
-        "listed: compression against distillation and candidate variants are open "
-        "(issue 14).",
+        "LoRA and extra neurons at equal parameters; in compression the distilled width "
+        "ladder and the distilled restart control. Regimes not measured yet are not "
+        "listed.",
         "",
     ]
     for key, title in titles.items():
@@ -305,7 +293,8 @@ def write_report(
     results_dir: Path = Path("benchmarks/results"), docs_dir: Path = Path("docs")
 ) -> Path:
     runs = load_runs(results_dir)
-    sections, goal, summaries, when = [], [], [], {"scratch": [], "scarce": [], "transfer": []}
+    sections, goal, summaries = [], [], []
+    when: dict[str, list[str]] = {"scratch": [], "scarce": [], "transfer": [], "compression": []}
     for name, rows in runs.items():
         if name not in SUITES and name != "quick":
             continue
@@ -324,6 +313,13 @@ def write_report(
             text, verdicts = transfer_section(runs[name], fig)
             sections.append(text)
             when["transfer"] += [f"**{name}**, {v}" for v in verdicts]
+    for name in COMPRESSION_SUITES:
+        if name in runs:
+            fig = docs_dir / "figures" / f"bench_{name}.png"
+            plot_compression(runs[name], fig)
+            text, verdicts = compression_section(runs[name], fig)
+            sections.append(text)
+            when["compression"] += [f"**{name}**: {v}" for v in verdicts]
     head = [
         "# Benchmarks: when do dendrites earn their parameters?",
         "",

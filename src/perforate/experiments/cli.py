@@ -104,6 +104,7 @@ def _main(argv: list[str] | None = None) -> int:
 
 
 TRANSFER_SUITES = ("transfer", "transfer_quick")
+COMPRESSION_SUITES = ("compression", "compression_quick")
 
 
 def _bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -121,9 +122,13 @@ def _bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             f"{'transfer':<14} {'fashion_mnist':<14} MLP 784-64-64, classes 0-4 -> 5-9 with "
             "10/30/100/300 labels per class; head, restart, fine-tuning, LoRA, wider, PB, GD"
         )
+        print(
+            f"{'compression':<14} {'fashion_mnist':<14} MLP 784-H-10 students of a 784-256-10 "
+            "teacher: plain and distilled ladders, restart, PB, PB on the distillation loss"
+        )
         return 0
     if args.suite:
-        suites = [*SUITES, "quick", *TRANSFER_SUITES]
+        suites = [*SUITES, "quick", *TRANSFER_SUITES, *COMPRESSION_SUITES]
         if args.suite not in suites:
             parser.error(f"unknown suite {args.suite!r}; choose from {', '.join(suites)}")
         try:
@@ -141,6 +146,15 @@ def _bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             if args.seeds is not None:
                 transfer = dataclasses.replace(transfer, seeds=args.seeds)
             run_transfer(transfer, results_dir=Path(args.results), shard=(i, n))
+        elif args.suite in COMPRESSION_SUITES:
+            import dataclasses
+
+            from .compression import CompressionSuite, quick_compression, run_compression
+
+            squeeze = CompressionSuite() if args.suite == "compression" else quick_compression()
+            if args.seeds is not None:
+                squeeze = dataclasses.replace(squeeze, seeds=args.seeds)
+            run_compression(squeeze, results_dir=Path(args.results), shard=(i, n))
         else:
             suite = SUITES[args.suite] if args.suite in SUITES else quick_suite()
             run_suite(suite, seeds=args.seeds, results_dir=Path(args.results), shard=(i, n))

@@ -138,13 +138,16 @@ def fit_classifier(
     resume: bool = False,
     progress: Progress | None = None,
     started: Callable[[Perforator], None] | None = None,
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> RunRecord:
     """Train `model` on `data` under a Perforator until it is done; evaluate at the best.
 
     With `checkpoint_path`, the training state is written there after every epoch, and
     `resume=True` continues from it (or its `.prev`) when one exists. `started(ctl)` is
     called once the controller exists. `track_test` scores the test set after
-    every epoch (for per-cycle tables; it does not influence training).
+    every epoch (for per-cycle tables; it does not influence training). `loss(logits,
+    idx)` replaces the cross-entropy with the batch's training indices `idx` (e.g. a
+    distillation loss against a teacher's logits for those examples).
     """
     start = time.perf_counter()
     opt_cls = OPTIMIZERS[optimizer]
@@ -172,14 +175,18 @@ def fit_classifier(
         ctl = Perforator(model, config, seed=seed, checkpoint_path=checkpoint_path, **factories)
     if started is not None:
         started(ctl)
-    loss_fn = nn.CrossEntropyLoss()
+    cross_entropy = nn.CrossEntropyLoss()
+
+    def batch_loss(logits: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        return cross_entropy(logits, data.y_train[idx]) if loss is None else loss(logits, idx)
+
     n = len(data.y_train)
     while not ctl.done:
         began = time.perf_counter()
         model.train()
         for idx in torch.randperm(n).split(batch_size):
             ctl.optimizer.zero_grad(set_to_none=True)
-            loss_fn(model(data.x_train[idx]), data.y_train[idx]).backward()
+            batch_loss(model(data.x_train[idx]), idx).backward()
             ctl.optimizer.step()
             if ctl.end_step():  # evaluate now: e.g. the candidates have settled
                 break

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
 from collections.abc import Sequence
@@ -212,3 +213,17 @@ def plot_runs(
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def ladder_at(ladder: list[tuple[float, float]], params: float) -> float | None:
+    """Plain-ladder test accuracy interpolated at `params` (log scale); None outside."""
+    pts = sorted(ladder)
+    if not pts or params < pts[0][0] or params > pts[-1][0]:
+        return None
+    for (p0, a0), (p1, a1) in itertools.pairwise(pts):
+        if p0 <= params <= p1:
+            if p1 == p0:
+                return a0
+            t = (math.log(params) - math.log(p0)) / (math.log(p1) - math.log(p0))
+            return a0 + t * (a1 - a0)
+    return pts[-1][1]
