@@ -40,14 +40,9 @@ def test_callback_drives_pb_and_stops_the_trainer():
     data = digits()
     train = DataLoader(TensorDataset(data.x_train, data.y_train), batch_size=64, shuffle=True)
     val = DataLoader(TensorDataset(data.x_val, data.y_val), batch_size=512)
-    config = perforate.DendriteConfig(
-        patience=2,
-        dendrite_patience=1,
-        switch_mode="patience",
-        dendrite_max_epochs=2,
-        max_dendrites=1,
-        max_retries=0,
-    )
+    # The default (budget) schedule: Lightning does not call end_step, so each dendrite
+    # epoch is judged at its end.
+    config = perforate.DendriteConfig(patience=2, max_dendrites=1, max_retries=0)
     callback = PerforateCallback(config, monitor="val_acc", seed=0)
     module = Classifier()
     trainer = pl.Trainer(
