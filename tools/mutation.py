@@ -52,8 +52,15 @@ TESTS = {
         "tests/test_training_checkpoint.py",
         "tests/test_bad_inputs.py",
         "tests/test_hostile.py",
+        "tests/test_budget.py",
+        "tests/test_frozen.py",
     ],
-    "switching": ["tests/test_controller.py", *_CORE, "tests/test_bad_inputs.py"],
+    "switching": [
+        "tests/test_controller.py",
+        *_CORE,
+        "tests/test_bad_inputs.py",
+        "tests/test_budget.py",
+    ],
     "rules": ["tests/test_controller.py", *_CORE],
     "selection": ["tests/test_controller.py", *_CORE],
 }
