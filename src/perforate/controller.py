@@ -11,7 +11,7 @@ States: NEURON (the network trains) -> DENDRITE (candidates train, the rest is f
 NEURON ... -> DONE. The controller decides only the transitions; each other job is an
 object it holds, and each saves itself:
 
-    switching   when a phase ends            (switching.py: patience, fixed)
+    switching   when a phase ends, budgets   (switching.py: budget, patience, fixed)
     rule        what a new cycle does        (rules.py: correlation, GD, restart)
     optimizers  optimizer, scheduler, DDP    (optimizers.py)
     freeze      what a dendrite phase stops  (trainability.py)
