@@ -128,7 +128,11 @@ class PatienceSwitching(Switching):
             self.since_improvement = 0
         else:
             self.since_improvement += 1
-        return self.since_improvement >= self.patience
+        return self.since_improvement >= self.neuron_patience()
+
+    def neuron_patience(self) -> int:
+        """Evaluations without improvement that end the current neuron phase."""
+        return self.patience
 
     def start_dendrite_phase(self) -> None:
         self.phase_epochs = 0
@@ -267,14 +271,8 @@ class BudgetSwitching(PatienceSwitching):
         self.first_phase = False
         super().start_neuron_phase(reference)
 
-    def neuron_epoch(self, score: float) -> bool:
-        if self.improvement.better(score, self.reference):
-            self.reference = score
-            self.since_improvement = 0
-        else:
-            self.since_improvement += 1
-        patience = self.patience if self.first_phase else self.cycle_patience
-        return self.since_improvement >= patience
+    def neuron_patience(self) -> int:
+        return self.patience if self.first_phase else self.cycle_patience
 
     def start_dendrite_phase(self) -> None:
         self.first_phase = False
