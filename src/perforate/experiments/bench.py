@@ -107,20 +107,7 @@ class Suite:
 
 
 def _subset(splits: datasets.Splits, train: int | None, val: int | None) -> datasets.Splits:
-    if train is None and val is None:
-        return splits
-    t = slice(0, train)
-    v = slice(0, val)
-    return datasets.Splits(
-        splits.name,
-        splits.x_train[t],
-        splits.y_train[t],
-        splits.x_val[v],
-        splits.y_val[v],
-        splits.x_test,
-        splits.y_test,
-        splits.num_classes,
-    )
+    return splits.subset(slice(0, train), slice(0, val))
 
 
 def scarce(splits: datasets.Splits, fraction: float, seed: int) -> datasets.Splits:
@@ -132,16 +119,7 @@ def scarce(splits: datasets.Splits, fraction: float, seed: int) -> datasets.Spli
     n_val = min(len(splits.y_val), max(100, round(fraction * len(splits.y_val))))
     t = torch.randperm(len(splits.y_train), generator=g)[:n_train]
     v = torch.randperm(len(splits.y_val), generator=g)[:n_val]
-    return datasets.Splits(
-        f"{splits.name}_{fraction:g}",
-        splits.x_train[t],
-        splits.y_train[t],
-        splits.x_val[v],
-        splits.y_val[v],
-        splits.x_test,
-        splits.y_test,
-        splits.num_classes,
-    )
+    return splits.subset(t, v, f"{splits.name}_{fraction:g}")
 
 
 SCARCE_METHODS = ("plain", "restart", "pb", "gd")
@@ -303,6 +281,29 @@ def recorded(path: Path) -> set[tuple[str, int, int]]:
     return keys
 
 
+def pending(
+    name: str,
+    all_jobs: list[tuple[str, int, int]],
+    path: Path,
+    shard: tuple[int, int],
+    log: Callable[[str], None],
+) -> list[tuple[str, int, int]]:
+    """This shard's (method, width, seed) jobs not yet recorded in `path`, logged."""
+    done = recorded(path)
+    todo = [j for i, j in enumerate(all_jobs) if i % shard[1] == shard[0]]
+    todo = [j for j in todo if _key(*j) not in done]
+    log(f"{name}: {len(todo)} runs to do ({len(done)} recorded) -> {path}")
+    return todo
+
+
+def append_record(path: Path, row: dict[str, Any]) -> None:
+    """One JSON line per run, synced: a crash loses only the run in flight."""
+    with path.open("a") as fh:
+        fh.write(json.dumps(row) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
 def run_suite(
     suite: Suite,
     seeds: int | None = None,
@@ -314,10 +315,7 @@ def run_suite(
     seeds = suite.seeds if seeds is None else seeds
     path = Path(results_dir) / f"{suite.name}.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
-    done = recorded(path)
-    todo = [j for i, j in enumerate(jobs(suite, seeds)) if i % shard[1] == shard[0]]
-    todo = [j for j in todo if _key(*j) not in done]
-    log(f"{suite.name}: {len(todo)} runs to do ({len(done)} recorded) -> {path}")
+    todo = pending(suite.name, jobs(suite, seeds), path, shard, log)
     data, data_seed = None, None
     for i, (method, width, seed) in enumerate(todo, 1):
         wanted = seed if suite.data_per_seed else 0
@@ -347,10 +345,7 @@ def run_suite(
             "torch_threads": torch.get_num_threads(),
             "machine": platform.machine(),
         }
-        with path.open("a") as fh:  # one line per run: a crash loses only the run in flight
-            fh.write(json.dumps(row) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+        append_record(path, row)
         log(
             f"[{i}/{len(todo)}] {suite.name} {method:<12} H={width:<4} seed {seed}: "
             f"test {100 * result.test:5.2f}%  params {result.params:>7}  "

@@ -306,20 +306,17 @@ def write_report(
         goal += [f"{name}: {m}" for m in met]
         regime = "scarce" if name in SUITES and SUITES[name].data_per_seed else "scratch"
         when[regime] += [f"**{name}**: {line}" for line in pb_lines(rows)]
-    for name in TRANSFER_SUITES:
-        if name in runs:
+    regimes = [
+        ("transfer", TRANSFER_SUITES, plot_transfer, transfer_section),
+        ("compression", COMPRESSION_SUITES, plot_compression, compression_section),
+    ]
+    for regime, names, plot, section in regimes:
+        for name in (n for n in names if n in runs):
             fig = docs_dir / "figures" / f"bench_{name}.png"
-            plot_transfer(runs[name], fig)
-            text, verdicts = transfer_section(runs[name], fig)
+            plot(runs[name], fig)
+            text, verdicts = section(runs[name], fig)
             sections.append(text)
-            when["transfer"] += [f"**{name}**, {v}" for v in verdicts]
-    for name in COMPRESSION_SUITES:
-        if name in runs:
-            fig = docs_dir / "figures" / f"bench_{name}.png"
-            plot_compression(runs[name], fig)
-            text, verdicts = compression_section(runs[name], fig)
-            sections.append(text)
-            when["compression"] += [f"**{name}**: {v}" for v in verdicts]
+            when[regime] += [f"**{name}**: {v}" for v in verdicts]
     head = [
         "# Benchmarks: when do dendrites earn their parameters?",
         "",

@@ -22,7 +22,6 @@ A student's budget is its parameter count; PB is compared with both ladders inte
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 from collections.abc import Callable
@@ -36,7 +35,7 @@ from torch import nn
 from perforate import DendriteConfig
 
 from . import datasets, models
-from .bench import RESULTS_DIR, recorded
+from .bench import RESULTS_DIR, append_record, pending
 from .loop import fit_classifier
 
 PLAIN = {"method": "restart", "max_cycles": 0}
@@ -139,10 +138,7 @@ def run_compression(
     torch.set_num_threads(int(os.environ.get("PERFORATE_BENCH_THREADS", "1")))
     path = Path(results_dir) / f"{suite.name}.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
-    done = recorded(path)
-    todo = [j for i, j in enumerate(jobs(suite)) if i % shard[1] == shard[0]]
-    todo = [j for j in todo if j not in done]
-    log(f"{suite.name}: {len(todo)} runs to do ({len(done)} recorded) -> {path}")
+    todo = pending(suite.name, jobs(suite), path, shard, log)
     if not todo:
         return path
     data = _data(suite)
@@ -186,10 +182,7 @@ def run_compression(
             "torch_threads": torch.get_num_threads(),
             "machine": platform.machine(),
         }
-        with path.open("a") as fh:
-            fh.write(json.dumps(row) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+        append_record(path, row)
         log(
             f"[{i}/{len(todo)}] {suite.name} {arm:<11} H={width:<3} seed {seed}: "
             f"test {100 * result.test:5.2f}%  params {result.params:>7}  "

@@ -36,6 +36,25 @@ class Splits:
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.x_train.shape[1:])
 
+    def subset(
+        self,
+        train: torch.Tensor | slice = slice(None),
+        val: torch.Tensor | slice = slice(None),
+        name: str | None = None,
+    ) -> Splits:
+        """Some rows (indices or a slice) of the training and validation splits; the test
+        split stays whole, so scores remain comparable with the full data's."""
+        return Splits(
+            self.name if name is None else name,
+            self.x_train[train],
+            self.y_train[train],
+            self.x_val[val],
+            self.y_val[val],
+            self.x_test,
+            self.y_test,
+            self.num_classes,
+        )
+
 
 def _split_indices(n: int, fractions: tuple[float, float], seed: int) -> tuple[np.ndarray, ...]:
     rng = np.random.default_rng(seed)

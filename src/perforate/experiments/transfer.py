@@ -24,7 +24,6 @@ fixed before any run).
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 from collections.abc import Callable
@@ -39,7 +38,7 @@ from perforate import DendriteConfig, remove_dendrites
 from perforate.config import REFERENCE_GD
 
 from . import datasets, models
-from .bench import RESULTS_DIR, recorded
+from .bench import RESULTS_DIR, append_record, pending
 from .loop import fit_classifier
 
 HIDDEN = 64
@@ -76,16 +75,7 @@ def few_shot(splits: datasets.Splits, shots: int, seed: int) -> datasets.Splits:
 
     t = per_class(splits.y_train, shots)
     v = per_class(splits.y_val, max(shots, 20))
-    return datasets.Splits(
-        f"{splits.name}_{shots}shot",
-        splits.x_train[t],
-        splits.y_train[t],
-        splits.x_val[v],
-        splits.y_val[v],
-        splits.x_test,
-        splits.y_test,
-        splits.num_classes,
-    )
+    return splits.subset(t, v, f"{splits.name}_{shots}shot")
 
 
 def trunk_model(classes_out: int) -> nn.Sequential:
@@ -212,17 +202,7 @@ def train_source(data: datasets.Splits, suite: TransferSuite, seed: int) -> dict
     """The source model of `seed`: plain training with early stopping on classes 0-4."""
     source = classes(data, SOURCE)
     if suite.source_limit is not None:
-        n = suite.source_limit
-        source = datasets.Splits(
-            source.name,
-            source.x_train[:n],
-            source.y_train[:n],
-            source.x_val,
-            source.y_val,
-            source.x_test,
-            source.y_test,
-            source.num_classes,
-        )
+        source = source.subset(slice(0, suite.source_limit))
     torch.manual_seed(seed)
     model = trunk_model(len(SOURCE))
     result = fit_classifier(
@@ -254,10 +234,7 @@ def run_transfer(
     torch.set_num_threads(int(os.environ.get("PERFORATE_BENCH_THREADS", "1")))
     path = Path(results_dir) / f"{suite.name}.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
-    done = recorded(path)
-    todo = [j for i, j in enumerate(jobs(suite)) if i % shard[1] == shard[0]]
-    todo = [j for j in todo if j not in done]
-    log(f"{suite.name}: {len(todo)} runs to do ({len(done)} recorded) -> {path}")
+    todo = pending(suite.name, jobs(suite), path, shard, log)
     if not todo:
         return path
     data = datasets.idx_directory(seed=0) if data is None else data
@@ -294,10 +271,7 @@ def run_transfer(
             "torch_threads": torch.get_num_threads(),
             "machine": platform.machine(),
         }
-        with path.open("a") as fh:
-            fh.write(json.dumps(row) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+        append_record(path, row)
         log(
             f"[{i}/{len(todo)}] {suite.name} {arm:<12} {shots:>3} shots seed {seed}: "
             f"test {100 * result.test:5.2f}%  params {result.params:>7}  "
