@@ -17,7 +17,7 @@ from typing import Any
 from .bench import METHODS, SUITES
 from .compression_report import compression_section, plot_compression
 from .cost_report import write_cost_report
-from .report import ladder_at, mean_sd, paired_difference
+from .report import group_by, ladder_at, mean_sd, paired_difference
 from .transfer_report import plot_transfer, transfer_section
 
 TRANSFER_SUITES = ("transfer", "transfer_quick")
@@ -35,19 +35,12 @@ def load_runs(results_dir: Path) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
-def _by(rows, *keys):
-    out: dict[tuple, list[dict[str, Any]]] = {}
-    for r in rows:
-        out.setdefault(tuple(r[k] for k in keys), []).append(r)
-    return out
-
-
 def _params(r):
     return r["base_params"] + r["dendrite_params"]
 
 
 def suite_section(name: str, rows: list[dict[str, Any]], figure: str) -> tuple[str, list[str]]:
-    groups = _by(rows, "method", "width")
+    groups = group_by(rows, "method", "width")
     plain = {w: rs for (m, w), rs in groups.items() if m == "plain"}
     ladder = [
         (statistics.fmean(_params(r) for r in rs), statistics.fmean(r["test"] for r in rs))
@@ -185,7 +178,7 @@ def _verdict(method, width, d, half, gap, ratio) -> str:
 
 def pb_lines(rows: list[dict[str, Any]]) -> list[str]:
     """Per PB width: PB against the restart control and the width ladder, and its cost."""
-    groups = _by(rows, "method", "width")
+    groups = group_by(rows, "method", "width")
     plain = {w: rs for (m, w), rs in groups.items() if m == "plain"}
     ladder = [
         (statistics.fmean(_params(r) for r in rs), statistics.fmean(r["test"] for r in rs))
@@ -243,7 +236,7 @@ def when_to_use(when: dict[str, list[str]]) -> list[str]:
 def plot_suite(name: str, rows: list[dict[str, Any]], path: Path) -> None:
     from matplotlib.figure import Figure  # no pyplot: the process's backend is left alone
 
-    groups = _by(rows, "method", "width")
+    groups = group_by(rows, "method", "width")
     fig = Figure(figsize=(7.5, 4.8))
     ax = fig.subplots()
     plain = sorted((w, rs) for (m, w), rs in groups.items() if m == "plain")

@@ -11,17 +11,10 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from .report import ladder_at, mean_sd, paired_difference
+from .report import group_by, ladder_at, mean_sd, paired_difference
 
 COMMAND = "perforate bench --report"
 ORDER = ("plain", "kd", "restart", "restart_kd", "pb", "pb_kd")
-
-
-def _by(rows, *keys):
-    out: dict[tuple, list[dict[str, Any]]] = {}
-    for r in rows:
-        out.setdefault(tuple(r[k] for k in keys), []).append(r)
-    return out
 
 
 def _params(r: dict[str, Any]) -> int:
@@ -44,7 +37,7 @@ def _paired(groups, a: tuple[str, int], b: tuple[str, int]) -> tuple[float, floa
 
 
 def compression_verdicts(rows: list[dict[str, Any]]) -> list[str]:
-    groups = _by(rows, "method", "width")
+    groups = group_by(rows, "method", "width")
     out = []
     for (arm, width), rs in sorted(groups.items()):
         if arm not in ("pb", "pb_kd"):
@@ -80,7 +73,7 @@ def compression_verdicts(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def compression_section(rows: list[dict[str, Any]], figure: Path | None = None) -> tuple[str, list]:
-    groups = _by(rows, "method", "width")
+    groups = group_by(rows, "method", "width")
     lines = [
         "## compression: PB against distillation (fashion_mnist, MLP 784-H-10)",
         "",
@@ -119,7 +112,7 @@ def plot_compression(rows: list[dict[str, Any]], path: Path) -> None:
     """Test accuracy against parameters: both ladders as lines, the width-8 arms as points."""
     from matplotlib.figure import Figure  # no pyplot: the process's backend is left alone
 
-    groups = _by(rows, "method", "width")
+    groups = group_by(rows, "method", "width")
     fig = Figure(figsize=(7.5, 4.6))
     ax = fig.subplots()
     for i, arm in enumerate(ORDER):

@@ -18,7 +18,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from .report import mean_sd, paired_difference
+from .report import group_by, mean_sd, paired_difference
 
 COMMAND = "perforate bench --report"
 PARTS = ("first neuron phase", "kept: neuron", "kept: dendrite", "discarded cycles", "evaluation")
@@ -106,16 +106,9 @@ def median_curve(curves: list[tuple[list[float], list[float]]], grid: list[float
     return out
 
 
-def _by(rows, *keys):
-    out: dict[tuple, list[dict[str, Any]]] = {}
-    for r in rows:
-        out.setdefault(tuple(r[k] for k in keys), []).append(r)
-    return out
-
-
 def cost_section(name: str, rows: list[dict[str, Any]]) -> tuple[str, list[str]]:
     """The page's section for one suite, and its one-line verdict."""
-    groups = _by(rows, "method", "width")
+    groups = group_by(rows, "method", "width")
     widths = sorted({w for (m, w) in groups if m == "pb"})
     first = rows[0]
     lines = [f"## {name}: {first['dataset']}, {first['model']}", ""]
@@ -182,7 +175,7 @@ def plot_cost(name: str, rows: list[dict[str, Any]], path: Path) -> None:
     """Left: accuracy against time per method; right: the time breakdown per method."""
     from matplotlib.figure import Figure  # no pyplot: the process's backend is left alone
 
-    groups = _by(rows, "method", "width")
+    groups = group_by(rows, "method", "width")
     width = min(w for (m, w) in groups if m == "pb")
     fig = Figure(figsize=(11, 4.2))
     ax, bx = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 2]})

@@ -227,3 +227,11 @@ def ladder_at(ladder: list[tuple[float, float]], params: float) -> float | None:
             t = (math.log(params) - math.log(p0)) / (math.log(p1) - math.log(p0))
             return a0 + t * (a1 - a0)
     return pts[-1][1]
+
+
+def group_by(rows: list[dict[str, Any]], *keys: str) -> dict[tuple, list[dict[str, Any]]]:
+    """Records grouped by the values of `keys`, in first-seen order."""
+    out: dict[tuple, list[dict[str, Any]]] = {}
+    for r in rows:
+        out.setdefault(tuple(r[k] for k in keys), []).append(r)
+    return out

@@ -11,21 +11,14 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from .report import mean_sd, paired_difference
+from .report import group_by, mean_sd, paired_difference
 
 COMMAND = "perforate bench --report"
 
 
-def _by(rows, *keys):
-    out: dict[tuple, list[dict[str, Any]]] = {}
-    for r in rows:
-        out.setdefault(tuple(r[k] for k in keys), []).append(r)
-    return out
-
-
 def pb_against(rows: list[dict[str, Any]], shots: int) -> dict[str, tuple[float, float, int]]:
     """PB minus each other arm at `shots`: (mean, half-width, seeds), in accuracy units."""
-    groups = _by(rows, "method", "shots")
+    groups = group_by(rows, "method", "shots")
     pb = {r["seed"]: r["test"] for r in groups.get(("pb", shots), [])}
     out = {}
     for (arm, k), rs in sorted(groups.items()):
@@ -54,7 +47,7 @@ def verdict(shots: int, diffs: dict[str, tuple[float, float, int]]) -> str:
 
 def transfer_section(rows: list[dict[str, Any]], figure: Path | None = None) -> tuple[str, list]:
     """Markdown for the regime, and its verdict lines."""
-    groups = _by(rows, "method", "shots")
+    groups = group_by(rows, "method", "shots")
     first = rows[0]
     lines = [
         f"## transfer: growing into a trained model ({first['dataset']}, {first['model']})",
@@ -113,7 +106,7 @@ def plot_transfer(rows: list[dict[str, Any]], path: Path) -> None:
     """Test accuracy (mean ± sd over seeds) against labels per class, one line per arm."""
     from matplotlib.figure import Figure  # no pyplot: the process's backend is left alone
 
-    groups = _by(rows, "method", "shots")
+    groups = group_by(rows, "method", "shots")
     fig = Figure(figsize=(7.5, 4.6))
     ax = fig.subplots()
     for i, arm in enumerate(sorted({a for a, _ in groups})):
