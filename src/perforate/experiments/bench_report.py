@@ -230,6 +230,20 @@ def when_to_use(when: dict[str, list[str]]) -> list[str]:
     for key, title in titles.items():
         if when[key]:
             lines += [f"**{title}.**", "", *[f"- {v}" for v in when[key]], ""]
+    verdicts = [v for vs in when.values() for v in vs if "PB" in v or "`pb" in v]
+    paid = [v for v in verdicts if "**pays**" in v or "**beats every control**" in v]
+    lines += [
+        f"**In short:** PB paid in {len(paid)} of {len(verdicts)} comparisons above."
+        + (
+            " Where it did not, the control that matched or beat it is the better tool: "
+            "a wider layer (or the restart schedule) from scratch, fine-tuning, LoRA or "
+            "extra neurons to adapt a trained model, the plain or distilled ladder for a "
+            "small model."
+            if len(paid) < len(verdicts)
+            else ""
+        ),
+        "",
+    ]
     return lines
 
 

@@ -95,7 +95,11 @@ def transfer_section(rows: list[dict[str, Any]], figure: Path | None = None) -> 
                 f"{val[0]:.2f} ± {val[1]:.2f} | {test[0]:.2f} ± {test[1]:.2f} | {vs} | {time} |"
             )
         if diffs:
-            verdicts.append(verdict(shots, diffs))
+            best = max(
+                present, key=lambda a: statistics.fmean(r["test"] for r in groups[(a, shots)])
+            )
+            mean_best = 100 * statistics.fmean(r["test"] for r in groups[(best, shots)])
+            verdicts.append(verdict(shots, diffs) + f" Best arm: `{best}` ({mean_best:.2f}%).")
     lines += ["", "In plain words:", ""]
     lines += [f"- {v}" for v in verdicts] or ["- no PB runs recorded yet"]
     lines.append("")
