@@ -266,3 +266,25 @@ def test_a_controller_state_from_before_the_budget_settings_still_loads():
         "install_due": False,
         "correlation": {},
     }
+
+
+def test_a_window_of_one_step_judges_inside_end_step_and_never_an_empty_one():
+    model = tiny()
+    cfg = CFG.replace(dendrite_check_steps=1, settle_z=0.0, dendrite_improvement_rel=10.0)
+    ctl = Perforator(model, cfg, optimizer=lambda p: torch.optim.Adam(p, lr=0.05), seed=0)
+    log = []
+    gen = torch.Generator().manual_seed(1)
+    drive(model, ctl, gen, [0.5, 0.5, 0.5], log=log)
+    # Every step is judged; the second judgement (gain < 10x) settles at step 2.
+    drive(model, ctl, gen, [0.0], steps_per_epoch=10, log=log)
+    assert log[3] == ("dendrite", 2, Event.INSTALLED)
+    # Epochs of one step: the first judgement (inside end_step) can never install, so the
+    # end_epoch right after it has nothing new to judge and goes on (it used to judge
+    # empty statistics and raise).
+    model = tiny()
+    ctl = Perforator(model, cfg, optimizer=lambda p: torch.optim.Adam(p, lr=0.05), seed=0)
+    log = []
+    drive(model, ctl, gen, [0.5, 0.5, 0.5], log=log)
+    drive(model, ctl, gen, [0.0, 0.0], steps_per_epoch=1, log=log)
+    assert log[3] == ("dendrite", 1, Event.CONTINUE)
+    assert log[4] == ("dendrite", 1, Event.INSTALLED)

@@ -161,7 +161,9 @@ class DendriteConfig:
     settle_z: float = _f(
         2.0,
         "switch_mode='budget': a dendrite phase installs when the mean best correlation "
-        "rose by at most settle_z standard errors of its estimate since the last judgement.",
+        "rose since the previous judgement by at most settle_z standard errors of its "
+        "estimate, (1 - r^2)/sqrt(n - 3) with n the patterns seen (or by less than "
+        "dendrite_improvement_rel of it); the first judgement of a phase never installs.",
         min=0.0,
     )
     cost_budget: float = _f(

@@ -366,11 +366,12 @@ class Perforator:
     def _dendrite_epoch(self) -> Event:
         window = self._window
         if not window["install_due"]:
-            partial = window["stepping"] and window["steps"] < self.switching.check_steps // 2
+            half = max(1, self.switching.check_steps // 2)
+            partial = window["stepping"] and window["steps"] < half
             # A window cut short by the epoch's end is judged at end_epoch if it has half
             # its steps (small data sets: epochs shorter than a window), otherwise it goes
-            # on into the next epoch; a loop that never calls end_step has its dendrite
-            # phase judged once per epoch.
+            # on into the next epoch (always when end_step judged the last step); a loop
+            # that never calls end_step has its dendrite phase judged once per epoch.
             if partial or not self._judge_candidates():
                 return Event.CONTINUE
         window["install_due"] = False

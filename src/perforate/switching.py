@@ -213,7 +213,7 @@ class BudgetSwitching(PatienceSwitching):
     """A PB run that costs a bounded multiple of a plain run (the default schedule).
 
     Why: with whole-epoch dendrite phases and patience-10 neuron phases after every
-    install, a run cost 4-28x a plain one, nearly all of it epochs (docs/performance.md).
+    install, a run cost 9-28x a plain one, nearly all of it epochs (docs/run_cost.md).
     Here:
 
     - the first neuron phase is the plain run: it ends after `patience` evaluations
