@@ -24,6 +24,7 @@ fixed before any run).
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import platform
 from collections.abc import Callable
@@ -237,6 +238,10 @@ def run_transfer(
     todo = pending(suite.name, jobs(suite), path, shard, log)
     if not todo:
         return path
+    if any(arm == "lora" for arm, _, _ in todo) and importlib.util.find_spec("peft") is None:
+        raise ModuleNotFoundError(
+            "the transfer suite's LoRA arm needs the peft library: pip install 'perforate[bench]'"
+        )
     data = datasets.idx_directory(seed=0) if data is None else data
     target = classes(data, TARGET)
     sources: dict[int, dict[str, Any]] = {}
