@@ -366,8 +366,8 @@ class Perforator:
     def _dendrite_epoch(self) -> Event:
         window = self._window
         if not window["install_due"]:
-            half = max(1, self.switching.check_steps // 2)
-            partial = window["stepping"] and window["steps"] < half
+            every = self.switching.check_steps
+            partial = every > 0 and window["stepping"] and window["steps"] < max(1, every // 2)
             # A window cut short by the epoch's end is judged at end_epoch if it has half
             # its steps (small data sets: epochs shorter than a window), otherwise it goes
             # on into the next epoch (always when end_step judged the last step); a loop
