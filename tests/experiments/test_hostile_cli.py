@@ -141,3 +141,19 @@ def test_e88_a_section_that_is_not_a_table_or_unknown(tmp_path, capsys):
 
 def test_e89_a_missing_file_is_one_message(tmp_path, capsys):
     fails(capsys, ["train", str(tmp_path / "nope.toml")], "cannot read")
+
+
+def test_version_and_package_metadata(capsys):
+    import pathlib
+
+    import perforate
+    from perforate.experiments.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out == f"perforate {perforate.__version__}\n"
+    package = pathlib.Path(perforate.__file__).parent
+    assert (package / "py.typed").is_file()  # type checkers read the annotations
+    license_text = (package.parent.parent / "LICENSE").read_text()
+    assert "Apache License" in license_text and "Version 2.0" in license_text

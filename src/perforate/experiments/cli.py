@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from perforate import DendriteConfig, PerforateError
+from perforate import DendriteConfig, PerforateError, __version__
 
 from .datasets import DatasetError
 
@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="perforate", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"perforate {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="PB beside the width ladder and the restart control")
     demo.add_argument("--out", default="runs/demo", help="where results and the figure go")
