@@ -128,42 +128,30 @@ SCARCE_METHODS = ("plain", "restart", "pb", "gd")
 def _scarce_suites() -> list[Suite]:
     """Scarce data from scratch: 1%, 3% and 10% of Fashion-MNIST's and MNIST-1D's
     training sets (MNIST-1D generated with 20,000 examples so the test split has 3,000)."""
-    out = []
-    for fraction in (0.01, 0.03, 0.1):
-        pct = f"{100 * fraction:g}pct"
-        out.append(
-            Suite(
-                f"fashion_mlp_{pct}",
-                "fashion_mnist",
-                lambda seed, f=fraction: scarce(datasets.idx_directory(seed=0), f, seed),
-                lambda w: models.mlp(784, w, 10),
-                f"MLP 784-H-10, {100 * fraction:g}% of the training set",
-                (4, 8, 16, 32, 64),
-                (8,),
-                5,
-                methods=SCARCE_METHODS,
-                batch_size=32,
-                settings={"max_epochs": 500},
-                data_per_seed=True,
-            )
+    bases = [  # name, dataset, full splits, inputs, ladder, PB widths
+        ("fashion_mlp", "fashion_mnist", lambda: datasets.idx_directory(seed=0), 784,
+         (4, 8, 16, 32, 64), (8,)),
+        ("mnist1d_mlp", "mnist1d", lambda: datasets.mnist1d(0, samples=20_000), 40,
+         (8, 16, 32, 64, 128), (32,)),
+    ]  # fmt: skip
+    return [
+        Suite(
+            f"{name}_{100 * fraction:g}pct",
+            dataset,
+            lambda seed, f=fraction, full=full: scarce(full(), f, seed),
+            lambda w, n=inputs: models.mlp(n, w, 10),
+            f"MLP {inputs}-H-10, {100 * fraction:g}% of the training set",
+            ladder,
+            pb_widths,
+            5,
+            methods=SCARCE_METHODS,
+            batch_size=32,
+            settings={"max_epochs": 500},
+            data_per_seed=True,
         )
-        out.append(
-            Suite(
-                f"mnist1d_mlp_{pct}",
-                "mnist1d",
-                lambda seed, f=fraction: scarce(datasets.mnist1d(0, samples=20_000), f, seed),
-                lambda w: models.mlp(40, w, 10),
-                f"MLP 40-H-10, {100 * fraction:g}% of the training set",
-                (8, 16, 32, 64, 128),
-                (32,),
-                5,
-                methods=SCARCE_METHODS,
-                batch_size=32,
-                settings={"max_epochs": 500},
-                data_per_seed=True,
-            )
-        )
-    return out
+        for fraction in (0.01, 0.03, 0.1)
+        for name, dataset, full, inputs, ladder, pb_widths in bases
+    ]
 
 
 SUITES: dict[str, Suite] = {
@@ -284,16 +272,21 @@ def recorded(path: Path) -> set[tuple[str, int, int]]:
 def pending(
     name: str,
     all_jobs: list[tuple[str, int, int]],
-    path: Path,
+    results_dir: Path,
     shard: tuple[int, int],
     log: Callable[[str], None],
-) -> list[tuple[str, int, int]]:
-    """This shard's (method, width, seed) jobs not yet recorded in `path`, logged."""
+) -> tuple[Path, list[tuple[str, int, int]]]:
+    """The suite's record file (created with its folder) and this shard's (method, width,
+    seed) jobs not yet recorded there, logged. Sets the run's torch threads
+    (PERFORATE_BENCH_THREADS, default 1)."""
+    torch.set_num_threads(int(os.environ.get("PERFORATE_BENCH_THREADS", "1")))
+    path = Path(results_dir) / f"{name}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
     done = recorded(path)
     todo = [j for i, j in enumerate(all_jobs) if i % shard[1] == shard[0]]
     todo = [j for j in todo if _key(*j) not in done]
     log(f"{name}: {len(todo)} runs to do ({len(done)} recorded) -> {path}")
-    return todo
+    return path, todo
 
 
 def append_record(path: Path, row: dict[str, Any]) -> None:
@@ -311,11 +304,8 @@ def run_suite(
     shard: tuple[int, int] = (0, 1),
     log: Callable[[str], None] = print,
 ) -> Path:
-    torch.set_num_threads(int(os.environ.get("PERFORATE_BENCH_THREADS", "1")))
     seeds = suite.seeds if seeds is None else seeds
-    path = Path(results_dir) / f"{suite.name}.jsonl"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    todo = pending(suite.name, jobs(suite, seeds), path, shard, log)
+    path, todo = pending(suite.name, jobs(suite, seeds), results_dir, shard, log)
     data, data_seed = None, None
     for i, (method, width, seed) in enumerate(todo, 1):
         wanted = seed if suite.data_per_seed else 0

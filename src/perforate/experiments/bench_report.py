@@ -39,7 +39,10 @@ def _params(r):
     return r["base_params"] + r["dendrite_params"]
 
 
-def suite_section(name: str, rows: list[dict[str, Any]], figure: str) -> tuple[str, list[str]]:
+def suite_section(name: str, rows: list[dict[str, Any]], figure: str):
+    """The suite's Markdown, the verdicts that meet the goal, its summary paragraph, and
+    per dendrite method and width (method, width, d, half, gap, ratio, seeds): the paired
+    difference to the restart control, the gap to the ladder in points, the time ratio."""
     groups = group_by(rows, "method", "width")
     plain = {w: rs for (m, w), rs in groups.items() if m == "plain"}
     ladder = [
@@ -94,7 +97,7 @@ def suite_section(name: str, rows: list[dict[str, Any]], figure: str) -> tuple[s
         )
         if d is not None:
             verdicts.append(_verdict(method, width, d, half, gap, ratio))
-            summary_rows.append((method, width, d, half, gap, ratio))
+            summary_rows.append((method, width, d, half, gap, ratio, n))
     lines.append("")
     lines.append("In plain words:")
     lines.append("")
@@ -102,7 +105,7 @@ def suite_section(name: str, rows: list[dict[str, Any]], figure: str) -> tuple[s
     lines.append("")
     goal = [v for v in verdicts if v.endswith("**meets the goal**.")]
     suite_summary = _summary(name, first, summary_rows, groups)
-    return "\n".join(lines), goal, suite_summary
+    return "\n".join(lines), goal, suite_summary, summary_rows
 
 
 def _summary(name, first, rows, groups) -> str:
@@ -135,7 +138,7 @@ def _summary(name, first, rows, groups) -> str:
     if on_ladder:
         text += (
             "On or above the width ladder: "
-            + ", ".join(f"`{m}` w{w} ({g:+.2f})" for m, w, _, _, g, _ in on_ladder)
+            + ", ".join(f"`{m}` w{w} ({g:+.2f})" for m, w, _, _, g, *_ in on_ladder)
             + ". "
         )
     elif closest is not None:
@@ -176,34 +179,23 @@ def _verdict(method, width, d, half, gap, ratio) -> str:
     return f"`{method}` at width {width} {beat}; {lad}{cost}{tail}"
 
 
-def pb_lines(rows: list[dict[str, Any]]) -> list[str]:
-    """Per PB width: PB against the restart control and the width ladder, and its cost."""
+def pb_lines(rows: list[dict[str, Any]], cells: list[tuple]) -> list[str]:
+    """Per PB width: PB against the restart control and the width ladder, and its cost,
+    from the cells `suite_section` computed, plus how many runs kept dendrites."""
     groups = group_by(rows, "method", "width")
-    plain = {w: rs for (m, w), rs in groups.items() if m == "plain"}
-    ladder = [
-        (statistics.fmean(_params(r) for r in rs), statistics.fmean(r["test"] for r in rs))
-        for rs in plain.values()
-    ]
     out = []
-    for (method, width), rs in sorted(groups.items()):
-        if method != "pb" or ("restart", width) not in groups:
+    for method, width, d, half, gap, ratio, n in cells:
+        if method != "pb":
             continue
-        d, half, n = paired_difference(
-            {r["seed"]: r["test"] for r in rs},
-            {r["seed"]: r["test"] for r in groups[("restart", width)]},
-        )
-        lad = ladder_at(ladder, statistics.fmean(_params(r) for r in rs))
-        gap = None if lad is None else statistics.fmean(r["test"] for r in rs) - lad
+        rs = groups[(method, width)]
         kept = sum(r.get("dendrites", int(r["dendrite_params"] > 0)) > 0 for r in rs)
-        plain_s = {r["seed"]: r["seconds"] for r in plain.get(width, [])}
-        ratios = [r["seconds"] / plain_s[r["seed"]] for r in rs if r["seed"] in plain_s]
         pays = d - half > 0 and gap is not None and gap >= 0
         out.append(
             f"PB at width {width} {'**pays**' if pays else 'does not pay'}: "
             f"{100 * d:+.2f} ± {100 * half:.2f} points against the restart control (n={n}), "
-            + ("outside the ladder" if gap is None else f"{100 * gap:+.2f} against the ladder")
+            + ("outside the ladder" if gap is None else f"{gap:+.2f} against the ladder")
             + f"; dendrites kept in {kept} of {len(rs)} runs"
-            + (f"; {statistics.median(ratios):.1f}x the plain run's time." if ratios else ".")
+            + (f"; {ratio:.1f}x the plain run's time." if ratio is not None else ".")
         )
     return out
 
@@ -307,12 +299,12 @@ def write_report(
             continue
         fig = docs_dir / "figures" / f"bench_{name}.png"
         plot_suite(name, rows, fig)
-        text, met, summary = suite_section(name, rows, str(fig))
+        text, met, summary, cells = suite_section(name, rows, str(fig))
         sections.append(text)
         summaries.append(summary)
         goal += [f"{name}: {m}" for m in met]
         regime = "scarce" if name in SUITES and SUITES[name].data_per_seed else "scratch"
-        when[regime] += [f"**{name}**: {line}" for line in pb_lines(rows)]
+        when[regime] += [f"**{name}**: {line}" for line in pb_lines(rows, cells)]
     regimes = [
         ("transfer", TRANSFER_SUITES, plot_transfer, transfer_section),
         ("compression", COMPRESSION_SUITES, plot_compression, compression_section),

@@ -24,7 +24,6 @@ trained at the students' 1e-2 came out no better than a width-32 student.
 
 from __future__ import annotations
 
-import os
 import platform
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -141,10 +140,7 @@ def run_compression(
     log: Callable[[str], None] = print,
 ) -> Path:
     """Run every (arm, width, seed) not yet recorded in `<results_dir>/<name>.jsonl`."""
-    torch.set_num_threads(int(os.environ.get("PERFORATE_BENCH_THREADS", "1")))
-    path = Path(results_dir) / f"{suite.name}.jsonl"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    todo = pending(suite.name, jobs(suite), path, shard, log)
+    path, todo = pending(suite.name, jobs(suite), results_dir, shard, log)
     if not todo:
         return path
     data = _data(suite)

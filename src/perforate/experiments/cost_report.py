@@ -18,13 +18,17 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from perforate import DendriteConfig
+from perforate.switching import Improvement
+
 from .report import group_by, mean_sd, paired_difference
 
 COMMAND = "perforate bench --report"
 PARTS = ("first neuron phase", "kept: neuron", "kept: dendrite", "discarded cycles", "evaluation")
 CURVE_METHODS = ("plain", "restart", "pb", "pb_patient", "gd", "pb_epochs")
-# The controller's default improvement margin (DendriteConfig.improvement_rel).
-IMPROVEMENT_REL = 1e-3
+# Whether a cycle beat the accepted score, as the controller decides it (with the default
+# margin: no suite changes improvement_rel or improvement_abs).
+ACCEPTS = Improvement.from_config(DendriteConfig())
 
 
 def segments(phases: list[list[Any]]) -> list[tuple[str, list[int]]]:
@@ -64,7 +68,7 @@ def breakdown(row: dict[str, Any]) -> dict[str, float] | None:
         if k == 0:
             parts["first neuron phase"] += seconds
             accepted = best
-        elif best > accepted * (1 + IMPROVEMENT_REL):
+        elif ACCEPTS.better(best, accepted):
             parts["kept: neuron"] += seconds
             parts["kept: dendrite"] += pending_dendrite
             accepted = best

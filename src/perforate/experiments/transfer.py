@@ -25,7 +25,6 @@ fixed before any run).
 from __future__ import annotations
 
 import importlib.util
-import os
 import platform
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -232,10 +231,7 @@ def run_transfer(
     data: datasets.Splits | None = None,
 ) -> Path:
     """Run every (arm, shots, seed) not yet recorded in `<results_dir>/<name>.jsonl`."""
-    torch.set_num_threads(int(os.environ.get("PERFORATE_BENCH_THREADS", "1")))
-    path = Path(results_dir) / f"{suite.name}.jsonl"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    todo = pending(suite.name, jobs(suite), path, shard, log)
+    path, todo = pending(suite.name, jobs(suite), results_dir, shard, log)
     if not todo:
         return path
     if any(arm == "lora" for arm, _, _ in todo) and importlib.util.find_spec("peft") is None:
