@@ -36,7 +36,15 @@ from .errors import (
 )
 from .events import EpochRecord, Event
 from .layers import DendriticLayer, Phase
-from .rules import CorrelationRule, GradientRule, RestartRule, TrainingRule
+from .rules import (
+    ClosedFormRule,
+    CorrelationRule,
+    GradientRule,
+    OutputErrorRule,
+    RestartRule,
+    SparseRule,
+    TrainingRule,
+)
 from .selection import BestCandidate
 from .switching import BudgetSwitching, FixedSwitching, PatienceSwitching, Switching
 
@@ -50,6 +58,7 @@ __all__ = [
     "CandidateStats",
     "CheckpointError",
     "CheckpointMismatchError",
+    "ClosedFormRule",
     "ConfigError",
     "CorrelationRule",
     "DendriteConfig",
@@ -63,6 +72,7 @@ __all__ = [
     "LayerParameters",
     "NoTargetLayersError",
     "NotConvertedError",
+    "OutputErrorRule",
     "ParameterReport",
     "PatienceSwitching",
     "PerforateError",
@@ -72,6 +82,7 @@ __all__ = [
     "PhaseError",
     "RestartRule",
     "ScoreError",
+    "SparseRule",
     "Switching",
     "TrainingRule",
     "UnsupportedLayerError",

@@ -15,7 +15,7 @@ backward hands `E = dL/dy` to the streaming statistics and returns `-dS/dV`.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -28,17 +28,18 @@ class CandidateTap(torch.autograd.Function):
     """Identity on `y`; in backward, turns dL/dy into the candidates' objective gradient."""
 
     @staticmethod
-    def forward(ctx, y, v, pool):  # type: ignore[override]
+    def forward(ctx, y, v, x, pool):  # type: ignore[override]
         ctx.pool = pool
-        ctx.save_for_backward(v.detach())
+        # The layer input only for pools that learn from it directly (closed-form start).
+        ctx.save_for_backward(v.detach(), x.detach() if pool.needs_input else None)
         # A clone, not `y` itself: a returned input is a view, which in-place ops after
         # this layer (ReLU(inplace=True)) are not allowed to modify.
         return y.clone()
 
     @staticmethod
     def backward(ctx, grad_y):  # type: ignore[override]
-        (v,) = ctx.saved_tensors
-        return grad_y, ctx.pool.objective_gradient(v, grad_y), None
+        v, x = ctx.saved_tensors
+        return grad_y, ctx.pool.objective_gradient(v, grad_y, x), None, None
 
 
 class CandidatePool(nn.Module):
@@ -52,6 +53,11 @@ class CandidatePool(nn.Module):
         activation: the dendrite non-linearity g.
         objective: 'covariance' or 'pearson' (see `correlation`).
     """
+
+    #: The name `phase_state_dict` records, so a resumed dendrite phase rebuilds this class.
+    variant: ClassVar[str] = "normal"
+    #: Whether the objective needs the layer input in backward (saved by the tap).
+    needs_input: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -104,6 +110,31 @@ class CandidatePool(nn.Module):
             casc.normal_(0.0, scale, generator=generator)
         return cls(kind, bank, casc, neurons, activation, objective)
 
+    @classmethod
+    def placeholder(
+        cls,
+        kind: LayerKind,
+        base: nn.Module,
+        size: int,
+        slots: int,
+        *,
+        cascade: bool,
+        activation: Callable[[torch.Tensor], torch.Tensor],
+        objective: str,
+        state: dict[str, Any],
+    ) -> CandidatePool:
+        """A pool of the right shapes whose tensors `load_state_dict` then fills (resume);
+        `state` is the saved `phase_state_dict()` of the layer."""
+        neurons = kind.neurons(base)
+        bank = kind.make_bank(base, size * neurons)
+        ref = base.weight
+        casc = (
+            torch.zeros(size, slots, neurons, dtype=ref.dtype, device=ref.device)
+            if cascade and slots
+            else None
+        )
+        return cls(kind, bank, casc, neurons, activation, objective)
+
     def share_statistics(self, reduce: Reduce | None, world_size: int) -> None:
         """Sum statistics over a process group with `reduce` (None: this process alone)."""
         self.reduce, self.world_size = reduce, world_size
@@ -113,18 +144,29 @@ class CandidatePool(nn.Module):
         """V for the pool, (..., P, C) or (B, P, C, *S), from the (detached) layer input
         and the activations of the neuron's installed dendrites, (..., k, C) or None."""
         kind, c = self.kind, self.neurons
-        net = kind.split(self.bank(xd), self.size, c)
+        net = kind.split(self.bank_output(xd), self.size, c)
         if installed is not None and self.cascade is not None:
             eq = "...ic,pic->...pc" if kind.spatial_dims == 0 else "bic...,pic->bpc..."
             net = net + torch.einsum(eq, installed.detach(), self.cascade)
         return self._g(net)
 
-    def tap(self, y: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """`y` unchanged; the user's backward through it trains the candidates."""
-        return CandidateTap.apply(y, v, self)
+    def bank_output(self, xd: torch.Tensor) -> torch.Tensor:
+        """The bank's net input for every candidate (a restricted fan-in masks it)."""
+        return self.bank(xd)
+
+    def input_weight(self) -> torch.Tensor:
+        """The candidates' input weights as they act (what `install` copies)."""
+        return self.bank.weight
+
+    def tap(self, y: torch.Tensor, v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """`y` unchanged; the user's backward through it trains the candidates. `x` is
+        the layer input (saved only when `needs_input`)."""
+        return CandidateTap.apply(y, v, x, self)
 
     # --- objective (called from backward) ---------------------------------------------
-    def objective_gradient(self, v: torch.Tensor, grad_y: torch.Tensor) -> torch.Tensor:
+    def objective_gradient(
+        self, v: torch.Tensor, grad_y: torch.Tensor, x: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Fold one batch into the statistics and return -dObjective/dV for it."""
         p, c = self.size, self.neurons
         # Linear: (..., P, C) -> (N, P, C), a view. Conv: (B, P, C, *S) as it is.

@@ -21,7 +21,7 @@ ACTIVATIONS = ("sigmoid", "tanh")
 OBJECTIVES = ("covariance", "pearson")
 DIRECTIONS = ("maximize", "minimize")
 # Names of the training rules (rules.RULES maps each to its class).
-TRAINING_RULES = ("correlation", "gd", "restart")
+TRAINING_RULES = ("correlation", "gd", "restart", "sparse", "closed_form", "output_error")
 SWITCH_MODES = ("budget", "patience", "fixed")
 # Settings that fix the structure and the function of a wrapped model.
 STRUCTURAL_SETTINGS = (
@@ -119,8 +119,23 @@ class DendriteConfig:
         "cascade-correlation objective, then installed). 'gd': the reference library's "
         "open build (untrained dendrites added each cycle and trained by backprop; see "
         "DendriteConfig.reference_gd). 'restart': the control, same cycle schedule and "
-        "fresh optimizer, no dendrites.",
+        "fresh optimizer, no dendrites. Candidate variants (docs/candidates.md): "
+        "'sparse' (each dendrite sees dendrite_fan_in random inputs), 'closed_form' "
+        "(candidates start on the ridge direction of the neuron's error), 'output_error' "
+        "(candidates follow the network output's error, boosting-like).",
         choices=TRAINING_RULES,
+    )
+    dendrite_fan_in: int = _f(
+        8,
+        "method='sparse': inputs (input channels of a convolution) each dendrite sees, "
+        "sampled at random per candidate.",
+        min=1,
+    )
+    closed_form_batches: int = _f(
+        20,
+        "method='closed_form': batches whose input/error covariances set the candidates' "
+        "start, at the beginning of each dendrite phase.",
+        min=1,
     )
     direction: str = _f(
         "maximize",

@@ -112,6 +112,7 @@ class Perforator:
         self.model = model
         self.layers: dict[str, DendriticLayer] = dendritic_layers(model)
         self.rule = rule if rule is not None else resolve_rule(self.config)
+        self.rule.bind(model, self.layers)
         self.switching = switching if switching is not None else resolve_switching(self.config)
         self.improvement = Improvement.from_config(self.config)
         self.direction_check = DirectionCheck(self.improvement, self.config.direction)

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .candidate_variants import POOL_VARIANTS
 from .candidates import CandidatePool
 from .config import DendriteConfig
 from .correlation import CandidateStats, Reduce
@@ -44,7 +45,12 @@ class Phase(str, enum.Enum):
 
 _ACTIVATIONS = {"sigmoid": torch.sigmoid, "tanh": torch.tanh}
 
-_CANDIDATE_KEYS = ("candidates.bank.weight", "candidates.bank.bias", "candidates.cascade")
+_CANDIDATE_KEYS = (
+    "candidates.bank.weight",
+    "candidates.bank.bias",
+    "candidates.cascade",
+    "candidates.mask",
+)
 _SLOT_KEYS = (
     "dendrites.weight",
     "dendrites.bias",
@@ -119,6 +125,11 @@ class DendriticLayer(nn.Module):
     def slots(self) -> int:
         """k: dendrite slots per neuron (the most any neuron of this layer has)."""
         return 0 if self.output_weight is None else self.output_weight.shape[0]
+
+    @property
+    def activation(self):
+        """The dendrite non-linearity g (from `config.activation`)."""
+        return self._g
 
     @property
     def pool_size(self) -> int:
@@ -271,7 +282,7 @@ class DendriticLayer(nn.Module):
         if pool is not None and torch.is_grad_enabled():
             # The same activations feed the candidates' cascade: no second bank forward.
             a = self._masked(acts).detach() if k else None
-            y = pool.tap(y, pool.outputs(xd, a))
+            y = pool.tap(y, pool.outputs(xd, a), xd)
         return y
 
     # --- phases ------------------------------------------------------------------------
@@ -380,6 +391,7 @@ class DendriticLayer(nn.Module):
             "dendrite_inputs_train": self.dendrite_inputs_train,
             "unit_flags": dict(self._unit_flags),
             "stats": None if pool is None else pool.statistics_state_dict(),
+            "variant": "normal" if pool is None else pool.variant,
         }
 
     def load_phase_state_dict(self, state: dict[str, Any]) -> None:
@@ -389,15 +401,18 @@ class DendriticLayer(nn.Module):
         self.set_slots(int(state["slots"]))
         phase = Phase(state["phase"])
         if phase == Phase.DENDRITE:
-            ref = self.base.weight
-            c, p, k = self.neurons, int(state["pool"]), self.slots
-            bank = self.kind.make_bank(self.base, p * c)
-            casc = (
-                torch.zeros(p, k, c, dtype=ref.dtype, device=ref.device)
-                if self.config.cascade and k
-                else None
+            # States written before pool variants existed hold the paper's pool.
+            pool_class = POOL_VARIANTS[state.get("variant", "normal")]
+            pool = pool_class.placeholder(
+                self.kind,
+                self.base,
+                int(state["pool"]),
+                self.slots,
+                cascade=self.config.cascade,
+                activation=self._g,
+                objective=self.config.objective,
+                state=state,
             )
-            pool = CandidatePool(self.kind, bank, casc, c, self._g, self.config.objective)
             self.start_dendrite_phase(pool)
             self._unit_flags = dict(state["unit_flags"])
             if state["stats"] is not None:
@@ -454,7 +469,7 @@ class DendriticLayer(nn.Module):
             cascade = pool.cascade[picks[:, None], i[None, :], chosen[:, None]]
         self.start_neuron_phase()
         return self.append_dendrites(
-            chosen, pool.bank.weight[src], pool.bank.bias[src], v0[chosen], cascade
+            chosen, pool.input_weight()[src], pool.bank.bias[src], v0[chosen], cascade
         )
 
     def append_dendrites(
@@ -512,9 +527,13 @@ class DendriticLayer(nn.Module):
         """(unit, dendrite) parameters the forward pass uses (absent slots not counted)."""
         unit = sum(q.numel() for _, q in self._unit_parameters())
         counts = self.dendrite_count
-        per_dendrite = self.kind.fan_in(self.base) + 2  # input weights, bias, output weight
         n = int(counts.sum())
-        dend = n * per_dendrite
+        dend = 2 * n  # bias and output weight
+        if n:
+            # Input weights that are not zero: a restricted fan-in dendrite stores zeros
+            # for the inputs it does not see (dense storage, sparse parameters).
+            rows = self.slot_mask.flatten().nonzero().flatten()
+            dend += int(self.dendrites.weight.detach().flatten(1)[rows].ne(0).sum())
         if self.cascade_weight is not None:
             dend += int((counts * (counts - 1) // 2).sum())  # slot j sees j earlier slots
         return unit, dend

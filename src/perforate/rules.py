@@ -20,8 +20,18 @@ from abc import ABC, abstractmethod
 from typing import ClassVar
 
 import torch
+from torch import nn
 
+from .candidate_variants import (
+    ClosedFormPool,
+    OutputError,
+    OutputErrorPool,
+    OutputErrorTap,
+    SparsePool,
+)
+from .candidates import CandidatePool
 from .config import DendriteConfig
+from .errors import ConfigError, PhaseError
 from .events import Event
 from .layers import DendriticLayer
 from .selection import BestCandidate
@@ -41,6 +51,10 @@ class TrainingRule(ABC):
     @classmethod
     @abstractmethod
     def from_config(cls, config: DendriteConfig) -> TrainingRule: ...
+
+    def bind(self, model: nn.Module, layers: Layers) -> None:
+        """Called once by the controller with the wrapped model (most rules need nothing)."""
+        return None
 
     def can_grow(self, layers: Layers) -> bool:
         """Whether another cycle can still add anything; False ends the run."""
@@ -92,9 +106,13 @@ class CorrelationRule(_Growing):
             BestCandidate.from_config(config), config.candidates_per_neuron, config.dendrites_learn
         )
 
+    def make_pool(self, layer: DendriticLayer, generator: torch.Generator) -> CandidatePool:
+        """The candidates one layer trains in the next dendrite phase."""
+        return layer.draw_candidates(self.pool_size, generator=generator)
+
     def next_cycle(self, layers: Layers, generator: torch.Generator) -> Event:
         for layer in layers.values():
-            layer.start_dendrite_phase(self.pool_size, generator=generator)
+            layer.start_dendrite_phase(self.make_pool(layer, generator))
         return Event.DENDRITE_PHASE
 
     def install(self, layers: Layers) -> dict[str, dict[str, float]]:
@@ -107,6 +125,148 @@ class CorrelationRule(_Growing):
             if pick.count:
                 summaries[name] = pick.summary
         return summaries
+
+
+class SparseRule(CorrelationRule):
+    """PB with restricted fan-in: each candidate (so each dendrite) sees `fan_in` inputs
+    (input channels of a convolution) sampled at random per candidate. A dendrite then
+    costs fan_in + 2 parameters instead of the layer's fan-in + 2."""
+
+    name = "sparse"
+
+    def __init__(
+        self,
+        selector: BestCandidate | None = None,
+        pool_size: int = 4,
+        fan_in: int = 8,
+        init_scale: float = 0.01,
+    ) -> None:
+        super().__init__(selector, pool_size, dendrite_inputs_train=False)
+        self.fan_in = int(fan_in)
+        self.init_scale = init_scale
+
+    @classmethod
+    def from_config(cls, config: DendriteConfig) -> SparseRule:
+        if config.dendrites_learn:
+            raise ConfigError(
+                "method='sparse' keeps installed dendrites' inputs frozen (training them "
+                "would fill the inputs they do not see); set dendrites_learn=False"
+            )
+        return cls(
+            BestCandidate.from_config(config),
+            config.candidates_per_neuron,
+            config.dendrite_fan_in,
+            config.candidate_init_scale,
+        )
+
+    def make_pool(self, layer: DendriticLayer, generator: torch.Generator) -> CandidatePool:
+        cfg = layer.config
+        return SparsePool.draw(
+            layer.kind,
+            layer.base,
+            self.pool_size,
+            layer.slots,
+            self.fan_in,
+            scale=self.init_scale,
+            cascade=cfg.cascade,
+            activation=layer.activation,
+            objective=cfg.objective,
+            generator=generator,
+        )
+
+
+class ClosedFormRule(CorrelationRule):
+    """PB whose candidates start on the ridge-regression direction of their neuron's
+    error, measured over the first `warmup` batches of the dendrite phase, at P slopes
+    of the sigmoid; the cascade-correlation objective then refines them (Linear layers)."""
+
+    name = "closed_form"
+
+    def __init__(
+        self,
+        selector: BestCandidate | None = None,
+        pool_size: int = 4,
+        dendrite_inputs_train: bool = False,
+        warmup: int = 20,
+    ) -> None:
+        super().__init__(selector, pool_size, dendrite_inputs_train)
+        self.warmup = int(warmup)
+
+    @classmethod
+    def from_config(cls, config: DendriteConfig) -> ClosedFormRule:
+        return cls(
+            BestCandidate.from_config(config),
+            config.candidates_per_neuron,
+            config.dendrites_learn,
+            config.closed_form_batches,
+        )
+
+    def make_pool(self, layer: DendriticLayer, generator: torch.Generator) -> CandidatePool:
+        pool = layer.draw_candidates(self.pool_size, generator=generator)
+        casc = None if pool.cascade is None else pool.cascade.data
+        return ClosedFormPool(
+            pool.kind,
+            pool.bank,
+            casc,
+            pool.neurons,
+            layer.activation,
+            pool.objective,
+            warmup=self.warmup,
+        )
+
+
+class OutputErrorRule(CorrelationRule):
+    """Boosting-like PB: candidates correlate with the error of the network's output
+    (summed over output units, as in Fahlman's cascade-correlation) instead of their own
+    neuron's error. Needs a model whose forward returns the tensor the loss is computed
+    from; `bind` taps it."""
+
+    name = "output_error"
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.source = OutputError()
+        self._layers: Layers = {}
+        self._hooks: list = []
+
+    def bind(self, model: nn.Module, layers: Layers) -> None:
+        for handle in self._hooks:  # bound again (a new Perforator on the same rule)
+            handle.remove()
+        self._layers = layers
+        self._hooks = [
+            model.register_forward_pre_hook(self._attach_source),
+            model.register_forward_hook(self._tap_output),
+        ]
+
+    def _pools(self) -> list[OutputErrorPool]:
+        return [
+            layer.candidates
+            for layer in self._layers.values()
+            if isinstance(layer.candidates, OutputErrorPool)
+        ]
+
+    def _attach_source(self, module, args) -> None:
+        # Every forward, so a pool rebuilt by a resume finds the holder too.
+        for pool in self._pools():
+            pool.source = self.source
+
+    def _tap_output(self, module, args, output):
+        if not self._pools() or not torch.is_grad_enabled():
+            return None
+        if not isinstance(output, torch.Tensor):
+            raise PhaseError(
+                "method='output_error' needs a model whose forward returns the output "
+                f"tensor, got {type(output).__name__}"
+            )
+        self.source.error = None
+        return OutputErrorTap.apply(output, self.source)
+
+    def make_pool(self, layer: DendriticLayer, generator: torch.Generator) -> CandidatePool:
+        pool = OutputErrorPool.from_pool(
+            layer.draw_candidates(self.pool_size, generator), layer.activation
+        )
+        pool.source = self.source
+        return pool
 
 
 class GradientRule(_Growing):
@@ -169,7 +329,15 @@ class RestartRule(TrainingRule):
 
 
 RULES: dict[str, type[TrainingRule]] = {
-    rule.name: rule for rule in (CorrelationRule, GradientRule, RestartRule)
+    rule.name: rule
+    for rule in (
+        CorrelationRule,
+        GradientRule,
+        RestartRule,
+        SparseRule,
+        ClosedFormRule,
+        OutputErrorRule,
+    )
 }
 
 

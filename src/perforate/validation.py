@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from .candidate_variants import POOL_VARIANTS
 from .layers import DendriticLayer, Phase
 
 _PHASES = {p.value for p in (Phase.NEURON, Phase.DENDRITE, Phase.INFERENCE)}
@@ -66,6 +67,11 @@ def phase_state_problems(
         return [f"layer {name!r}: phase state lacks {missing}"]
     problems = slot_problems(name, layer, state["slots"], tensors)
     phase, pool = state["phase"], state["pool"]
+    variant = state.get("variant", "normal")
+    if variant not in POOL_VARIANTS:
+        problems.append(
+            f"layer {name!r}: unknown candidate pool {variant!r}; known: {sorted(POOL_VARIANTS)}"
+        )
     if phase not in _PHASES:
         problems.append(f"layer {name!r}: unknown phase {phase!r}")
     if not is_count(pool):
@@ -82,12 +88,17 @@ def phase_state_problems(
         if not isinstance(stats, Mapping):
             problems.append(f"layer {name!r}: a dendrite phase needs candidate statistics")
         else:
+            # Output-error candidates follow the O output units instead of C neurons.
+            errors, m_ve = (layer.neurons,), (pool, layer.neurons)
+            if variant == "output_error" and isinstance(stats.get("mean_e"), torch.Tensor):
+                errors = tuple(stats["mean_e"].shape[:1])
+                m_ve = (pool, layer.neurons, *errors)
             want = {
                 "mean_v": (pool, layer.neurons),
-                "m_ve": (pool, layer.neurons),
+                "m_ve": m_ve,
                 "m_vv": (pool, layer.neurons),
-                "mean_e": (layer.neurons,),
-                "m_ee": (layer.neurons,),
+                "mean_e": errors,
+                "m_ee": errors,
                 "count": (),
             }
             for key, shape in want.items():

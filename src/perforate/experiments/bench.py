@@ -77,6 +77,21 @@ METHODS: dict[str, Method] = {
         "first one (cycle_patience = patience)",
         patient_cycles=True,
     ),
+    "pb_sparse": Method(
+        "PB with restricted fan-in: every candidate sees 8 inputs sampled at random per "
+        "candidate (a dendrite costs 10 parameters)",
+        {"method": "sparse", "dendrite_fan_in": 8},
+    ),
+    "pb_closed_form": Method(
+        "PB whose candidates start on the ridge direction of their neuron's error (20 "
+        "warm-up batches), at 4 sigmoid slopes, then train on the objective",
+        {"method": "closed_form"},
+    ),
+    "pb_output_error": Method(
+        "boosting-like PB: candidates correlate with the error of the network's output "
+        "(summed over the 10 outputs) instead of their own neuron's",
+        {"method": "output_error"},
+    ),
     "pb_epochs": Method(
         "PB with the schedule that was the default before 0.3: neuron phases of `patience` "
         "epochs after every install, dendrite phases of whole epochs with patience 3 (up "
@@ -122,7 +137,10 @@ def scarce(splits: datasets.Splits, fraction: float, seed: int) -> datasets.Spli
     return splits.subset(t, v, f"{splits.name}_{fraction:g}")
 
 
-SCARCE_METHODS = ("plain", "restart", "pb", "gd")
+# Regime 4 of issue 14: candidate variants (the closed-form start needs Linear layers).
+CANDIDATE_METHODS = ("pb_sparse", "pb_closed_form", "pb_output_error")
+SCARCE_METHODS = ("plain", "restart", "pb", "gd", *CANDIDATE_METHODS)
+CNN_METHODS = tuple(m for m in METHODS if m not in CANDIDATE_METHODS)
 
 
 def _scarce_suites() -> list[Suite]:
@@ -198,6 +216,7 @@ SUITES: dict[str, Suite] = {
             (2, 4, 8, 16),
             (4,),
             3,
+            methods=CNN_METHODS,
         ),
         Suite(
             "fashion_cnn",
@@ -208,6 +227,7 @@ SUITES: dict[str, Suite] = {
             (2, 4, 8),
             (4,),
             3,
+            methods=CNN_METHODS,
             batch_size=128,
             settings={"patience": 4, "max_epochs": 60, "dendrite_max_epochs": 5},
         ),

@@ -167,10 +167,12 @@ def build_arm(arm: str, source: dict[str, torch.Tensor], seed: int):
         return model, {"max_dendrites": 1}
     if arm == "gd":
         return model, {**REFERENCE_GD, "max_dendrites": 1}
+    if arm == "pb_sparse":  # small fan-in: far fewer parameters than the other arms
+        return model, {"method": "sparse", "dendrite_fan_in": 8}
     raise ValueError(f"unknown arm {arm!r}; arms: {', '.join(ARMS)}")
 
 
-ARMS = ("head", "head_restart", "finetune", "lora", "wider", "pb", "gd")
+ARMS = ("head", "head_restart", "finetune", "lora", "wider", "pb", "gd", "pb_sparse")
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .report import group_by, mean_sd, paired_difference
+from .transfer import ARMS
 
 COMMAND = "perforate bench --report"
 
@@ -71,7 +72,7 @@ def transfer_section(rows: list[dict[str, Any]], figure: Path | None = None) -> 
     )
     lines.append("|---|---|---|---|---|---|---|---|---|---|")
     verdicts = []
-    arms_order = ["head", "head_restart", "finetune", "lora", "wider", "pb", "gd"]
+    arms_order = list(ARMS)
     for shots in sorted({k for _, k in groups}):
         diffs = pb_against(rows, shots)
         head = {r["seed"]: r["seconds"] for r in groups.get(("head", shots), [])}
