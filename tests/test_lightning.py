@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 
 pl = pytest.importorskip("lightning.pytorch")
@@ -63,3 +65,102 @@ def test_callback_drives_pb_and_stops_the_trainer():
     assert trainer.optimizers[0] is ctl.optimizer
     final = trainer.validate(module, val, verbose=False)[0]["val_acc"]
     assert final == pytest.approx(ctl.best_score, abs=1e-6)
+
+
+def _loaders():
+    data = digits()
+    n = 512  # a slice keeps each epoch short; no shuffling, so both runs see one order
+    train = DataLoader(TensorDataset(data.x_train[:n], data.y_train[:n]), batch_size=64)
+    val = DataLoader(TensorDataset(data.x_val, data.y_val), batch_size=512)
+    return train, val
+
+
+def _trainer(epochs, callback, **kw):
+    kw.setdefault("logger", False)
+    return pl.Trainer(
+        max_epochs=epochs,
+        callbacks=[callback],
+        accelerator="cpu",
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        deterministic=True,
+        **kw,
+    )
+
+
+FIXED = dict(switch_mode="fixed", fixed_neuron_epochs=2, fixed_dendrite_epochs=2, max_cycles=3)
+
+
+def _fit(epochs, ckpt_path=None, module=None):
+    pl.seed_everything(0, verbose=False)
+    module = module if module is not None else Classifier()
+    callback = PerforateCallback(perforate.DendriteConfig(**FIXED), monitor="val_acc", seed=0)
+    trainer = _trainer(epochs, callback)
+    train, val = _loaders()
+    trainer.fit(module, train, val, ckpt_path=ckpt_path)
+    return module, callback, trainer
+
+
+@functools.cache
+def _uninterrupted():
+    return _fit(7)
+
+
+@pytest.mark.parametrize(("stop", "phase"), [(1, "neuron"), (3, "dendrite"), (5, "neuron")])
+def test_trainer_checkpoint_resumes_bit_for_bit_in_every_phase(tmp_path, stop, phase):
+    full, full_cb, _ = _uninterrupted()
+    _, part_cb, part_trainer = _fit(stop)
+    assert part_cb.controller.phase.value == phase
+    path = tmp_path / "mid.ckpt"
+    part_trainer.save_checkpoint(path)
+
+    pl.seed_everything(123, verbose=False)  # the resumed run must not depend on it
+    torch.manual_seed(99)
+    resumed, resumed_cb, _ = _fit(7, ckpt_path=str(path), module=Classifier())
+    want, got = full.state_dict(), resumed.state_dict()
+    assert got.keys() == want.keys()
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    assert [r.score for r in resumed_cb.controller.history] == [
+        r.score for r in full_cb.controller.history
+    ]
+    assert resumed_cb.controller.dendrites_kept == full_cb.controller.dendrites_kept > 0
+    assert resumed.strict_loading  # only relaxed while Lightning restored the weights
+
+
+def test_mode_and_config_direction_must_agree():
+    assert PerforateCallback().config.direction == "minimize"  # val_loss, min
+    assert PerforateCallback(monitor="val_acc", mode="max").config.direction == "maximize"
+    assert PerforateCallback(perforate.DendriteConfig()).mode == "max"
+    with pytest.raises(perforate.ConfigError, match="mode='min' but the config"):
+        PerforateCallback(perforate.DendriteConfig(), monitor="val_loss", mode="min")
+    with pytest.raises(perforate.ConfigError, match="mode must be"):
+        PerforateCallback(mode="minimum")
+
+
+def test_phase_cycle_and_dendrites_reach_the_loggers(tmp_path):
+    from lightning.pytorch.loggers import CSVLogger
+
+    pl.seed_everything(0, verbose=False)
+    callback = PerforateCallback(perforate.DendriteConfig(**FIXED), monitor="val_acc", seed=0)
+    trainer = _trainer(5, callback, logger=CSVLogger(tmp_path, name="run"))
+    train, val = _loaders()
+    trainer.fit(Classifier(), train, val)
+    logged = trainer.logged_metrics
+    assert {"perforate/phase", "perforate/cycle", "perforate/dendrites"} <= set(logged)
+    assert float(logged["perforate/dendrites"]) == callback.controller.dendrites_kept
+    csv = (tmp_path / "run" / "version_0" / "metrics.csv").read_text()
+    assert "perforate/dendrites" in csv.splitlines()[0]
+
+
+def test_a_checkpoint_without_the_callbacks_state_is_refused(tmp_path):
+    pl.seed_everything(0, verbose=False)
+    plain = pl.Trainer(
+        max_epochs=1, accelerator="cpu", logger=False, enable_progress_bar=False,
+        enable_checkpointing=False, enable_model_summary=False,
+    )  # fmt: skip
+    train, val = _loaders()
+    plain.fit(Classifier(), train, val)
+    plain.save_checkpoint(tmp_path / "plain.ckpt")
+    with pytest.raises(perforate.ConfigError, match="holds no PerforateCallback state"):
+        _fit(2, ckpt_path=str(tmp_path / "plain.ckpt"))
