@@ -8,7 +8,14 @@ import pytest
 import torch
 
 from perforate.experiments import datasets
-from perforate.experiments.bench import SUITES, jobs, quick_suite, run_suite, scarce
+from perforate.experiments.bench import (
+    CANDIDATE_METHODS,
+    SUITES,
+    jobs,
+    quick_suite,
+    run_suite,
+    scarce,
+)
 from perforate.experiments.bench_report import ladder_at, write_report
 
 
@@ -17,7 +24,7 @@ def test_quick_suite_runs_resumes_and_reports(tmp_path):
     logs: list[str] = []
     path = run_suite(suite, seeds=1, results_dir=tmp_path / "results", log=logs.append)
     rows = [json.loads(line) for line in path.read_text().splitlines()]
-    assert len(rows) == len(jobs(suite, 1)) == 10
+    assert len(rows) == len(jobs(suite, 1)) == 13  # plain at 2 widths, 12 methods
     for r in rows:
         assert {
             "dataset",
@@ -37,17 +44,18 @@ def test_quick_suite_runs_resumes_and_reports(tmp_path):
         assert len(r["epoch_seconds"]) == len(r["eval_seconds"]) == len(r["test_by_epoch"])
         assert len(r["epoch_seconds"]) == r["epochs"]
         assert sum(r["epoch_seconds"]) <= r["seconds"]
-    for method in ("gd", "pb", "pb_learn"):
+    for method in ("gd", "pb", "pb_learn", *CANDIDATE_METHODS):
         run = next(r for r in rows if r["method"] == method)
         assert any(event == "installed" for _, _, event in run["phases"]), method
     pb_hidden = next(r for r in rows if r["method"] == "pb_hidden")
     assert all(set(i) == {"1"} for i in pb_hidden["installs"])  # not the output layer "3"
     logs.clear()
     run_suite(suite, seeds=1, results_dir=tmp_path / "results", log=logs.append)
-    assert "0 runs to do (10 recorded)" in logs[0]
+    assert "0 runs to do (13 recorded)" in logs[0]
     page = write_report(tmp_path / "results", tmp_path / "docs").read_text()
     assert "## quick: digits" in page and "In plain words" in page
     assert "`pb` at width 4" in page
+    assert "**quick**: `pb_sparse` at width 4" in page  # regime 4's lines, in CI
     assert (tmp_path / "docs" / "figures" / "bench_quick.png").stat().st_size > 5_000
     cost = (tmp_path / "docs" / "run_cost.md").read_text()
     assert "## quick: digits" in cost and "| pb_epochs | 4 | 1 |" in cost

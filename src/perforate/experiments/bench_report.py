@@ -14,7 +14,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from .bench import METHODS, SUITES
+from .bench import CANDIDATE_METHODS, METHODS, SUITES
 from .compression_report import compression_section, plot_compression
 from .cost_report import write_cost_report
 from .report import group_by, ladder_at, mean_sd, paired_difference
@@ -179,21 +179,33 @@ def _verdict(method, width, d, half, gap, ratio) -> str:
     return f"`{method}` at width {width} {beat}; {lad}{cost}{tail}"
 
 
-def pb_lines(rows: list[dict[str, Any]], cells: list[tuple]) -> list[str]:
-    """Per PB width: PB against the restart control and the width ladder, and its cost,
-    from the cells `suite_section` computed, plus how many runs kept dendrites."""
+def pb_lines(
+    rows: list[dict[str, Any]], cells: list[tuple], methods: tuple[str, ...] = ("pb",)
+) -> list[str]:
+    """Per width of each of `methods`: against the restart control and the width ladder,
+    and its cost, from the cells `suite_section` computed, plus how many runs kept
+    dendrites; a variant of PB is also compared with PB itself (paired)."""
     groups = group_by(rows, "method", "width")
     out = []
     for method, width, d, half, gap, ratio, n in cells:
-        if method != "pb":
+        if method not in methods:
             continue
         rs = groups[(method, width)]
         kept = sum(r.get("dendrites", int(r["dendrite_params"] > 0)) > 0 for r in rs)
         pays = d - half > 0 and gap is not None and gap >= 0
+        vs_pb = ""
+        if method != "pb" and ("pb", width) in groups:
+            dp, hp, npb = paired_difference(
+                {r["seed"]: r["test"] for r in rs},
+                {r["seed"]: r["test"] for r in groups[("pb", width)]},
+            )
+            vs_pb = f"; {100 * dp:+.2f} ± {100 * hp:.2f} against PB (n={npb})"
+        label = "PB" if method == "pb" else f"`{method}`"
         out.append(
-            f"PB at width {width} {'**pays**' if pays else 'does not pay'}: "
+            f"{label} at width {width} {'**pays**' if pays else 'does not pay'}: "
             f"{100 * d:+.2f} ± {100 * half:.2f} points against the restart control (n={n}), "
             + ("outside the ladder" if gap is None else f"{gap:+.2f} against the ladder")
+            + vs_pb
             + f"; dendrites kept in {kept} of {len(rs)} runs"
             + (f"; {ratio:.1f}x the plain run's time." if ratio is not None else ".")
         )
@@ -207,6 +219,7 @@ def when_to_use(when: dict[str, list[str]]) -> list[str]:
         "scarce": "From scratch, with 1%, 3% or 10% of the training set",
         "transfer": "Growing into a trained model (few labels, trunk frozen)",
         "compression": "Compression: a small model from a wide one",
+        "candidates": "Other candidates (restricted fan-in, closed-form start, output error)",
     }
     lines = [
         "## When to use dendrites",
@@ -215,8 +228,9 @@ def when_to_use(when: dict[str, list[str]]) -> list[str]:
         "interval above zero): from scratch the restart control and the width ladder at "
         "equal parameters; in transfer the head alone, its restart schedule, fine-tuning, "
         "LoRA and extra neurons at equal parameters; in compression the distilled width "
-        "ladder and the distilled restart control. Regimes not measured yet are not "
-        "listed.",
+        "ladder and the distilled restart control. The other candidates (restricted "
+        "fan-in, a closed-form start, the network output's error) face their suite's "
+        "controls and are also compared with PB. Regimes not measured yet are not listed.",
         "",
     ]
     for key, title in titles.items():
@@ -293,7 +307,13 @@ def write_report(
 ) -> Path:
     runs = load_runs(results_dir)
     sections, goal, summaries = [], [], []
-    when: dict[str, list[str]] = {"scratch": [], "scarce": [], "transfer": [], "compression": []}
+    when: dict[str, list[str]] = {
+        "scratch": [],
+        "scarce": [],
+        "transfer": [],
+        "compression": [],
+        "candidates": [],
+    }
     for name, rows in runs.items():
         if name not in SUITES and name != "quick":
             continue
@@ -305,6 +325,9 @@ def write_report(
         goal += [f"{name}: {m}" for m in met]
         regime = "scarce" if name in SUITES and SUITES[name].data_per_seed else "scratch"
         when[regime] += [f"**{name}**: {line}" for line in pb_lines(rows, cells)]
+        when["candidates"] += [
+            f"**{name}**: {line}" for line in pb_lines(rows, cells, CANDIDATE_METHODS)
+        ]
     regimes = [
         ("transfer", TRANSFER_SUITES, plot_transfer, transfer_section),
         ("compression", COMPRESSION_SUITES, plot_compression, compression_section),

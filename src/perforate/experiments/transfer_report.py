@@ -17,25 +17,34 @@ from .transfer import ARMS
 COMMAND = "perforate bench --report"
 
 
-def pb_against(rows: list[dict[str, Any]], shots: int) -> dict[str, tuple[float, float, int]]:
-    """PB minus each other arm at `shots`: (mean, half-width, seeds), in accuracy units."""
+# The arms without dendrites: what a dendrite arm must beat.
+CONTROLS = ("head", "head_restart", "finetune", "lora", "wider")
+DENDRITE_ARMS = {"pb": "PB", "pb_sparse": "PB with fan-in 8"}
+
+
+def pb_against(
+    rows: list[dict[str, Any]], shots: int, arm: str = "pb", others: tuple[str, ...] | None = None
+) -> dict[str, tuple[float, float, int]]:
+    """`arm` minus each other arm (or each of `others`) at `shots`: (mean, half-width,
+    seeds), in accuracy units."""
     groups = group_by(rows, "method", "shots")
-    pb = {r["seed"]: r["test"] for r in groups.get(("pb", shots), [])}
+    mine = {r["seed"]: r["test"] for r in groups.get((arm, shots), [])}
     out = {}
-    for (arm, k), rs in sorted(groups.items()):
-        if k == shots and arm != "pb" and pb:
-            out[arm] = paired_difference(pb, {r["seed"]: r["test"] for r in rs})
+    for (other, k), rs in sorted(groups.items()):
+        wanted = other != arm if others is None else other in others
+        if k == shots and wanted and mine:
+            out[other] = paired_difference(mine, {r["seed"]: r["test"] for r in rs})
     return out
 
 
-def verdict(shots: int, diffs: dict[str, tuple[float, float, int]]) -> str:
+def verdict(shots: int, diffs: dict[str, tuple[float, float, int]], label: str = "PB") -> str:
     beats = [a for a, (d, h, _) in diffs.items() if d - h > 0]
     loses = [a for a, (d, h, _) in diffs.items() if d + h < 0]
     level = [a for a in diffs if a not in beats and a not in loses]
     if diffs and len(beats) == len(diffs):
-        head = f"{shots} labels per class: PB **beats every control** outside seed noise"
+        head = f"{shots} labels per class: {label} **beats every control** outside seed noise"
     else:
-        head = f"{shots} labels per class: PB does not beat every control"
+        head = f"{shots} labels per class: {label} does not beat every control"
     parts = []
     for name, arms in (("beats", beats), ("level with", level), ("**loses** to", loses)):
         if arms:
@@ -95,12 +104,14 @@ def transfer_section(rows: list[dict[str, Any]], figure: Path | None = None) -> 
                 f"{statistics.fmean(r['dendrites_per_neuron'] for r in rs):.2f} | "
                 f"{val[0]:.2f} ± {val[1]:.2f} | {test[0]:.2f} ± {test[1]:.2f} | {vs} | {time} |"
             )
-        if diffs:
-            best = max(
-                present, key=lambda a: statistics.fmean(r["test"] for r in groups[(a, shots)])
-            )
-            mean_best = 100 * statistics.fmean(r["test"] for r in groups[(best, shots)])
-            verdicts.append(verdict(shots, diffs) + f" Best arm: `{best}` ({mean_best:.2f}%).")
+        best = max(present, key=lambda a: statistics.fmean(r["test"] for r in groups[(a, shots)]))
+        mean_best = 100 * statistics.fmean(r["test"] for r in groups[(best, shots)])
+        for arm, label in DENDRITE_ARMS.items():
+            against = pb_against(rows, shots, arm, CONTROLS)
+            if against:
+                verdicts.append(
+                    verdict(shots, against, label) + f" Best arm: `{best}` ({mean_best:.2f}%)."
+                )
     lines += ["", "In plain words:", ""]
     lines += [f"- {v}" for v in verdicts] or ["- no PB runs recorded yet"]
     lines.append("")
