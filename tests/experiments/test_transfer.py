@@ -48,7 +48,7 @@ def test_every_arm_starts_as_the_source_trunk_with_the_same_fresh_head(arm):
             n.endswith(("5.weight", "5.bias")) or any(a in n for a in added) for n in trainable
         ), trainable
         assert any(n.endswith("5.weight") for n in trainable)
-    if arm in ("pb", "gd"):
+    if arm in ("pb", "gd", "pb_sparse"):
         assert overrides["max_dendrites"] == 1
     else:
         assert "include" in overrides  # nothing to grow: only the head is wrapped
@@ -80,7 +80,7 @@ def test_quick_transfer_runs_resumes_and_reports(tmp_path):
     assert all(0.0 <= r["test"] <= 1.0 and r["epochs"] >= 1 for r in rows)
     logs.clear()
     tr.run_transfer(suite, results_dir=tmp_path / "results", log=logs.append)
-    assert "0 runs to do (7 recorded)" in logs[0]
+    assert "0 runs to do (8 recorded)" in logs[0]
     page = write_report(tmp_path / "results", tmp_path / "docs").read_text()
     assert "## transfer: growing into a trained model" in page
     assert "## When to use dendrites" in page and "10 labels per class: PB" in page
