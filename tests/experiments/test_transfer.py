@@ -48,8 +48,10 @@ def test_every_arm_starts_as_the_source_trunk_with_the_same_fresh_head(arm):
             n.endswith(("5.weight", "5.bias")) or any(a in n for a in added) for n in trainable
         ), trainable
         assert any(n.endswith("5.weight") for n in trainable)
-    if arm in ("pb", "gd", "pb_sparse"):
+    if arm in ("pb", "gd"):
         assert overrides["max_dendrites"] == 1
+    elif arm == "pb_sparse":  # cheap dendrites: up to the default cap, 8 inputs each
+        assert overrides == {"method": "sparse", "dendrite_fan_in": 8}
     else:
         assert "include" in overrides  # nothing to grow: only the head is wrapped
 
