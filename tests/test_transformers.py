@@ -82,3 +82,117 @@ def test_trainer_callback_installs_dendrites_in_attention_and_mlp(tmp_path):
     query = layers["bert.encoder.layer.0.attention.self.query"]
     assert query.slots == 1 or ctl.history[-1].dendrites == 0  # kept only if it paid
     assert trainer.evaluate()["eval_loss"] == pytest.approx(ctl.best_score, rel=1e-5)
+
+
+def tiny_bert():
+    cfg = transformers.BertConfig(
+        vocab_size=32,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=16,
+        num_labels=2,
+    )
+    return transformers.BertForSequenceClassification(cfg)
+
+
+def tiny_gpt2():
+    cfg = transformers.GPT2Config(vocab_size=40, n_positions=16, n_embd=16, n_layer=1, n_head=2)
+    return transformers.GPT2LMHeadModel(cfg)
+
+
+def test_metric_and_direction_come_from_the_training_arguments():
+    from types import SimpleNamespace as Args
+
+    from perforate.integrations.transformers import resolve_metric
+
+    def args(name=None, greater=None):
+        return Args(metric_for_best_model=name, greater_is_better=greater)
+
+    name, cfg = resolve_metric(args(), None, None)
+    assert (name, cfg.direction) == ("eval_loss", "minimize")
+    name, cfg = resolve_metric(args("accuracy", True), None, None)
+    assert (name, cfg.direction) == ("eval_accuracy", "maximize")
+    name, cfg = resolve_metric(args(), None, "eval_f1")  # the Trainer's rule: not a loss
+    assert (name, cfg.direction) == ("eval_f1", "maximize")
+    name, cfg = resolve_metric(
+        args("loss", False), perforate.DendriteConfig(direction="minimize"), None
+    )
+    assert name == "eval_loss"
+    with pytest.raises(perforate.ConfigError, match="greater_is_better=True"):
+        resolve_metric(args("accuracy", True), perforate.DendriteConfig(direction="minimize"), None)
+
+
+def test_grown_model_round_trips_through_save_and_from_pretrained(tmp_path):
+    from helpers import grow
+    from perforate.integrations.transformers import from_pretrained, save_pretrained
+
+    torch.manual_seed(0)
+    model = tiny_bert()
+    perforate.add_dendrites(model, perforate.DendriteConfig(pair_norms=False))
+    gen = torch.Generator().manual_seed(3)
+    for layer in perforate.dendritic_layers(model).values():
+        grow(layer, 2, gen)
+    model.eval()
+    ids = torch.randint(3, 30, (4, 8), generator=gen)
+    want = model(input_ids=ids).logits
+    save_pretrained(model, tmp_path / "grown")
+    torch.manual_seed(123)  # a different init underneath: every weight must come from disk
+    loaded = from_pretrained(transformers.BertForSequenceClassification, tmp_path / "grown")
+    assert torch.equal(loaded(input_ids=ids).logits, want)
+    a, b = model.state_dict(), loaded.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(perforate.CheckpointError, match="perforate's `save_pretrained`"):
+        model.save_pretrained(tmp_path / "hf")  # HF's own: no structure beside it
+        from_pretrained(transformers.BertForSequenceClassification, tmp_path / "hf")
+
+
+def test_a_head_tied_to_the_embeddings_is_left_alone_and_the_model_saves(tmp_path):
+    from helpers import grow
+    from perforate.integrations.transformers import from_pretrained, save_pretrained, tied_linears
+
+    torch.manual_seed(0)
+    model = tiny_gpt2()
+    assert model.lm_head.weight is model.transformer.wte.weight
+    assert tied_linears(model) == ["lm_head"]
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path), report_to=[], use_cpu=True, eval_strategy="epoch"
+    )
+    trainer = transformers.Trainer(model=model, args=args, eval_dataset=[])
+    callback = attach(trainer)
+    assert callback.metric == "eval_loss" and callback.config.direction == "minimize"
+    assert isinstance(model.lm_head, torch.nn.Linear)  # not wrapped: still tied
+    assert model.lm_head.weight is model.transformer.wte.weight
+    layers = perforate.dendritic_layers(model)  # GPT-2's transposed Linears (Conv1D)
+    assert {"transformer.h.0.attn.c_attn", "transformer.h.0.mlp.c_fc"} <= set(layers)
+    gen = torch.Generator().manual_seed(1)
+    for layer in layers.values():
+        grow(layer, 2, gen)
+    ids = torch.randint(0, 40, (2, 6))
+    model.eval()
+    want = model(input_ids=ids).logits
+    save_pretrained(model, tmp_path / "gpt2")
+    loaded = from_pretrained(transformers.GPT2LMHeadModel, tmp_path / "gpt2")
+    assert torch.equal(loaded(input_ids=ids).logits, want)
+    assert loaded.lm_head.weight is loaded.transformer.wte.weight
+
+
+def test_a_conv1d_layer_with_dendrites_computes_as_the_same_linear():
+    from transformers.pytorch_utils import Conv1D
+
+    torch.manual_seed(0)
+    conv = Conv1D(5, 3)  # 3 inputs, 5 outputs, weight stored (3, 5)
+    linear = torch.nn.Linear(3, 5)
+    with torch.no_grad():
+        linear.weight.copy_(conv.weight.T)
+        linear.bias.copy_(conv.bias)
+    a = perforate.add_dendrites(torch.nn.Sequential(conv))[0]
+    b = perforate.add_dendrites(torch.nn.Sequential(linear))[0]
+    assert a.kind.name == "Conv1D" and a.neurons == 5 and a.kind.fan_in(a.base) == 3
+    for layer in (a, b):
+        layer.start_dendrite_phase(generator=torch.Generator().manual_seed(2))
+        layer.install(torch.tensor([0, 1, -1, 2, 0]), output_weight=0.5)
+    x = torch.randn(4, 7, 3)
+    assert torch.allclose(a(x), b(x), atol=1e-6)
+    assert a.parameter_counts() == b.parameter_counts()

@@ -35,7 +35,8 @@ STRUCTURAL_SETTINGS = (
 )
 # The reference library's open build: GD dendrites that keep learning, not perforated.
 REFERENCE_GD = MappingProxyType({"method": "gd", "perforate": False, "dendrites_learn": True})
-SUPPORTED_LAYER_TYPES = ("Linear", "Conv1d", "Conv2d", "Conv3d")
+# "Conv1D" is transformers' transposed Linear (GPT-2), matched without importing it.
+SUPPORTED_LAYER_TYPES = ("Linear", "Conv1d", "Conv2d", "Conv3d", "Conv1D")
 
 
 def _f(default: Any, help: str, **kw: Any) -> Any:
@@ -54,7 +55,8 @@ class DendriteConfig:
     # --- which layers ----------------------------------------------------------------
     layer_types: tuple[str, ...] = _f(
         SUPPORTED_LAYER_TYPES,
-        "Layer classes to wrap, by torch.nn name. Supported: Linear, Conv1d, Conv2d, Conv3d.",
+        "Layer classes to wrap, by torch.nn name. Supported: Linear, Conv1d, Conv2d, Conv3d, "
+        "and Conv1D (transformers' transposed Linear in GPT-2).",
     )
     include: tuple[str, ...] = _f(
         (),

@@ -137,8 +137,8 @@ def add_dendrites(model: nn.Module, config: DendriteConfig | None = None) -> nn.
             "model already holds dendritic layers; call remove_dendrites(model) first "
             "or keep using the converted model"
         )
-    wanted = {KINDS[t].layer_type for t in config.layer_types}
-    if type(model) in wanted:
+    wanted = [KINDS[t] for t in config.layer_types]
+    if any(k.matches(model) for k in wanted):
         raise NoTargetLayersError(
             "model is itself a single target layer; wrap it in a container "
             "(e.g. nn.Sequential(layer)) so it can be replaced in place"
@@ -146,7 +146,7 @@ def add_dendrites(model: nn.Module, config: DendriteConfig | None = None) -> nn.
     aliases = _aliases(model)
     targets: dict[int, tuple[str, nn.Module]] = {}
     for name, module in model.named_modules():
-        if name and type(module) in wanted and _selected(name, config):
+        if name and any(k.matches(module) for k in wanted) and _selected(name, config):
             targets.setdefault(id(module), (name, module))
     if not targets:
         raise NoTargetLayersError(
@@ -190,9 +190,11 @@ def output_layer(model: nn.Module, config: DendriteConfig | None = None) -> str:
     output layer of a feed-forward model. `config.replace(exclude=(output_layer(model),))`
     grows dendrites into hidden layers only."""
     config = DendriteConfig() if config is None else config
-    wanted = {KINDS[t].layer_type for t in config.layer_types}
+    wanted = [KINDS[t] for t in config.layer_types]
     names = [
-        n for n, m in model.named_modules() if n and type(m) in wanted and _selected(n, config)
+        n
+        for n, m in model.named_modules()
+        if n and any(k.matches(m) for k in wanted) and _selected(n, config)
     ]
     if not names:
         raise NoTargetLayersError(

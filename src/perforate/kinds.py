@@ -32,6 +32,10 @@ class LayerKind:
     layer_type: type[nn.Module]
     spatial_dims: int  # 0 for Linear: neurons on the last axis; d for ConvNd: channel axis 1
 
+    def matches(self, layer: nn.Module) -> bool:
+        """Whether `layer` is of this kind (exact class: subclasses may change forward)."""
+        return type(layer) is self.layer_type
+
     def neurons(self, layer: nn.Module) -> int:
         return layer.out_features if self.spatial_dims == 0 else layer.out_channels
 
@@ -100,18 +104,43 @@ class LayerKind:
         return t.movedim(1, -1).reshape(-1, t.shape[1])
 
 
+@dataclass(frozen=True)
+class TransposedLinearKind(LayerKind):
+    """`transformers.pytorch_utils.Conv1D` (GPT-2's projections): a Linear whose weight is
+    stored (in, out). Matched by class name and module, so perforate does not import
+    transformers; its banks are ordinary Linears (one row per output, as every bank)."""
+
+    def matches(self, layer: nn.Module) -> bool:
+        t = type(layer)
+        return t.__name__ == "Conv1D" and t.__module__.startswith("transformers.")
+
+    def neurons(self, layer: nn.Module) -> int:
+        return layer.out_features if isinstance(layer, nn.Linear) else layer.weight.shape[1]
+
+    def in_size(self, layer: nn.Module) -> int:
+        return layer.in_features if isinstance(layer, nn.Linear) else layer.weight.shape[0]
+
+    def fan_in(self, layer: nn.Module) -> int:
+        return self.in_size(layer)
+
+    def make_bank(self, layer: nn.Module, outputs: int) -> nn.Module:
+        w = layer.weight
+        return nn.Linear(self.in_size(layer), outputs, bias=True, device=w.device, dtype=w.dtype)
+
+
 KINDS: dict[str, LayerKind] = {
     "Linear": LayerKind("Linear", nn.Linear, 0),
     "Conv1d": LayerKind("Conv1d", nn.Conv1d, 1),
     "Conv2d": LayerKind("Conv2d", nn.Conv2d, 2),
     "Conv3d": LayerKind("Conv3d", nn.Conv3d, 3),
+    "Conv1D": TransposedLinearKind("Conv1D", nn.Module, 0),
 }
 
 
 def kind_of(layer: nn.Module) -> LayerKind | None:
     """The registered kind of `layer` (exact class match: subclasses may change forward)."""
     for kind in KINDS.values():
-        if type(layer) is kind.layer_type:
+        if kind.matches(layer):
             return kind
     return None
 

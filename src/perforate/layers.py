@@ -205,9 +205,10 @@ class DendriticLayer(nn.Module):
     def _check_input(self, x: torch.Tensor) -> None:
         kind = self.kind
         if kind.spatial_dims == 0:
-            if x.dim() < 1 or x.shape[-1] != self.base.in_features:
+            features = kind.in_size(self.base)
+            if x.dim() < 1 or x.shape[-1] != features:
                 raise InputShapeError(
-                    f"{self.path or 'layer'}: Linear expects input (..., {self.base.in_features}),"
+                    f"{self.path or 'layer'}: {kind.name} expects input (..., {features}),"
                     f" got shape {tuple(x.shape)}"
                 )
             return

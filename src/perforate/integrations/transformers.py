@@ -1,8 +1,10 @@
 """Hugging Face Transformers: a TrainerCallback drives Perforated Backpropagation.
 
     trainer = Trainer(model=model, args=args, train_dataset=..., eval_dataset=...)
-    attach(trainer, DendriteConfig(direction="minimize", pair_norms=False), metric="eval_loss")
+    attach(trainer)  # metric and direction from args.metric_for_best_model, else eval_loss
     trainer.train()
+    save_pretrained(model, "grown/")                    # HF config + perforate weights
+    model = from_pretrained(BertForSequenceClassification, "grown/")
 
 `attach` wraps the model's Linear layers in place (before the Trainer builds its
 optimizer), adds a `PerforateTrainerCallback` that reports `metric` after every
@@ -11,19 +13,39 @@ optimizer and scheduler whenever the controller restructures the model or change
 and stops training when the controller is done, with the best model loaded. No fork of
 Transformers, no change to the model code. Transformer norms follow residual additions,
 not a Linear layer, so `pair_norms=False` saves a tracing attempt (and its warning).
+
+Tied weights: a Linear whose weight is shared with another module (a language-model head
+tied to the embeddings) is left unwrapped by `attach`: a dendrite would untie nothing,
+but the head is the embedding matrix, which the Trainer and `save_pretrained` treat as one
+tensor.
+
+Saving a grown model: HF's own `model.save_pretrained` writes the dendritic weights under
+keys a plain `from_pretrained` does not know (it would re-initialise those layers with a
+warning). `save_pretrained(model, directory)` here writes the model's HF config and one
+perforate file (structure and weights); `from_pretrained(model_class, directory)` builds
+the model from that config, rebuilds the dendrites and loads the weights bit for bit.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import os
+from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 from transformers import Trainer, TrainerCallback
 
+from ..checkpoint import load, save
 from ..config import DendriteConfig
 from ..controller import Perforator
 from ..convert import add_dendrites, dendritic_layers
+from ..errors import CheckpointError, ConfigError, PhaseError
 from ..events import Event
+from ..layers import Phase
+
+WEIGHTS_NAME = "perforate.safetensors"
 
 
 class PerforateTrainerCallback(TrainerCallback):
@@ -66,7 +88,7 @@ class PerforateTrainerCallback(TrainerCallback):
         if ctl is None or ctl.done:
             return
         if not metrics or self.metric not in metrics:
-            raise KeyError(
+            raise ConfigError(
                 f"PerforateTrainerCallback reports {self.metric!r}, missing from "
                 f"the evaluation metrics {sorted(metrics or {})}"
             )
@@ -76,18 +98,102 @@ class PerforateTrainerCallback(TrainerCallback):
             control.should_training_stop = True
 
 
+def resolve_metric(
+    args: Any, config: DendriteConfig | None, metric: str | None
+) -> tuple[str, DendriteConfig]:
+    """The reported metric and a config whose direction agrees with the Trainer's.
+
+    The metric is `metric`, else `args.metric_for_best_model`, else "eval_loss" ("eval_"
+    is prefixed as the Trainer does). Its direction is `args.greater_is_better` when the
+    arguments name the same metric, else the config's, else the Trainer's rule (lower is
+    better for names ending in "loss"). A config that contradicts the arguments raises."""
+
+    def prefixed(name: str) -> str:
+        return name if name.startswith("eval_") else f"eval_{name}"
+
+    named = getattr(args, "metric_for_best_model", None)
+    name = prefixed(metric or named or "eval_loss")
+    greater = getattr(args, "greater_is_better", None)
+    if named is None or prefixed(named) != name:
+        greater = None
+    if greater is None and config is None:
+        greater = not name.endswith("loss")
+    if config is None:
+        config = DendriteConfig(direction="maximize" if greater else "minimize", pair_norms=False)
+    elif greater is not None and config.direction != ("maximize" if greater else "minimize"):
+        raise ConfigError(
+            f"the TrainingArguments say greater_is_better={greater} for {name!r}, the config "
+            f"says direction={config.direction!r}: make them agree"
+        )
+    return name, config
+
+
+def tied_linears(model: nn.Module) -> list[str]:
+    """Qualified names of Linear layers whose weight another module shares (tied heads)."""
+    owners: dict[int, list[str]] = {}
+    for name, module in model.named_modules():
+        for pname, param in module.named_parameters(recurse=False):
+            if pname == "weight":
+                owners.setdefault(id(param), []).append(name)
+    return sorted(
+        name
+        for names in owners.values()
+        if len(names) > 1
+        for name in names
+        if isinstance(model.get_submodule(name), nn.Linear)
+    )
+
+
 def attach(
     trainer: Trainer,
     config: DendriteConfig | None = None,
-    metric: str = "eval_loss",
+    metric: str | None = None,
     seed: int | None = None,
 ) -> PerforateTrainerCallback:
-    """Wrap `trainer.model` and add the callback; call before `trainer.train()`."""
-    config = (
-        config if config is not None else DendriteConfig(direction="minimize", pair_norms=False)
-    )
+    """Wrap `trainer.model` and add the callback; call before `trainer.train()`.
+
+    Layers tied to another module's weight are excluded (see the module docstring)."""
+    metric, config = resolve_metric(trainer.args, config, metric)
+    tied = tied_linears(trainer.model)
+    if tied:
+        config = dataclasses.replace(config, exclude=(*config.exclude, *tied))
     if not dendritic_layers(trainer.model):
         add_dendrites(trainer.model, config)
     callback = PerforateTrainerCallback(trainer, config, metric=metric, seed=seed)
     trainer.add_callback(callback)
     return callback
+
+
+def save_pretrained(model: nn.Module, directory: str | os.PathLike) -> Path:
+    """Write `model.config` (HF's config.json) and the grown model (structure and weights,
+    one atomic safetensors file) to `directory`; returns the weights' path.
+
+    Refused inside a dendrite phase: the candidates are not part of the model; save after
+    the phase (or use the training checkpoints to resume a run)."""
+    layers = dendritic_layers(model)
+    busy = [n for n, layer in layers.items() if layer.phase == Phase.DENDRITE]
+    if busy:
+        raise PhaseError(
+            f"layers {busy} are in a dendrite phase: save_pretrained writes a finished "
+            "model; save after the phase ends or write a training checkpoint"
+        )
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    model.config.save_pretrained(out)
+    save(model, out / WEIGHTS_NAME)
+    return out / WEIGHTS_NAME
+
+
+def from_pretrained(model_class: type, directory: str | os.PathLike, **config_kwargs: Any):
+    """The model `save_pretrained` wrote: built from its config (`config_kwargs` override
+    config fields), dendrites rebuilt, weights loaded bit for bit, in eval mode."""
+    path = Path(directory) / WEIGHTS_NAME
+    if not path.is_file():
+        raise CheckpointError(
+            f"{path} not found: `from_pretrained` reads what perforate's `save_pretrained` "
+            "wrote; a directory from HF's own save_pretrained holds no dendrite structure"
+        )
+    config = model_class.config_class.from_pretrained(directory, **config_kwargs)
+    model = model_class(config)
+    load(model, path)
+    return model.eval()
