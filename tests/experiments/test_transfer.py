@@ -82,7 +82,7 @@ def test_quick_transfer_runs_resumes_and_reports(tmp_path):
     assert all(0.0 <= r["test"] <= 1.0 and r["epochs"] >= 1 for r in rows)
     logs.clear()
     tr.run_transfer(suite, results_dir=tmp_path / "results", log=logs.append)
-    assert "0 runs to do (8 recorded)" in logs[0]
+    assert "0 runs to do (9 recorded)" in logs[0]
     page = write_report(tmp_path / "results", tmp_path / "docs").read_text()
     assert "## transfer: growing into a trained model" in page
     assert "## When to use dendrites" in page and "10 labels per class: PB" in page

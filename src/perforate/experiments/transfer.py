@@ -13,6 +13,9 @@ classes), with a fresh head:
     wider         trunk frozen, new trainable neurons beside the first hidden layer + head
     pb            trunk frozen, PB dendrites (one per neuron at most) + the head
     gd            trunk frozen, GD dendrites (one per neuron at most) + the head
+    pb_sparse     trunk frozen, PB dendrites that see 8 random inputs each (up to 8 per
+                  neuron, 10 parameters each) + the head
+    lora_small    `lora` at rank 5: the ~5,000 parameters pb_sparse added at 300 labels
 
 `lora` and `wider` are sized to the parameters one dendrite per neuron adds (within 5%);
 `pb` and `gd` add them only where a cycle is kept. Every arm uses the same loop, learning
@@ -96,6 +99,11 @@ def lora_rank() -> int:
     return round(dendrite_parameters() / ((784 + HIDDEN) + (HIDDEN + HIDDEN)))
 
 
+# LoRA at the budget of small-fan-in dendrites: rank 5 adds 5 * 976 = 4,880 parameters,
+# against the 4,974 pb_sparse added on average at 300 labels per class (its largest).
+SMALL_LORA_RANK = 5
+
+
 def extra_neurons() -> int:
     """New first-layer neurons (784 inputs and a bias each, 64 weights into the second
     layer) closest to `dendrite_parameters()`."""
@@ -146,10 +154,10 @@ def build_arm(arm: str, source: dict[str, torch.Tensor], seed: int):
     frozen = (model[1], model[3])
     if arm == "finetune":
         return model, {**PLAIN, **_only_head("5")}
-    if arm == "lora":
+    if arm in ("lora", "lora_small"):
         from peft import LoraConfig, get_peft_model
 
-        r = lora_rank()
+        r = lora_rank() if arm == "lora" else SMALL_LORA_RANK
         peft_model = get_peft_model(
             model, LoraConfig(r=r, lora_alpha=r, target_modules=["1", "3"], lora_dropout=0.0)
         )
@@ -172,7 +180,17 @@ def build_arm(arm: str, source: dict[str, torch.Tensor], seed: int):
     raise ValueError(f"unknown arm {arm!r}; arms: {', '.join(ARMS)}")
 
 
-ARMS = ("head", "head_restart", "finetune", "lora", "wider", "pb", "gd", "pb_sparse")
+ARMS = (
+    "head",
+    "head_restart",
+    "finetune",
+    "lora",
+    "wider",
+    "pb",
+    "gd",
+    "pb_sparse",
+    "lora_small",
+)
 
 
 @dataclass(frozen=True)
@@ -236,7 +254,10 @@ def run_transfer(
     path, todo = pending(suite.name, jobs(suite), results_dir, shard, log)
     if not todo:
         return path
-    if any(arm == "lora" for arm, _, _ in todo) and importlib.util.find_spec("peft") is None:
+    if (
+        any(arm.startswith("lora") for arm, _, _ in todo)
+        and importlib.util.find_spec("peft") is None
+    ):
         raise ModuleNotFoundError(
             "the transfer suite's LoRA arm needs the peft library: pip install 'perforate[bench]'"
         )

@@ -17,9 +17,13 @@ from .transfer import ARMS
 COMMAND = "perforate bench --report"
 
 
-# The arms without dendrites: what a dendrite arm must beat.
+# The arms without dendrites that a dendrite arm must beat: for PB those at its budget;
+# for small-fan-in PB also LoRA at its own (much smaller) budget.
 CONTROLS = ("head", "head_restart", "finetune", "lora", "wider")
-DENDRITE_ARMS = {"pb": "PB", "pb_sparse": "PB with fan-in 8"}
+DENDRITE_ARMS = {
+    "pb": ("PB", CONTROLS),
+    "pb_sparse": ("PB with fan-in 8", (*CONTROLS, "lora_small")),
+}
 
 
 def pb_against(
@@ -106,8 +110,8 @@ def transfer_section(rows: list[dict[str, Any]], figure: Path | None = None) -> 
             )
         best = max(present, key=lambda a: statistics.fmean(r["test"] for r in groups[(a, shots)]))
         mean_best = 100 * statistics.fmean(r["test"] for r in groups[(best, shots)])
-        for arm, label in DENDRITE_ARMS.items():
-            against = pb_against(rows, shots, arm, CONTROLS)
+        for arm, (label, controls) in DENDRITE_ARMS.items():
+            against = pb_against(rows, shots, arm, controls)
             if against:
                 verdicts.append(
                     verdict(shots, against, label) + f" Best arm: `{best}` ({mean_best:.2f}%)."
