@@ -96,7 +96,7 @@ def test_sparse_convolution_masks_whole_input_channels(gen):
     assert torch.equal(nonzero, pool.mask)
 
 
-def test_sparse_refuses_learning_dendrite_inputs():
+def test_e97_sparse_refuses_learning_dendrite_inputs():
     with pytest.raises(perforate.ConfigError, match="dendrites_learn=False"):
         resolve_rule(DendriteConfig(method="sparse", dendrites_learn=True))
 
@@ -123,7 +123,7 @@ def test_closed_form_start_is_the_ridge_direction_of_the_error_at_p_slopes(gen):
         assert pre.mean(0).abs().max() < 1e-3  # centred on the mean input
 
 
-def test_closed_form_refuses_convolutions(gen):
+def test_e97_closed_form_refuses_convolutions(gen):
     conv = nn.Conv1d(2, 3, 3)
     layer = perforate.DendriticLayer(conv, kind_of(conv), DendriteConfig())
     with pytest.raises(perforate.PhaseError, match="supports Linear layers"):
@@ -200,7 +200,7 @@ def test_each_variant_runs_through_the_controller_and_resumes_bit_for_bit(
     assert ctl2.dendrites_kept >= 0 and ctl2.phase.value in ("neuron", "done")
 
 
-def test_output_error_needs_the_output_tensor(gen):
+def test_e97_output_error_needs_the_output_tensor(gen):
     class Boxed(nn.Module):
         def __init__(self):
             super().__init__()

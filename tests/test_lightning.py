@@ -128,7 +128,7 @@ def test_trainer_checkpoint_resumes_bit_for_bit_in_every_phase(tmp_path, stop, p
     assert resumed.strict_loading  # only relaxed while Lightning restored the weights
 
 
-def test_mode_and_config_direction_must_agree():
+def test_e95_mode_and_config_direction_must_agree():
     assert PerforateCallback().config.direction == "minimize"  # val_loss, min
     assert PerforateCallback(monitor="val_acc", mode="max").config.direction == "maximize"
     assert PerforateCallback(perforate.DendriteConfig()).mode == "max"
@@ -153,7 +153,7 @@ def test_phase_cycle_and_dendrites_reach_the_loggers(tmp_path):
     assert "perforate/dendrites" in csv.splitlines()[0]
 
 
-def test_a_checkpoint_without_the_callbacks_state_is_refused(tmp_path):
+def test_e95_a_checkpoint_without_the_callbacks_state_is_refused(tmp_path):
     pl.seed_everything(0, verbose=False)
     plain = pl.Trainer(
         max_epochs=1, accelerator="cpu", logger=False, enable_progress_bar=False,
@@ -164,3 +164,11 @@ def test_a_checkpoint_without_the_callbacks_state_is_refused(tmp_path):
     plain.save_checkpoint(tmp_path / "plain.ckpt")
     with pytest.raises(perforate.ConfigError, match="holds no PerforateCallback state"):
         _fit(2, ckpt_path=str(tmp_path / "plain.ckpt"))
+
+
+def test_e95_a_metric_that_was_never_logged_is_a_config_error():
+    pl.seed_everything(0, verbose=False)
+    callback = PerforateCallback(perforate.DendriteConfig(**FIXED), monitor="val_f1", seed=0)
+    train, val = _loaders()
+    with pytest.raises(perforate.ConfigError, match=r"monitors 'val_f1'.*logged: \['val_acc'\]"):
+        _trainer(1, callback).fit(Classifier(), train, val)

@@ -102,7 +102,7 @@ def tiny_gpt2():
     return transformers.GPT2LMHeadModel(cfg)
 
 
-def test_metric_and_direction_come_from_the_training_arguments():
+def test_e96_metric_and_direction_come_from_the_training_arguments():
     from types import SimpleNamespace as Args
 
     from perforate.integrations.transformers import resolve_metric
@@ -196,3 +196,15 @@ def test_a_conv1d_layer_with_dendrites_computes_as_the_same_linear():
     x = torch.randn(4, 7, 3)
     assert torch.allclose(a(x), b(x), atol=1e-6)
     assert a.parameter_counts() == b.parameter_counts()
+
+
+def test_e96_save_pretrained_refuses_a_model_inside_a_dendrite_phase(tmp_path):
+    from perforate.integrations.transformers import save_pretrained
+
+    model = tiny_bert()
+    perforate.add_dendrites(model, perforate.DendriteConfig(pair_norms=False))
+    layer = next(iter(perforate.dendritic_layers(model).values()))
+    layer.start_dendrite_phase()
+    with pytest.raises(perforate.PhaseError, match="dendrite phase"):
+        save_pretrained(model, tmp_path / "x")
+    assert not (tmp_path / "x").exists()

@@ -157,3 +157,29 @@ def test_version_and_package_metadata(capsys):
     assert (package / "py.typed").is_file()  # type checkers read the annotations
     license_text = (package.parent.parent / "LICENSE").read_text()
     assert "Apache License" in license_text and "Version 2.0" in license_text
+
+
+def test_e93_a_closed_pipe_ends_the_command_quietly(monkeypatch, capsys):
+    import os
+    import sys
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # like `| head` after it has read enough: writes now fail (EPIPE)
+    with os.fdopen(write_end, "w", buffering=1) as closed:
+        monkeypatch.setattr(sys, "stdout", closed)
+        assert main(["bench", "--list"]) == 1  # quietly: no "Broken pipe" line
+        monkeypatch.undo()
+    assert capsys.readouterr().err == ""
+
+
+def test_e94_a_missing_extra_is_one_line_naming_the_pip_extra(monkeypatch, tmp_path, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "sklearn", None)  # as if not installed
+    monkeypatch.setitem(sys.modules, "sklearn.datasets", None)
+    assert main(["demo", "--seeds", "1", "--out", str(tmp_path / "demo")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        "perforate: error: this command needs 'sklearn', which is not installed; "
+        "install it with: pip install 'perforate[bench]'"
+    )

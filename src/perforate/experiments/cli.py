@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from perforate import DendriteConfig, PerforateError, __version__
@@ -24,10 +25,38 @@ def _count(low: int):
     return parse
 
 
+# Optional modules the commands import, and the pip extra that installs each.
+EXTRAS = {
+    "matplotlib": "plot",
+    "sklearn": "bench",
+    "mnist1d": "bench",
+    "peft": "bench",
+    "lightning": "lightning",
+    "transformers": "transformers",
+    "accelerate": "transformers",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run a command; a user error prints one line to stderr and returns 2 (no traceback)."""
     try:
         return _main(argv)
+    except BrokenPipeError:
+        # The reader went away (`perforate bench --list | head`): stop quietly, as the
+        # Python docs advise, so the interpreter's final flush does not complain either.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+    except ModuleNotFoundError as exc:
+        top = (exc.name or "").split(".")[0]
+        if top not in EXTRAS:
+            raise
+        print(
+            f"perforate: error: this command needs {top!r}, which is not installed; "
+            f"install it with: pip install 'perforate[{EXTRAS[top]}]'",
+            file=sys.stderr,
+        )
+        return 2
     except (PerforateError, DatasetError, json.JSONDecodeError, OSError) as exc:
         print(f"perforate: error: {exc}", file=sys.stderr)
         return 2

@@ -14,10 +14,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import PerforateError
+
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 
 
-class DatasetError(RuntimeError):
+class DatasetError(PerforateError, RuntimeError):
     """A dataset is not available here; the message says how to get it."""
 
 
