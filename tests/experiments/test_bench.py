@@ -87,3 +87,29 @@ def test_scarce_splits_are_drawn_per_seed_and_shared_by_methods():
     assert all(tuple(r.tolist()) in rows for r in a.x_train)
     assert {"fashion_mlp_1pct", "mnist1d_mlp_10pct"} <= set(SUITES)
     assert SUITES["fashion_mlp_3pct"].data_per_seed
+
+
+def test_a_scarce_suite_runs_in_quick_mode(tmp_path):
+    """The scarce-data runner end to end (CI's quick mode of regime 3 and 4): the
+    scarce suites' methods on 20% of digits, two seeds, resumed."""
+    import dataclasses
+
+    from perforate.experiments.bench import SCARCE_METHODS
+
+    full = datasets.digits(0)
+    suite = dataclasses.replace(
+        quick_suite(),
+        name="quick_scarce",
+        load=lambda seed: scarce(full, 0.2, seed),
+        ladder=(4,),
+        methods=SCARCE_METHODS,
+        data_per_seed=True,
+        settings={**quick_suite().settings, "max_epochs": 12},
+    )
+    path = run_suite(suite, seeds=2, results_dir=tmp_path)
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert len(rows) == len(jobs(suite, 2)) == 2 * len(SCARCE_METHODS)
+    assert {r["method"] for r in rows} == set(SCARCE_METHODS)
+    logs: list[str] = []
+    run_suite(suite, seeds=2, results_dir=tmp_path, log=logs.append)
+    assert f"0 runs to do ({len(rows)} recorded)" in logs[0]
