@@ -128,6 +128,22 @@ def test_e97_closed_form_refuses_convolutions(gen):
     layer = perforate.DendriticLayer(conv, kind_of(conv), DendriteConfig())
     with pytest.raises(perforate.PhaseError, match="supports Linear layers"):
         ClosedFormRule().make_pool(layer, gen)
+    model = nn.Sequential(nn.Conv1d(2, 3, 3), nn.Flatten(), nn.Linear(3, 2))
+    with pytest.raises(perforate.ConfigError, match="convolutions"):  # before any training
+        Perforator(model, DendriteConfig(method="closed_form"), optimizer=adam)
+
+
+def test_closed_form_drops_the_warm_up_statistics_at_the_first_batch_after_the_start(gen):
+    layer = perforate.DendriticLayer(nn.Linear(4, 2), kind_of(nn.Linear(4, 2)), DendriteConfig())
+    pool = ClosedFormRule(pool_size=2, warmup=2).make_pool(layer, gen)
+    for n in (30, 30):
+        x = torch.randn(n, 4, generator=gen)
+        g = pool.objective_gradient(pool.outputs(x, None), torch.randn(n, 2, generator=gen), x)
+    assert pool.cf_started and int(pool.stats.count) == 60  # a judgement now has a window
+    assert g.abs().max() == 0  # no stale step on the weights just set
+    x = torch.randn(7, 4, generator=gen)
+    pool.objective_gradient(pool.outputs(x, None), torch.randn(7, 2, generator=gen), x)
+    assert int(pool.stats.count) == 7  # only the new candidates' batch
 
 
 def test_output_error_statistics_and_gradient_by_hand():
@@ -158,6 +174,17 @@ def test_output_error_statistics_and_gradient_by_hand():
     s = torch.einsum("npc,no->pco", vv - vv.mean(0), ec).abs().sum()
     (want,) = torch.autograd.grad(-s, vv)
     assert torch.allclose(got.double(), want, atol=1e-5)
+
+
+def test_output_error_pearson_gives_a_constant_candidate_no_gradient():
+    layer = perforate.DendriticLayer(
+        nn.Linear(4, 3), kind_of(nn.Linear(4, 3)), DendriteConfig(objective="pearson")
+    )
+    pool = OutputErrorPool.from_pool(layer.draw_candidates(2), torch.sigmoid)
+    pool.source = OutputError()
+    pool.source.error = torch.randn(8, 5)
+    v = pool.outputs(torch.ones(8, 4), None)  # every pattern alike: V constant
+    assert pool.objective_gradient(v, torch.zeros(8, 3)).abs().max() == 0
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ from perforate import ConfigError, DendriteConfig
 def test_defaults_and_round_trip():
     cfg = DendriteConfig()
     assert cfg.activation == "sigmoid" and cfg.candidates_per_neuron == 4
-    assert cfg.layer_types == ("Linear", "Conv1d", "Conv2d", "Conv3d", "Conv1D")
+    assert cfg.layer_types == ("Linear", "Conv1d", "Conv2d", "Conv3d")
     assert DendriteConfig.from_json(cfg.to_json()) == cfg
     changed = cfg.replace(activation="tanh", include=["enc.*"])
     assert changed.include == ("enc.*",) and changed.activation == "tanh"

@@ -361,3 +361,25 @@ def test_prewrapped_model_keeps_its_structure_settings():
         optimizer=lambda p: torch.optim.SGD(p, lr=0.1),
     )
     assert all(layer.config.objective == "covariance" for layer in ctl.layers.values())
+
+
+def test_finish_from_outside_keeps_the_best_state_in_any_phase(gen):
+    # In the first neuron phase: the best epoch (2), not the last.
+    model, ctl, _, states = run(_config(), [0.5, 0.7, 0.6], gen)
+    assert ctl.finish() == Event.DONE and ctl.done
+    final = clone_state(model)
+    assert all(torch.equal(final[k], states[2][k]) for k in final)
+    assert ctl.finish() == Event.DONE  # idempotent
+    # Inside a dendrite phase: candidates dropped, every layer back in a neuron phase,
+    # the accepted state (epoch 2) restored, outside parameters trainable again.
+    model, ctl, _, states = run(_config(), [*SCRIPT[:4], 0.0], gen)
+    assert ctl.phase.value == "dendrite"
+    ctl.finish()
+    assert all(layer.phase.value == "neuron" for layer in ctl.layers.values())
+    assert all(layer.candidates is None for layer in ctl.layers.values())
+    final = clone_state(model)
+    assert all(torch.equal(final[k], states[2][k]) for k in final)
+    # Before any score there is nothing to keep.
+    fresh = Perforator(tiny_model(), optimizer=lambda p: torch.optim.SGD(p, lr=0.1))
+    with pytest.raises(perforate.PhaseError, match="before any end_epoch"):
+        fresh.finish()

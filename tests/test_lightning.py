@@ -131,7 +131,9 @@ def test_trainer_checkpoint_resumes_bit_for_bit_in_every_phase(tmp_path, stop, p
 def test_e95_mode_and_config_direction_must_agree():
     assert PerforateCallback().config.direction == "minimize"  # val_loss, min
     assert PerforateCallback(monitor="val_acc", mode="max").config.direction == "maximize"
-    assert PerforateCallback(perforate.DendriteConfig()).mode == "max"
+    assert PerforateCallback(perforate.DendriteConfig(), monitor="val_acc").mode == "max"
+    with pytest.raises(perforate.ConfigError, match="'val_loss' is a loss but the config"):
+        PerforateCallback(perforate.DendriteConfig())  # the default direction maximizes
     with pytest.raises(perforate.ConfigError, match="mode='min' but the config"):
         PerforateCallback(perforate.DendriteConfig(), monitor="val_loss", mode="min")
     with pytest.raises(perforate.ConfigError, match="mode must be"):

@@ -120,6 +120,9 @@ def test_e96_metric_and_direction_come_from_the_training_arguments():
         args("loss", False), perforate.DendriteConfig(direction="minimize"), None
     )
     assert name == "eval_loss"
+    with pytest.raises(perforate.ConfigError, match="'eval_loss' is a loss but the config"):
+        resolve_metric(args(), perforate.DendriteConfig(), None)
+    assert "Conv1D" in resolve_metric(args(), None, None)[1].layer_types
     with pytest.raises(perforate.ConfigError, match="greater_is_better=True"):
         resolve_metric(args("accuracy", True), perforate.DendriteConfig(direction="minimize"), None)
 
@@ -187,7 +190,11 @@ def test_a_conv1d_layer_with_dendrites_computes_as_the_same_linear():
     with torch.no_grad():
         linear.weight.copy_(conv.weight.T)
         linear.bias.copy_(conv.bias)
-    a = perforate.add_dendrites(torch.nn.Sequential(conv))[0]
+    with pytest.raises(perforate.NoTargetLayersError, match="add 'Conv1D' to layer_types"):
+        perforate.add_dendrites(torch.nn.Sequential(conv))  # not in the default kinds
+    a = perforate.add_dendrites(
+        torch.nn.Sequential(conv), perforate.DendriteConfig(layer_types=("Conv1D",))
+    )[0]
     b = perforate.add_dendrites(torch.nn.Sequential(linear))[0]
     assert a.kind.name == "Conv1D" and a.neurons == 5 and a.kind.fan_in(a.base) == 3
     for layer in (a, b):
@@ -208,3 +215,100 @@ def test_e96_save_pretrained_refuses_a_model_inside_a_dendrite_phase(tmp_path):
     with pytest.raises(perforate.PhaseError, match="dendrite phase"):
         save_pretrained(model, tmp_path / "x")
     assert not (tmp_path / "x").exists()
+
+
+FIXED = dict(
+    direction="minimize",
+    pair_norms=False,
+    switch_mode="fixed",
+    fixed_neuron_epochs=2,
+    fixed_dendrite_epochs=2,
+    max_cycles=3,
+)
+
+
+def _hf_trainer(tmp_path, name, epochs=7):
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(
+        vocab_size=32,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=16,
+        num_labels=2,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path / name),
+        num_train_epochs=epochs,
+        per_device_train_batch_size=32,
+        learning_rate=3e-3,
+        warmup_steps=4,
+        eval_strategy="epoch",
+        save_strategy="epoch",
+        logging_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=0,
+    )
+    model = transformers.BertForSequenceClassification(cfg)
+    return transformers.Trainer(
+        model=model, args=args, train_dataset=Tokens(64, 0), eval_dataset=Tokens(32, 1)
+    )
+
+
+@pytest.mark.parametrize(("stop", "phase"), [(3, "dendrite"), (5, "neuron")])
+def test_resume_from_a_trainer_checkpoint_is_bit_identical(tmp_path, stop, phase):
+    full = _hf_trainer(tmp_path, "full")
+    callback = attach(full, perforate.DendriteConfig(**FIXED), seed=0)
+    full.train()
+    assert perforate.Event.INSTALLED in callback.events
+    checkpoint = tmp_path / "full" / f"checkpoint-{2 * stop}"  # 2 steps per epoch
+    saved = perforate.training_state.load(checkpoint / "perforate_state.safetensors")
+    assert saved["controller"]["phase"] == phase
+
+    torch.manual_seed(99)  # the resumed run must not depend on the process's state
+    resumed = _hf_trainer(tmp_path, "resumed")
+    again = attach(
+        resumed, perforate.DendriteConfig(**FIXED), seed=0, resume_from_checkpoint=checkpoint
+    )
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+    a, b = full.model.state_dict(), resumed.model.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert [r.score for r in again.controller.history] == [
+        r.score for r in callback.controller.history
+    ]
+
+
+def test_resuming_without_telling_attach_is_refused(tmp_path):
+    full = _hf_trainer(tmp_path, "full", epochs=2)
+    attach(full, perforate.DendriteConfig(**FIXED), seed=0)
+    full.train()
+    other = _hf_trainer(tmp_path, "other", epochs=3)
+    attach(other, perforate.DendriteConfig(**FIXED), seed=0)
+    with pytest.raises(perforate.ConfigError, match="attach\\(trainer, resume_from_checkpoint"):
+        other.train(resume_from_checkpoint=str(tmp_path / "full" / "checkpoint-2"))
+
+
+def test_the_epoch_cap_keeps_the_best_state_and_warmup_runs_once(tmp_path):
+    trainer = _hf_trainer(tmp_path, "cap", epochs=3)  # ends inside the dendrite phase
+    callback = attach(trainer, perforate.DendriteConfig(**FIXED), seed=0)
+    lrs = []
+
+    class Watch(transformers.TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            lrs.append(trainer.lr_scheduler.get_last_lr()[0])
+
+    trainer.add_callback(Watch())
+    trainer.train()
+    ctl = callback.controller
+    assert ctl.done and callback.events[-1] == perforate.Event.DONE
+    assert all(layer.candidates is None for layer in ctl.layers.values())
+    assert trainer.evaluate()["eval_loss"] == pytest.approx(ctl.best_score, rel=1e-5)
+    # One linear schedule over the whole run: warmup over the first 4 steps only, then
+    # decay, through the optimizer rebuilt at the dendrite phase (after step 4).
+    peak = max(lrs)
+    assert lrs.index(peak) == 3 and lrs[4] < peak and lrs[5] < lrs[4]

@@ -143,7 +143,16 @@ class ClosedFormPool(CandidatePool):
     variant = "closed_form"
     needs_input = True
     RIDGE = 1e-3  # times the mean input variance: keeps the solve well posed
-    SUMS = ("cf_n", "cf_batches", "cf_sum_x", "cf_sum_e", "cf_xx", "cf_xe", "cf_started")
+    SUMS = (
+        "cf_n",
+        "cf_batches",
+        "cf_sum_x",
+        "cf_sum_e",
+        "cf_xx",
+        "cf_xe",
+        "cf_started",
+        "cf_restart",
+    )
 
     def __init__(self, *args: Any, warmup: int = 20, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -164,6 +173,9 @@ class ClosedFormPool(CandidatePool):
         self.cf_xx = torch.zeros(f, f, **kw)
         self.cf_xe = torch.zeros(f, c, **kw)
         self.cf_started = False
+        # Statistics of the warm-up's candidates are dropped at the first batch after the
+        # start (not at the start itself, so a judgement right then still has a window).
+        self.cf_restart = False
 
     @classmethod
     def placeholder(cls, kind, base, size, slots, *, cascade, activation, objective, state):
@@ -187,6 +199,10 @@ class ClosedFormPool(CandidatePool):
         super().share_statistics(reduce, world_size)
 
     def objective_gradient(self, v, grad_y, x=None):
+        if self.cf_restart:
+            self.stats.reset()
+            self.cf_restart = False
+        grad = super().objective_gradient(v, grad_y, x)
         if not self.cf_started and x is not None:
             xs = x.reshape(-1, x.shape[-1]).double()
             es = grad_y.reshape(-1, self.neurons).double()
@@ -199,7 +215,9 @@ class ClosedFormPool(CandidatePool):
             self.cf_batches += 1
             if self.cf_batches >= self.warmup and float(self.cf_n) > 1:
                 self.start_from_regression()
-        return super().objective_gradient(v, grad_y, x)
+                self.cf_restart = True
+                return torch.zeros_like(grad)  # computed for the weights just replaced
+        return grad
 
     def start_from_regression(self) -> None:
         """Set every candidate to the ridge direction of its neuron's error, at P slopes."""
@@ -209,11 +227,14 @@ class ClosedFormPool(CandidatePool):
         cxe = self.cf_xe / n - torch.outer(mx, me)
         f = cxx.shape[0]
         ridge = self.RIDGE * float(torch.diagonal(cxx).mean().clamp_min(_TINY))
-        w = torch.linalg.solve(cxx + ridge * torch.eye(f, dtype=cxx.dtype), cxe)  # (F, C)
+        eye = torch.eye(f, dtype=cxx.dtype, device=cxx.device)
+        w = torch.linalg.solve(cxx + ridge * eye, cxe)  # (F, C)
         std = torch.sqrt(torch.einsum("fc,fg,gc->c", w, cxx, w).clamp_min(_TINY))
         unit = w / std  # unit standard deviation of w.x per neuron
         p = self.size
-        slopes = torch.tensor([0.5 * 8 ** (i / max(p - 1, 1)) for i in range(p)], dtype=w.dtype)
+        slopes = torch.tensor(
+            [0.5 * 8 ** (i / max(p - 1, 1)) for i in range(p)], dtype=w.dtype, device=w.device
+        )
         weight = slopes[:, None, None] * unit.T[None]  # (P, C, F)
         bias = -(weight @ mx)  # centred: the sigmoid's midpoint at the mean input
         bank = self.bank
@@ -431,6 +452,11 @@ class OutputErrorPool(CandidatePool):
                 torch.einsum("no,pco->npc", en_unit, sigma) / torch.sqrt(s_vv)
                 - (sigma * r).sum(-1) * vc / s_vv
             )
+            # As in `surrogate_gradient`: a candidate constant over the batch (saturated)
+            # has no defined correlation and gets no gradient, not E over the floor.
+            floor = vn.shape[0] * torch.finfo(work).eps ** 2
+            live = (m_vv > floor) & bool((m_ee > _TINY).any())
+            grad = torch.where(live, grad, torch.zeros((), dtype=grad.dtype))
         grad = grad.to(v.dtype)
         if self.kind.spatial_dims:
             b, p, c = v.shape[0], self.size, self.neurons

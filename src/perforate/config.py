@@ -35,8 +35,11 @@ STRUCTURAL_SETTINGS = (
 )
 # The reference library's open build: GD dendrites that keep learning, not perforated.
 REFERENCE_GD = MappingProxyType({"method": "gd", "perforate": False, "dendrites_learn": True})
-# "Conv1D" is transformers' transposed Linear (GPT-2), matched without importing it.
+# "Conv1D" is transformers' transposed Linear (GPT-2), matched without importing it. Not
+# in the default `layer_types` (files and checkpoints written before it existed keep
+# loading); `integrations.transformers.attach` adds it.
 SUPPORTED_LAYER_TYPES = ("Linear", "Conv1d", "Conv2d", "Conv3d", "Conv1D")
+DEFAULT_LAYER_TYPES = ("Linear", "Conv1d", "Conv2d", "Conv3d")
 
 
 def _f(default: Any, help: str, **kw: Any) -> Any:
@@ -54,9 +57,10 @@ class DendriteConfig:
 
     # --- which layers ----------------------------------------------------------------
     layer_types: tuple[str, ...] = _f(
-        SUPPORTED_LAYER_TYPES,
+        DEFAULT_LAYER_TYPES,
         "Layer classes to wrap, by torch.nn name. Supported: Linear, Conv1d, Conv2d, Conv3d, "
-        "and Conv1D (transformers' transposed Linear in GPT-2).",
+        "and Conv1D (transformers' transposed Linear in GPT-2; added by the Hugging Face "
+        "`attach` when no config is given).",
     )
     include: tuple[str, ...] = _f(
         (),

@@ -386,6 +386,24 @@ class Perforator:
         self._start_neuron_phase()
         return Event.INSTALLED
 
+    def finish(self) -> Event:
+        """End the run now, as `max_epochs` would: for loops stopped from outside (a
+        framework's epoch or step limit). A dendrite phase in flight is dropped, and the
+        model is restored to the best state seen (the neuron phase in flight counts if it
+        beat the accepted one), so the model is never the last epoch's by accident."""
+        if self.done:
+            return Event.DONE
+        if self._accepted is None and self._best is None:
+            raise PhaseError(
+                "finish() before any end_epoch: there is no evaluated state to keep; "
+                "report at least one validation score first"
+            )
+        log.info("the run was ended from outside in a %s phase", self.phase.value)
+        event = self._finish_by_cap()
+        if self.checkpoint_path is not None:
+            self.save_checkpoint(self.checkpoint_path)
+        return event
+
     def _finish_by_cap(self) -> Event:
         if self.phase == Phase.NEURON and self._best is not None and self._cycle_improved():
             self._accepted = self._best
@@ -490,13 +508,24 @@ class Perforator:
                 "model and the controller are unchanged"
             ) from exc
 
-    def _apply_state(self, state: dict[str, Any]) -> None:
+    @staticmethod
+    def restore_model(model: nn.Module, state: dict[str, Any]) -> None:
+        """Put the model part of a `state_dict()` into `model` (wrapped with the same
+        config): every layer's phase and pool, the weights, and which parameters train.
+
+        For frameworks that build their optimizer before the controller exists (the
+        Hugging Face Trainer): after this, an optimizer over the parameters that require
+        grad matches the one the state was saved with. `load_state_dict` does the rest."""
+        layers = dendritic_layers(model)
         for name, layer_state in state["layers"].items():
-            self.layers[name].load_phase_state_dict(layer_state)
-        self.model.load_state_dict(state["model"], strict=True)
-        params = dict(self.model.named_parameters())
+            layers[name].load_phase_state_dict(layer_state)
+        model.load_state_dict(state["model"], strict=True)
+        params = dict(model.named_parameters())
         for n, flag in state["requires_grad"].items():
             params[n].requires_grad_(bool(flag))
+
+    def _apply_state(self, state: dict[str, Any]) -> None:
+        self.restore_model(self.model, state)
         self.phase = Phase(state["phase"])
         self.epoch, self.steps = int(state["epoch"]), int(state["steps"])
         self.cycle, self.retries = int(state["cycle"]), int(state["retries"])

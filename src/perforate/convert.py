@@ -149,11 +149,14 @@ def add_dendrites(model: nn.Module, config: DendriteConfig | None = None) -> nn.
         if name and any(k.matches(module) for k in wanted) and _selected(name, config):
             targets.setdefault(id(module), (name, module))
     if not targets:
+        others = [k for k in KINDS if k not in config.layer_types]
+        present = sorted({k for k in others for m in model.modules() if KINDS[k].matches(m)})
         raise NoTargetLayersError(
             f"no layer to wrap in {type(model).__name__}: searched for types "
             f"{list(config.layer_types)}"
             + (f", names matching {list(config.include)}" if config.include else "")
             + (f", excluding {list(config.exclude)}" if config.exclude else "")
+            + "".join(f"; the model has {k} layers: add {k!r} to layer_types" for k in present)
         )
     pairs = find_norm_pairs(model) if config.pair_norms else {}
     wrapped: list[tuple[list[str], DendriticLayer]] = []

@@ -192,6 +192,15 @@ class ClosedFormRule(CorrelationRule):
         super().__init__(selector, pool_size, dendrite_inputs_train)
         self.warmup = int(warmup)
 
+    def bind(self, model: nn.Module, layers: Layers) -> None:
+        """Refuse layers the closed form cannot start, before a neuron phase is spent."""
+        wrong = [n for n, layer in layers.items() if layer.kind.spatial_dims != 0]
+        if wrong:
+            raise ConfigError(
+                f"method='closed_form' supports Linear (and Conv1D) layers; {wrong} are "
+                "convolutions: exclude them or use method='correlation'"
+            )
+
     @classmethod
     def from_config(cls, config: DendriteConfig) -> ClosedFormRule:
         return cls(

@@ -37,19 +37,26 @@ _MODES = {"min": "minimize", "max": "maximize"}
 
 
 def resolve_direction(
-    config: DendriteConfig | None, mode: str | None
+    config: DendriteConfig | None, mode: str | None, monitor: str = "val_loss"
 ) -> tuple[DendriteConfig, str]:
     """The config and the mode, made to agree as EarlyStopping's `mode` would.
 
     No mode: the config's direction decides (no config: "min", for the default "val_loss").
     A mode and a config that disagree raise: one of them is a mistake, and guessing which
-    keeps the worst epoch as the best."""
+    keeps the worst epoch as the best. So does a config that maximizes a monitor named
+    like a loss without a mode saying so (DendriteConfig's default is "maximize")."""
     if mode is not None and mode not in _MODES:
         raise ConfigError(f"mode must be 'min' or 'max', got {mode!r}")
     if config is None:
         mode = mode or "min"
         return DendriteConfig(direction=_MODES[mode]), mode
     if mode is None:
+        if monitor.endswith("loss") and config.direction == "maximize":
+            raise ConfigError(
+                f"monitor {monitor!r} is a loss but the config maximizes it "
+                "(DendriteConfig's default direction): pass mode='min' and "
+                "DendriteConfig(direction='minimize', ...), or mode='max' if higher is better"
+            )
         return config, "min" if config.direction == "minimize" else "max"
     if config.direction != _MODES[mode]:
         raise ConfigError(
@@ -80,7 +87,7 @@ class PerforateCallback(pl.Callback):
         seed: int | None = None,
         log: bool = True,
     ) -> None:
-        self.config, self.mode = resolve_direction(config, mode)
+        self.config, self.mode = resolve_direction(config, mode, monitor)
         self.monitor = monitor
         self.seed = seed
         self.log = log
@@ -98,6 +105,12 @@ class PerforateCallback(pl.Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
+        if trainer.strategy.restore_checkpoint_after_setup:
+            raise ConfigError(
+                f"PerforateCallback does not support {type(trainer.strategy).__name__}: it "
+                "restores checkpoints after on_fit_start, too late to rebuild the dendrites; "
+                "use a single device, DDP or DDP-spawn"
+            )
         if not dendritic_layers(pl_module):
             add_dendrites(pl_module, self.config)
         # If `fit` resumes (Lightning names the checkpoint only after `setup`), the saved

@@ -29,23 +29,30 @@ the model from that config, rebuilds the dendrites and loads the weights bit for
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 from transformers import Trainer, TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
+from .. import training_state
 from ..checkpoint import load, save
-from ..config import DendriteConfig
+from ..config import SUPPORTED_LAYER_TYPES, DendriteConfig
 from ..controller import Perforator
 from ..convert import add_dendrites, dendritic_layers
 from ..errors import CheckpointError, ConfigError, PhaseError
 from ..events import Event
 from ..layers import Phase
 
+log = logging.getLogger(__name__)
+
 WEIGHTS_NAME = "perforate.safetensors"
+STATE_NAME = "perforate_state.safetensors"  # the controller's state in each checkpoint
 
 
 class PerforateTrainerCallback(TrainerCallback):
@@ -57,6 +64,7 @@ class PerforateTrainerCallback(TrainerCallback):
         config: DendriteConfig,
         metric: str = "eval_loss",
         seed: int | None = None,
+        resume_state: dict[str, Any] | None = None,
     ) -> None:
         self.trainer = trainer
         self.config = config
@@ -65,6 +73,7 @@ class PerforateTrainerCallback(TrainerCallback):
         self.controller: Perforator | None = None
         self.events: list[Event] = []
         self._reuse_first = True
+        self._resume_state = resume_state
 
     def _optimizer(self, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
         trainer = self.trainer
@@ -75,6 +84,7 @@ class PerforateTrainerCallback(TrainerCallback):
         trainer.optimizer, trainer.lr_scheduler = None, None
         trainer.create_optimizer_and_scheduler(num_training_steps=trainer.state.max_steps)
         trainer.optimizer = trainer.accelerator.prepare(trainer.optimizer)
+        continue_schedule(trainer.lr_scheduler, trainer.state.global_step)
         return trainer.optimizer
 
     def on_train_begin(self, args, state, control, **kwargs: Any):
@@ -82,6 +92,15 @@ class PerforateTrainerCallback(TrainerCallback):
         self.controller = Perforator(
             self.trainer.model, self.config, seed=self.seed, optimizer=self._optimizer
         )
+        if self._resume_state is not None:
+            saved, self._resume_state = self._resume_state, None
+            self.controller.load_state_dict(saved)
+        elif state.global_step > 0:
+            raise ConfigError(
+                "the Trainer resumes from a checkpoint but the dendrites were not restored: "
+                "pass the same checkpoint to attach(trainer, resume_from_checkpoint=...) "
+                "before trainer.train(resume_from_checkpoint=...)"
+            )
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs: Any):
         ctl = self.controller
@@ -97,6 +116,32 @@ class PerforateTrainerCallback(TrainerCallback):
         if ctl.done:
             control.should_training_stop = True
 
+    def on_save(self, args, state, control, **kwargs: Any):
+        """Write the controller's state into the checkpoint folder the Trainer just wrote."""
+        ctl = self.controller
+        if ctl is None or not state.is_world_process_zero:
+            return
+        folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+        training_state.save(folder / STATE_NAME, {"controller": ctl.state_dict()})
+
+    def on_train_end(self, args, state, control, **kwargs: Any):
+        """The Trainer's own limit (epochs or steps) ended the run: keep the best state."""
+        ctl = self.controller
+        if ctl is not None and not ctl.done and ctl.history:
+            log.info("the Trainer's limit ended the run; restoring the best state seen")
+            self.events.append(ctl.finish())
+
+
+def continue_schedule(scheduler: Any, steps: int) -> None:
+    """Put a freshly built step-based schedule at step `steps`, so warmup and decay run
+    once over the whole run instead of restarting with every rebuilt optimizer."""
+    if steps <= 0 or not isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+        return
+    with warnings.catch_warnings():  # stepping before the new optimizer's first step
+        warnings.simplefilter("ignore", UserWarning)
+        scheduler.last_epoch = steps - 1
+        scheduler.step()
+
 
 def resolve_metric(
     args: Any, config: DendriteConfig | None, metric: str | None
@@ -106,7 +151,9 @@ def resolve_metric(
     The metric is `metric`, else `args.metric_for_best_model`, else "eval_loss" ("eval_"
     is prefixed as the Trainer does). Its direction is `args.greater_is_better` when the
     arguments name the same metric, else the config's, else the Trainer's rule (lower is
-    better for names ending in "loss"). A config that contradicts the arguments raises."""
+    better for names ending in "loss"). A config that contradicts the arguments, or that
+    maximizes a loss the arguments say nothing about, raises. Without a config, the
+    default one also wraps GPT-2's Conv1D layers."""
 
     def prefixed(name: str) -> str:
         return name if name.startswith("eval_") else f"eval_{name}"
@@ -119,11 +166,21 @@ def resolve_metric(
     if greater is None and config is None:
         greater = not name.endswith("loss")
     if config is None:
-        config = DendriteConfig(direction="maximize" if greater else "minimize", pair_norms=False)
-    elif greater is not None and config.direction != ("maximize" if greater else "minimize"):
+        return name, DendriteConfig(
+            direction="maximize" if greater else "minimize",
+            pair_norms=False,
+            layer_types=SUPPORTED_LAYER_TYPES,  # with GPT-2's Conv1D
+        )
+    if greater is not None and config.direction != ("maximize" if greater else "minimize"):
         raise ConfigError(
             f"the TrainingArguments say greater_is_better={greater} for {name!r}, the config "
             f"says direction={config.direction!r}: make them agree"
+        )
+    if greater is None and name.endswith("loss") and config.direction == "maximize":
+        raise ConfigError(
+            f"{name!r} is a loss but the config maximizes it (DendriteConfig's default "
+            "direction): pass DendriteConfig(direction='minimize', ...), or set "
+            "greater_is_better=True in the TrainingArguments if higher really is better"
         )
     return name, config
 
@@ -149,17 +206,43 @@ def attach(
     config: DendriteConfig | None = None,
     metric: str | None = None,
     seed: int | None = None,
+    resume_from_checkpoint: str | os.PathLike | bool | None = None,
 ) -> PerforateTrainerCallback:
     """Wrap `trainer.model` and add the callback; call before `trainer.train()`.
 
-    Layers tied to another module's weight are excluded (see the module docstring)."""
+    Layers tied to another module's weight are excluded (see the module docstring). To
+    resume, pass the checkpoint here too (True: the last one in `args.output_dir`; default:
+    `args.resume_from_checkpoint`), then `trainer.train(resume_from_checkpoint=...)`: the
+    dendrites, the phase and which parameters train are restored now, before the Trainer
+    builds its optimizer, and the controller continues exactly at the start of training.
+    Without it, a checkpoint from a neuron phase is refused with a `ConfigError`; one
+    from a dendrite phase fails earlier, inside the Trainer, on the optimizer's groups."""
     metric, config = resolve_metric(trainer.args, config, metric)
     tied = tied_linears(trainer.model)
     if tied:
         config = dataclasses.replace(config, exclude=(*config.exclude, *tied))
     if not dendritic_layers(trainer.model):
         add_dendrites(trainer.model, config)
-    callback = PerforateTrainerCallback(trainer, config, metric=metric, seed=seed)
+    resume_state = None
+    if resume_from_checkpoint is None:  # scripts pass it through the arguments
+        resume_from_checkpoint = getattr(trainer.args, "resume_from_checkpoint", None)
+    if resume_from_checkpoint is not None and resume_from_checkpoint is not False:
+        folder = resume_from_checkpoint
+        if folder is True:
+            folder = get_last_checkpoint(trainer.args.output_dir)
+            if folder is None:
+                raise CheckpointError(f"no checkpoint in {trainer.args.output_dir!r}")
+        path = Path(folder) / STATE_NAME
+        if not path.is_file():
+            raise CheckpointError(
+                f"{path} not found: the checkpoint was not written by a run with "
+                "perforate's callback attached"
+            )
+        resume_state = training_state.load(path)["controller"]
+        Perforator.restore_model(trainer.model, resume_state)
+    callback = PerforateTrainerCallback(
+        trainer, config, metric=metric, seed=seed, resume_state=resume_state
+    )
     trainer.add_callback(callback)
     return callback
 
