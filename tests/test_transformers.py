@@ -283,7 +283,7 @@ def test_resume_from_a_trainer_checkpoint_is_bit_identical(tmp_path, stop, phase
     ]
 
 
-def test_resuming_without_telling_attach_is_refused(tmp_path):
+def test_e96_resuming_without_telling_attach_is_refused(tmp_path):
     full = _hf_trainer(tmp_path, "full", epochs=2)
     attach(full, perforate.DendriteConfig(**FIXED), seed=0)
     full.train()

@@ -17,6 +17,7 @@ from .convert import (
     hidden_layers_only,
     output_layer,
     remove_dendrites,
+    to_plain,
 )
 from .correlation import CandidateStats, surrogate_gradient
 from .errors import (
@@ -97,4 +98,5 @@ __all__ = [
     "remove_dendrites",
     "save",
     "surrogate_gradient",
+    "to_plain",
 ]

@@ -8,10 +8,13 @@ puts every module back where it was.
 
 from __future__ import annotations
 
+import copy
 import fnmatch
 import itertools
 import warnings
+from typing import Any
 
+import torch
 import torch.fx
 from torch import nn
 
@@ -21,6 +24,7 @@ from .errors import (
     NoTargetLayersError,
     NotConvertedError,
     PerforateWarning,
+    PhaseError,
     UnsupportedLayerError,
 )
 from .kinds import KINDS, NORM_TYPES, kind_of, norm_matches
@@ -224,3 +228,79 @@ def remove_dendrites(model: nn.Module) -> nn.Module:
         if layer.norm_path is not None:
             _set_module(model, layer.norm_path, layer.norm)
     return model
+
+
+def to_plain(model: nn.Module, *example_args: Any, **example_kwargs: Any) -> nn.Module:
+    """A copy of a grown model made of PyTorch alone: for deployment without perforate.
+
+    Layers without dendrites go back to their original layer (and norm); each layer with
+    dendrites becomes the `torch.fx.GraphModule` that `torch.export` makes of it in
+    inference, with its batch and sequence (or spatial) sizes left free (its inputs keep
+    the example's rank). `example_args` / `example_kwargs` are one input to `model`, run
+    once to see what each layer receives.
+    The copy computes what the model computes (tested bit for bit), holds no perforate
+    class, pickles without perforate and exports whole with `torch.export`. `model` is
+    unchanged. Refused inside a dendrite phase (the candidates are not part of the model).
+    """
+    export = getattr(torch, "export", None)
+    if export is None or not hasattr(getattr(export, "Dim", None), "AUTO"):
+        raise NotImplementedError("to_plain needs torch.export with Dim.AUTO (torch >= 2.6)")
+    layers = dendritic_layers(model)
+    if not layers:
+        raise NotConvertedError("model holds no dendritic layers; it is plain already")
+    busy = [n for n, layer in layers.items() if layer.phase.value == "dendrite"]
+    if busy:
+        raise PhaseError(f"layers {busy} are in a dendrite phase: end it before to_plain")
+    plain = copy.deepcopy(model).eval()
+    layers = dendritic_layers(plain)
+    inputs: dict[str, torch.Tensor] = {}
+
+    def catch(name: str):
+        def hook(module: nn.Module, args: tuple) -> None:
+            inputs.setdefault(name, args[0].detach())
+
+        return hook
+
+    grown = {n: layer for n, layer in layers.items() if layer.slots}
+    handles = [layer.register_forward_pre_hook(catch(n)) for n, layer in grown.items()]
+    try:
+        with torch.no_grad():
+            plain(*example_args, **example_kwargs)
+    finally:
+        for h in handles:
+            h.remove()
+    missing = sorted(set(grown) - set(inputs))
+    if missing:
+        raise ValueError(f"the example input never reached layers {missing}")
+    aliases = _aliases(plain)
+    for name, layer in layers.items():
+        layer.start_inference()
+        if name not in grown:
+            replacement = layer.base
+            if layer.norm_path is not None:
+                _set_module(plain, layer.norm_path, layer.norm)
+        else:
+            x = inputs[name]
+            fixed = x.dim() - 1 if layer.kind.spatial_dims == 0 else 1  # the feature axis
+            free = {i: export.Dim.AUTO for i in range(x.dim()) if i != fixed}
+            exported = export.export(layer, (x,), dynamic_shapes=(free,)).module()
+            replacement = _plain_graph(exported)
+        for n in aliases[id(layer)]:
+            _set_module(plain, n, replacement)
+    return plain
+
+
+def _plain_graph(module: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """An exported layer as a bare GraphModule: `forward(x) -> tensor` on a fresh graph,
+    without the export's guard module, input hooks and tracer (closures and classes that
+    do not pickle; the ops check shapes themselves)."""
+    source = module.graph
+    for node in list(source.nodes):
+        if node.op == "call_module" and node.target == "_guards_fn":
+            source.erase_node(node)
+    graph = torch.fx.Graph()  # plain arguments, no pytree specs, no tracer class
+    result = graph.graph_copy(source, {})
+    if isinstance(result, (tuple, list)) and len(result) == 1:
+        result = result[0]
+    graph.output(result)
+    return torch.fx.GraphModule(module, graph)
