@@ -93,3 +93,29 @@ def test_transformer_converts_and_trains_through_an_install():
     assert fc1.slots == 1 and int(fc1.dendrite_count.sum()) == 64
     out = model(tokens)
     assert out.shape == (8, 3) and torch.isfinite(out).all()
+
+
+def test_torch_transformer_encoder_never_skips_the_dendrites_in_inference(gen):
+    """nn.TransformerEncoderLayer's eval fast path fuses linear1/linear2 from their
+    weights; with dendrites it must not run (it would skip them), and it must come back
+    when the dendrites are removed."""
+    from helpers import grow
+
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(16, 2, dim_feedforward=32, batch_first=True)
+    model = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+    model.eval()
+    x = torch.randn(3, 5, 16, generator=gen)
+    perforate.add_dendrites(model, DendriteConfig(pair_norms=False))
+    layers = perforate.dendritic_layers(model)
+    assert "layers.0.linear1" in layers and "layers.1.linear2" in layers
+    for grown in layers.values():
+        grow(grown, 1, gen)
+    with torch.no_grad():  # where the fast path would run
+        fast = model(x)
+    slow = model(x)  # grad enabled: the layer-by-layer path
+    assert torch.allclose(fast, slow.detach(), atol=1e-5)
+    assert layers["layers.0.linear1"].weight is layers["layers.0.linear1"].base.weight
+    assert all(m.activation_relu_or_gelu == 0 for m in model.layers)
+    perforate.remove_dendrites(model)
+    assert all(m.activation_relu_or_gelu == 1 for m in model.layers)  # relu: torch's value

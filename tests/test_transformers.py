@@ -312,3 +312,42 @@ def test_the_epoch_cap_keeps_the_best_state_and_warmup_runs_once(tmp_path):
     # decay, through the optimizer rebuilt at the dendrite phase (after step 4).
     peak = max(lrs)
     assert lrs.index(peak) == 3 and lrs[4] < peak and lrs[5] < lrs[4]
+
+
+@pytest.mark.parametrize("arch", ["t5", "vit"])
+def test_t5_and_a_vit_grow_dendrites_and_train(arch):
+    """T5 reads `wo.weight.dtype` from outside; a ViT from a config (no download)."""
+    from helpers import grow
+
+    torch.manual_seed(0)
+    if arch == "t5":
+        cfg = transformers.T5Config(
+            vocab_size=32, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2,
+            decoder_start_token_id=0,
+        )  # fmt: skip
+        model = transformers.T5ForConditionalGeneration(cfg)
+        inputs = {"input_ids": torch.randint(1, 32, (2, 6)), "labels": torch.randint(1, 32, (2, 4))}
+        probe = "encoder.block.0.layer.1.DenseReluDense.wo"
+    else:
+        cfg = transformers.ViTConfig(
+            image_size=8, patch_size=4, num_channels=1, hidden_size=16, num_hidden_layers=1,
+            num_attention_heads=2, intermediate_size=32, num_labels=3,
+        )  # fmt: skip
+        model = transformers.ViTForImageClassification(cfg)
+        inputs = {"pixel_values": torch.randn(2, 1, 8, 8), "labels": torch.tensor([0, 2])}
+        probe = "vit.layers.0.mlp.fc2"
+    model.eval()
+    with torch.no_grad():
+        before = model(**inputs).logits
+    perforate.add_dendrites(model, perforate.DendriteConfig(pair_norms=False))
+    layers = perforate.dendritic_layers(model)
+    assert probe in layers
+    with torch.no_grad():
+        assert torch.equal(model(**inputs).logits, before)  # wrapping changes nothing
+    gen = torch.Generator().manual_seed(0)
+    for layer in layers.values():
+        grow(layer, 1, gen)
+    model.train()
+    loss = model(**inputs).loss
+    loss.backward()
+    assert torch.isfinite(loss) and layers[probe].output_weight.grad is not None

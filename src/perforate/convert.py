@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 import torch.fx
+import torch.nn.functional as F
 from torch import nn
 
 from .config import DendriteConfig
@@ -189,6 +190,7 @@ def add_dendrites(model: nn.Module, config: DendriteConfig | None = None) -> nn.
             _set_module(model, n, layer)
         if layer.norm_path is not None:
             _set_module(model, layer.norm_path, nn.Identity())
+    _guard_fast_paths(model)
     return model
 
 
@@ -216,6 +218,29 @@ def hidden_layers_only(model: nn.Module, config: DendriteConfig | None = None) -
     return config.replace(exclude=(*config.exclude, output_layer(model, config)))
 
 
+def _guard_fast_paths(model: nn.Module) -> None:
+    """Keep `nn.TransformerEncoderLayer`'s inference fast path away from grown layers.
+
+    That path reads `linear1.weight` and friends and runs one fused kernel, which would
+    skip the dendrites (a wrapped layer) or fail (a `to_plain` graph). torch decides it,
+    and the encoder's nested-tensor path, on the public `activation_relu_or_gelu`: 0 turns
+    both off for that layer; where nothing grown is left it gets torch's own value back.
+    """
+    for module in model.modules():
+        if not isinstance(module, nn.TransformerEncoderLayer):
+            continue
+        grown = any(isinstance(m, (DendriticLayer, torch.fx.GraphModule)) for m in module.modules())
+        act = module.activation
+        native = (
+            1
+            if act is F.relu or isinstance(act, nn.ReLU)
+            else 2
+            if act is F.gelu or isinstance(act, nn.GELU)
+            else 0
+        )
+        module.activation_relu_or_gelu = 0 if grown else native
+
+
 def remove_dendrites(model: nn.Module) -> nn.Module:
     """Undo `add_dendrites` in place: originals (and norms) go back; dendrites are dropped."""
     layers = dendritic_layers(model)
@@ -227,6 +252,7 @@ def remove_dendrites(model: nn.Module) -> nn.Module:
             _set_module(model, n, layer.base)
         if layer.norm_path is not None:
             _set_module(model, layer.norm_path, layer.norm)
+    _guard_fast_paths(model)
     return model
 
 
@@ -287,6 +313,7 @@ def to_plain(model: nn.Module, *example_args: Any, **example_kwargs: Any) -> nn.
             replacement = _plain_graph(exported)
         for n in aliases[id(layer)]:
             _set_module(plain, n, replacement)
+    _guard_fast_paths(plain)
     return plain
 
 

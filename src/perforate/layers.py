@@ -127,6 +127,18 @@ class DendriticLayer(nn.Module):
         return 0 if self.output_weight is None else self.output_weight.shape[0]
 
     @property
+    def weight(self) -> torch.Tensor:
+        """The base layer's weight, for code that reads it from outside (T5's dtype
+        checks). It is not what the layer computes once dendrites are installed: fused
+        paths that take it (TransformerEncoderLayer's) are turned off by `add_dendrites`."""
+        return self.base.weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        """The base layer's bias (see `weight`)."""
+        return self.base.bias
+
+    @property
     def activation(self):
         """The dendrite non-linearity g (from `config.activation`)."""
         return self._g
