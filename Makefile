@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint mutation setup clean
+.PHONY: demo test lint mutation setup clean wheel-check
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,9 +18,20 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/perforate demo
 
-test: $(STAMP)
+test: $(STAMP) wheel-check
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
+
+# The wheel alone: built, installed without extras in a fresh venv (torch first, as above),
+# then imported and trained from outside the source tree (tools/wheel_smoke.py).
+WHEEL_DIR := build/wheel-check
+wheel-check: $(STAMP)
+	rm -rf $(WHEEL_DIR)
+	$(PY) -m pip wheel --quiet --no-deps --no-build-isolation -w $(WHEEL_DIR)/dist .
+	$(PYTHON) -m venv $(WHEEL_DIR)/venv
+	$(WHEEL_DIR)/venv/bin/python -m pip install --quiet "torch==2.13.0"
+	$(WHEEL_DIR)/venv/bin/python -m pip install --quiet $(WHEEL_DIR)/dist/perforate-*.whl
+	cd $(WHEEL_DIR) && PATH="$(CURDIR)/$(WHEEL_DIR)/venv/bin:$$PATH" venv/bin/python $(CURDIR)/tools/wheel_smoke.py
 
 # Mutation testing of the library core (docs/testing.md); about 15 minutes on 2 cores.
 mutation: $(STAMP)

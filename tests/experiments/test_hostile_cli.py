@@ -183,3 +183,16 @@ def test_e94_a_missing_extra_is_one_line_naming_the_pip_extra(monkeypatch, tmp_p
         "perforate: error: this command needs 'sklearn', which is not installed; "
         "install it with: pip install 'perforate[bench]'"
     )
+
+
+def test_the_bundled_examples_are_listed_with_their_installed_paths(capsys):
+    from pathlib import Path
+
+    from perforate.experiments.train_config import read_experiment
+
+    assert main(["examples"]) == 0
+    paths = [Path(line) for line in capsys.readouterr().out.splitlines() if line.endswith(".toml")]
+    assert {p.name for p in paths} == {"digits_mlp.toml", "fashion_mnist_cnn.toml"}
+    for path in paths:
+        assert path.is_file() and "experiments/examples" in str(path)
+        read_experiment(path)  # each one is a valid `perforate train` file

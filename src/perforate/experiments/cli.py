@@ -70,7 +70,9 @@ def _main(argv: list[str] | None = None) -> int:
     demo.add_argument("--out", default="runs/demo", help="where results and the figure go")
     demo.add_argument("--seeds", type=_count(1), default=5, help="number of seeds (default 5)")
     demo.add_argument("--hidden", type=_count(1), default=8, help="hidden width of the PB model")
-    train = sub.add_parser("train", help="train from a TOML file (see examples/*.toml)")
+    train = sub.add_parser(
+        "train", help="train from a TOML file (`perforate examples` lists the bundled ones)"
+    )
     train.add_argument("config_file")
     resume = train.add_mutually_exclusive_group()
     resume.add_argument(
@@ -93,6 +95,7 @@ def _main(argv: list[str] | None = None) -> int:
     bench.add_argument("--docs", default="docs", help="where --report writes")
     bench.add_argument("--list", action="store_true", help="list the suites")
     bench.add_argument("--report", action="store_true", help="write docs/benchmarks.md")
+    sub.add_parser("examples", help="list the bundled `perforate train` files and their paths")
     cfg = sub.add_parser("config", help="list every setting with its default and help")
     cfg.add_argument("--markdown", action="store_true", help="as the table of docs/settings.md")
     arch = sub.add_parser("architecture", help="the library's import graph, as Markdown")
@@ -125,6 +128,14 @@ def _main(argv: list[str] | None = None) -> int:
             write_section(args.write)
         else:
             print(markdown(), end="")
+    elif args.command == "examples":
+        from pathlib import Path
+
+        folder = Path(__file__).parent / "examples"
+        for path in sorted(folder.glob("*.toml")):
+            first = path.read_text().splitlines()[0].lstrip("# ").strip()
+            print(f"{path}\n    {first}")
+        print("Copy one and edit it; `perforate config` lists every [dendrites] setting.")
     elif args.command == "config":
         print(
             DendriteConfig.markdown() if args.markdown else DendriteConfig.describe(),
