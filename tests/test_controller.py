@@ -383,3 +383,15 @@ def test_finish_from_outside_keeps_the_best_state_in_any_phase(gen):
     fresh = Perforator(tiny_model(), optimizer=lambda p: torch.optim.SGD(p, lr=0.1))
     with pytest.raises(perforate.PhaseError, match="before any end_epoch"):
         fresh.finish()
+
+
+def test_phase_changes_and_installs_are_logged_once_each_and_epochs_stay_quiet(gen, caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="perforate.controller"):
+        run(_config(), SCRIPT[:6], gen)  # neuron phase, dendrite phase, install
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0] == "epoch 4: cycle 0 accepted (best score 0.6, 0 dendrites)"
+    assert lines[1] == "epoch 4: dendrite phase of cycle 0: candidates attached"
+    assert lines[2].startswith("epoch 6: installed ")
+    assert len(lines) == 3  # nothing for the epochs in between

@@ -174,3 +174,30 @@ def test_e95_a_metric_that_was_never_logged_is_a_config_error():
     train, val = _loaders()
     with pytest.raises(perforate.ConfigError, match=r"monitors 'val_f1'.*logged: \['val_acc'\]"):
         _trainer(1, callback).fit(Classifier(), train, val)
+
+
+def test_under_ddp_on_two_cpu_processes_every_rank_grows_the_same_model(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    worker = Path(__file__).parent / "lightning_ddp_worker.py"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent)}
+    proc = subprocess.run(
+        [sys.executable, str(worker), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summaries = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert summaries[0] == summaries[1]  # the same decisions on both ranks
+    assert summaries[0]["world_size"] == 2 and "installed" in summaries[0]["events"]
+    a, b = (load_file(str(tmp_path / f"rank{r}.safetensors")) for r in (0, 1))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -287,8 +287,22 @@ class Perforator:
         if self._cycle_improved():
             self._accepted = self._best
             self.retries = 0
+            log.info(
+                "epoch %d: cycle %d accepted (best score %.6g, %d dendrites)",
+                self.epoch,
+                self.cycle,
+                self._accepted.score,
+                self.dendrites_kept,
+            )
         else:
             self.retries += 1
+            log.info(
+                "epoch %d: cycle %d did not beat %.6g; back to the accepted state (retry %d)",
+                self.epoch,
+                self.cycle,
+                self._accepted.score,
+                self.retries,
+            )
         self._best = None
         self._accepted.restore(self.model)
         if (
@@ -314,6 +328,9 @@ class Perforator:
         self._build_optimizer()
 
     def _start_dendrite_phase(self) -> None:
+        log.info(
+            "epoch %d: dendrite phase of cycle %d: candidates attached", self.epoch, self.cycle
+        )
         self.freeze.freeze()
         self.phase = Phase.DENDRITE
         self.switching.start_dendrite_phase()
@@ -381,6 +398,12 @@ class Perforator:
         self.freeze.unfreeze()
         summary = self.rule.install(self.layers)
         self.recorder.note_install(summary)
+        log.info(
+            "epoch %d: installed %d dendrites (%s)",
+            self.epoch,
+            sum(int(v.get("installed", 0)) for v in summary.values()),
+            ", ".join(f"{n}: {int(v.get('installed', 0))}" for n, v in summary.items()) or "none",
+        )
         if not summary:
             return self._finish()
         self._start_neuron_phase()

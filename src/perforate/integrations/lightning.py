@@ -126,6 +126,7 @@ class PerforateCallback(pl.Callback):
         if self._reuse_first:  # Lightning built it already, over the wrapped model
             self._reuse_first = False
         else:
+            self._rewrap_ddp(trainer)
             trainer.strategy.setup_optimizers(trainer)
         optimizers = trainer.optimizers
         if len(optimizers) != 1:
@@ -134,6 +135,19 @@ class PerforateCallback(pl.Callback):
                 f"got {len(optimizers)}"
             )
         return optimizers[0]
+
+    @staticmethod
+    def _rewrap_ddp(trainer: pl.Trainer) -> None:
+        """Under DDP, wrap the module again: DistributedDataParallel registers the
+        parameters that train when it is built, so after a restructure or a phase change
+        (new candidates, frozen neurons) the old wrapper would leave the new parameters'
+        gradients unsynchronised and the processes would drift apart."""
+        strategy = trainer.strategy
+        configure = getattr(strategy, "configure_ddp", None)
+        if configure is None or trainer.world_size < 2:
+            return
+        strategy.model = trainer.lightning_module
+        configure()
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._trainer = trainer
