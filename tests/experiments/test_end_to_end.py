@@ -41,9 +41,16 @@ def test_cli_report_redraws_from_saved_results(tmp_path, capsys):
     ]:
         torch.manual_seed(0)
         r = training.fit_classifier(models.mlp(64, 8, 10), splits, config, seed=0)
-        runs.append({**r.to_dict(), "label": label})
+        runs.append({**r.to_dict(), "label": label, "dataset": "digits"})
     (tmp_path / "results.json").write_text(json.dumps(runs))
+    import matplotlib
+
+    matplotlib.use("svg")  # as a notebook would have its own: the report must not switch it
     assert main(["report", str(tmp_path)]) == 0
+    assert matplotlib.get_backend() == "svg"
+    from perforate.experiments.report import run_title
+
+    assert run_title(tmp_path, runs) == f"{tmp_path.name}: digits, 2 runs, 1 seed"
     out = capsys.readouterr().out
     assert "PB H=8" in out and "cycle" in out
     png = (tmp_path / "demo.png").read_bytes()

@@ -23,7 +23,7 @@ from . import datasets
 from .datasets import DatasetError
 from .loop import fit_classifier
 from .models import mlp
-from .report import cycle_table, plot_runs, summary_table
+from .report import cycle_table, plot_runs, run_title, summary_table
 
 CONTROL_PREFIX = "restart control"
 
@@ -104,8 +104,6 @@ def report(run_dir: str | Path, log: Callable[[str], None] = print) -> Path:
     labels = [k for k in (control, *(r["label"] for r in pb[:1])) if k]
     if not labels:  # a run directory of `perforate train`: draw what it holds
         labels = sorted({r["label"] for r in runs})
-    path = plot_runs(
-        runs, run_dir / "demo.png", "perforate demo: digits, MLP 64-H-10", curve_labels=labels
-    )
+    path = plot_runs(runs, run_dir / "demo.png", run_title(run_dir, runs), curve_labels=labels)
     log(f"\nresults: {run_dir / 'results.json'}\nfigure:  {path}")
     return path

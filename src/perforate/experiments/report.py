@@ -123,13 +123,12 @@ def plot_runs(
     """Two panels: validation score over epochs with phase switches marked, and test
     accuracy against parameters with the plain width ladder as a line."""
     import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: the process's backend is left alone
 
     groups = group(runs)
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.8))
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    fig = Figure(figsize=(13, 4.8))
+    ax1, ax2 = fig.subplots(1, 2)
+    colours = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, label in enumerate(curve_labels):
         rs = groups.get(label)
         if not rs:
@@ -211,8 +210,17 @@ def plot_runs(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
+
+
+def run_title(run_dir: str | Path, runs: Sequence[dict[str, Any]]) -> str:
+    """A figure title from what the runs are: the run directory, data sets and seeds."""
+    data = sorted({str(r["dataset"]) for r in runs if r.get("dataset")})
+    seeds = len({r.get("seed") for r in runs})
+    return (
+        f"{Path(run_dir).name}: {', '.join(data) or 'unknown data'}, {len(runs)} runs, "
+        f"{seeds} seed{'s' if seeds != 1 else ''}"
+    )
 
 
 def ladder_at(ladder: list[tuple[float, float]], params: float) -> float | None:

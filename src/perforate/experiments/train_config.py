@@ -45,7 +45,7 @@ from perforate.files import atomic_write
 
 from . import datasets
 from .loop import OPTIMIZERS, fit_classifier
-from .report import plot_runs
+from .report import plot_runs, run_title
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -232,9 +232,10 @@ def run_experiment(
         started=started,
         progress=progress,
     ).to_dict()
+    record["dataset"] = spec["data"]["name"]
     perforate.save(model, run_dir / "model.safetensors")
     atomic_write(run_dir / "results.json", json.dumps([record]).encode())
-    plot_runs([record], run_dir / "demo.png", f"{Path(path).stem}", curve_labels=[record["label"]])
+    plot_runs([record], run_dir / "demo.png", run_title(run_dir, [record]), [record["label"]])
     total = record["base_params"] + record["dendrite_params"]
     log(
         f"test {100 * record['test']:.2f}% at the best validation epoch; {total:,} parameters "
