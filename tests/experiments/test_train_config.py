@@ -86,3 +86,14 @@ def test_docs_settings_page_is_generated_from_the_config():
 def test_example_configs_are_valid():
     for path in (Path(__file__).parents[2] / "examples").glob("*.toml"):
         read_experiment(path)
+
+
+def test_docs_train_file_page_is_generated_from_the_schema():
+    from perforate.experiments.train_config import SCHEMA, schema_markdown
+
+    page = (Path(__file__).parents[2] / "docs" / "train_file.md").read_text()
+    assert page == schema_markdown(), (
+        "regenerate: perforate config --train-file > docs/train_file.md"
+    )
+    for section, keys in SCHEMA.items():
+        assert f"## [{section}]" in page and all(f"| `{k}` |" in page for k in keys)

@@ -98,6 +98,11 @@ def _main(argv: list[str] | None = None) -> int:
     sub.add_parser("examples", help="list the bundled `perforate train` files and their paths")
     cfg = sub.add_parser("config", help="list every setting with its default and help")
     cfg.add_argument("--markdown", action="store_true", help="as the table of docs/settings.md")
+    cfg.add_argument(
+        "--train-file",
+        action="store_true",
+        help="the format of `perforate train` files instead, as docs/train_file.md",
+    )
     arch = sub.add_parser("architecture", help="the library's import graph, as Markdown")
     arch.add_argument(
         "--write",
@@ -136,6 +141,10 @@ def _main(argv: list[str] | None = None) -> int:
             first = path.read_text().splitlines()[0].lstrip("# ").strip()
             print(f"{path}\n    {first}")
         print("Copy one and edit it; `perforate config` lists every [dendrites] setting.")
+    elif args.command == "config" and args.train_file:
+        from .train_config import schema_markdown
+
+        print(schema_markdown(), end="")
     elif args.command == "config":
         print(
             DendriteConfig.markdown() if args.markdown else DendriteConfig.describe(),
