@@ -395,3 +395,34 @@ def test_phase_changes_and_installs_are_logged_once_each_and_epochs_stay_quiet(g
     assert lines[1] == "epoch 4: dendrite phase of cycle 0: candidates attached"
     assert lines[2].startswith("epoch 6: installed ")
     assert len(lines) == 3  # nothing for the epochs in between
+
+
+def test_history_goes_to_csv_and_to_any_scalar_logger(gen, tmp_path):
+    import csv
+
+    from perforate.events import CSV_COLUMNS, write_csv
+
+    _, ctl, _, _ = run(_config(), SCRIPT[:6], gen)
+    path = write_csv(ctl.history, tmp_path / "history.csv")
+    rows = list(csv.DictReader(path.open()))
+    assert tuple(rows[0]) == CSV_COLUMNS and len(rows) == len(ctl.history) == 6
+    for row, rec in zip(rows, ctl.history, strict=True):
+        assert int(row["epoch"]) == rec.epoch and row["phase"] == rec.phase
+        assert float(row["score"]) == rec.score and row["event"] == rec.event
+        assert int(float(row["parameters"])) == rec.base_params + rec.dendrite_params
+    dendrite_rows = [r for r in rows if r["phase"] == "dendrite"]
+    assert dendrite_rows and all(float(r["correlation"]) > 0 for r in dendrite_rows)
+
+    class Writer:  # what TensorBoard's SummaryWriter offers
+        def __init__(self):
+            self.calls = []
+
+        def add_scalar(self, tag, value, step):
+            self.calls.append((tag, value, step))
+
+    writer = Writer()
+    for rec in ctl.history:
+        for tag, value in rec.scalars().items():
+            writer.add_scalar(f"perforate/{tag}", value, rec.epoch)
+    assert ("perforate/dendrite_phase", 1.0, 5) in writer.calls
+    assert all(isinstance(v, float) for _, v, _ in writer.calls)

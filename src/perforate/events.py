@@ -7,10 +7,16 @@ dendrite phase learned. `History` saves itself, so a resumed run's history conti
 
 from __future__ import annotations
 
+import csv
 import enum
+import io
+import os
 import time
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any
+
+from .files import atomic_write
 
 
 class Event(str, enum.Enum):
@@ -47,6 +53,52 @@ class EpochRecord:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def scalars(self) -> dict[str, float]:
+        """The row as named numbers, for any logger with `add_scalar(tag, value, step)`
+        (TensorBoard's SummaryWriter, and others) or a CSV file (`write_csv`)."""
+        out = {
+            "score": self.score,
+            "best_score": self.best_score,
+            "dendrite_phase": float(self.phase == "dendrite"),
+            "cycle": float(self.cycle),
+            "dendrites": float(self.dendrites),
+            "parameters": float(self.base_params + self.dendrite_params),
+            "seconds": self.seconds,
+        }
+        if self.lr is not None:
+            out["lr"] = float(self.lr)
+        if self.correlation:
+            out["correlation"] = sum(self.correlation.values()) / len(self.correlation)
+        return out
+
+
+CSV_COLUMNS = (
+    "epoch",
+    "cycle",
+    "phase",
+    "event",
+    "score",
+    "best_score",
+    "dendrites",
+    "parameters",
+    "correlation",
+    "lr",
+    "seconds",
+)
+
+
+def write_csv(records: list[EpochRecord], path: str | os.PathLike) -> Path:
+    """The history as a CSV file (one row per evaluation), written atomically: call it
+    after every `end_epoch` to follow a run from a spreadsheet or a plotting script."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for r in records:
+        values = {**r.to_dict(), **r.scalars()}
+        writer.writerow(["" if values.get(c) is None else values.get(c, "") for c in CSV_COLUMNS])
+    atomic_write(path, buffer.getvalue().encode())
+    return Path(path)
 
 
 class History:

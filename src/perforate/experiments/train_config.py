@@ -244,6 +244,15 @@ def build_model(path: str, kwargs: dict[str, Any]) -> nn.Module:
     return model
 
 
+def progress_bar(name: str) -> Any:
+    """A `tqdm.auto` bar over epochs (a widget in notebooks), or None without tqdm."""
+    try:
+        from tqdm.auto import tqdm
+    except ModuleNotFoundError:
+        return None
+    return tqdm(desc=name, unit="epoch", dynamic_ncols=True)
+
+
 def run_experiment(
     path: str | Path, resume: bool | str = False, log: Callable[[str], None] = print
 ) -> dict[str, Any]:
@@ -274,12 +283,23 @@ def run_experiment(
         if ctl.resumed_from is not None:
             log(f"resumed {ctl.resumed_from} at epoch {ctl.epoch}")
 
+    bar = progress_bar(Path(path).stem) if log is print else None
+
     def progress(ctl: Perforator, event: Event, val: float) -> None:
         total = perforate.parameter_report(model).total
-        log(
+        line = (
             f"epoch {ctl.epoch:>4}  {ctl.history[-1].phase:<8} val {100 * val:6.2f}%  "
             f"params {total:>8,}  {event.value}"
         )
+        if bar is None:
+            log(line)
+            return
+        bar.update(1)
+        bar.set_postfix(
+            phase=ctl.history[-1].phase, val=f"{100 * val:.2f}%", dendrites=ctl.dendrites_kept
+        )
+        if event != Event.CONTINUE:  # decisions stay on screen; plain epochs only tick
+            bar.write(line)
 
     record = fit_classifier(
         model,
@@ -298,6 +318,8 @@ def run_experiment(
         started=started,
         progress=progress,
     ).to_dict()
+    if bar is not None:
+        bar.close()
     record["dataset"] = spec["data"]["name"]
     perforate.save(model, run_dir / "model.safetensors")
     atomic_write(run_dir / "results.json", json.dumps([record]).encode())
