@@ -26,7 +26,7 @@ test: $(STAMP) wheel-check
 # then imported and trained from outside the source tree (tools/wheel_smoke.py).
 WHEEL_DIR := build/wheel-check
 wheel-check: $(STAMP)
-	rm -rf $(WHEEL_DIR)
+	rm -rf $(WHEEL_DIR) build/lib build/bdist.*  # no stale build output in the wheel
 	$(PY) -m pip wheel --quiet --no-deps --no-build-isolation -w $(WHEEL_DIR)/dist .
 	$(PYTHON) -m venv $(WHEEL_DIR)/venv
 	$(WHEEL_DIR)/venv/bin/python -m pip install --quiet "torch==2.13.0"

@@ -119,3 +119,24 @@ def test_torch_transformer_encoder_never_skips_the_dendrites_in_inference(gen):
     assert all(m.activation_relu_or_gelu == 0 for m in model.layers)
     perforate.remove_dendrites(model)
     assert all(m.activation_relu_or_gelu == 1 for m in model.layers)  # relu: torch's value
+
+
+def test_a_grown_encoder_takes_padded_batches_in_inference(gen):
+    from helpers import grow
+
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(16, 2, dim_feedforward=32, batch_first=True)
+    model = nn.TransformerEncoder(layer, 2)  # nested tensors for padded batches by default
+    perforate.add_dendrites(model, DendriteConfig(pair_norms=False))
+    for grown in perforate.dendritic_layers(model).values():
+        grow(grown, 1, gen)
+    model.eval()
+    x = torch.randn(3, 5, 16, generator=gen)
+    pad = torch.zeros(3, 5, dtype=torch.bool)
+    pad[0, 3:] = True
+    with torch.no_grad():
+        fast = model(x, src_key_padding_mask=pad)
+    slow = model(x, src_key_padding_mask=pad)
+    keep = ~pad
+    assert torch.allclose(fast[keep], slow.detach()[keep], atol=1e-5)
+    assert model.use_nested_tensor is False

@@ -201,3 +201,14 @@ def test_under_ddp_on_two_cpu_processes_every_rank_grows_the_same_model(tmp_path
     assert summaries[0]["world_size"] == 2 and "installed" in summaries[0]["events"]
     a, b = (load_file(str(tmp_path / f"rank{r}.safetensors")) for r in (0, 1))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_one_process_under_strategy_ddp_gets_a_fresh_wrapper_at_each_phase():
+    # One process still runs inside DistributedDataParallel, whose old wrapper would
+    # expect gradients for the weights a dendrite phase freezes.
+    pl.seed_everything(0, verbose=False)
+    callback = PerforateCallback(perforate.DendriteConfig(**FIXED), monitor="val_acc", seed=0)
+    train, val = _loaders()
+    trainer = _trainer(5, callback, strategy="ddp", devices=1)
+    trainer.fit(Classifier(), train, val)
+    assert perforate.Event.INSTALLED in callback.events

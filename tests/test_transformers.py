@@ -351,3 +351,40 @@ def test_t5_and_a_vit_grow_dendrites_and_train(arch):
     loss = model(**inputs).loss
     loss.backward()
     assert torch.isfinite(loss) and layers[probe].output_weight.grad is not None
+
+
+def test_e96_a_resume_that_does_not_fit_is_refused_before_anything_changes(tmp_path):
+    full = _hf_trainer(tmp_path, "full", epochs=3)
+    attach(full, perforate.DendriteConfig(**FIXED), seed=0)
+    full.train()
+    checkpoint = tmp_path / "full" / "checkpoint-6"  # inside the dendrite phase
+    other = _hf_trainer(tmp_path, "other")
+    before = {k: v.clone() for k, v in other.model.state_dict().items()}
+    with pytest.raises(perforate.CheckpointMismatchError, match="candidates_per_neuron"):
+        attach(
+            other,
+            perforate.DendriteConfig(**FIXED, candidates_per_neuron=2),
+            resume_from_checkpoint=checkpoint,
+        )
+    layers = perforate.dendritic_layers(other.model)
+    assert all(layer.phase.value == "neuron" and layer.slots == 0 for layer in layers.values())
+    after = {k.replace(".base.", "."): v for k, v in other.model.state_dict().items()}
+    assert all(torch.equal(after[k], v) for k, v in before.items())
+    # The checkpoint given to attach must be the one the Trainer resumes.
+    third = _hf_trainer(tmp_path, "third")
+    attach(third, perforate.DendriteConfig(**FIXED), seed=0, resume_from_checkpoint=checkpoint)
+    with pytest.raises(perforate.ConfigError, match="the Trainer resumes at step 4"):
+        third.train(resume_from_checkpoint=str(tmp_path / "full" / "checkpoint-4"))
+    with pytest.raises(perforate.CheckpointError, match="no checkpoint in"):
+        attach(
+            _hf_trainer(tmp_path, "empty"),
+            perforate.DendriteConfig(**FIXED),
+            resume_from_checkpoint=True,
+        )
+
+
+def test_e96_hyperparameter_search_is_refused(tmp_path):
+    trainer = _hf_trainer(tmp_path, "hp")
+    trainer.model_init = lambda *a: trainer.model
+    with pytest.raises(perforate.ConfigError, match="model_init"):
+        attach(trainer, perforate.DendriteConfig(**FIXED))

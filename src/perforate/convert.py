@@ -222,11 +222,17 @@ def _guard_fast_paths(model: nn.Module) -> None:
     """Keep `nn.TransformerEncoderLayer`'s inference fast path away from grown layers.
 
     That path reads `linear1.weight` and friends and runs one fused kernel, which would
-    skip the dendrites (a wrapped layer) or fail (a `to_plain` graph). torch decides it,
-    and the encoder's nested-tensor path, on the public `activation_relu_or_gelu`: 0 turns
-    both off for that layer; where nothing grown is left it gets torch's own value back.
+    skip the dendrites (a wrapped layer) or fail (a `to_plain` graph). The layer decides
+    on its public `activation_relu_or_gelu`: 0 turns it off; where nothing grown is left
+    the layer gets torch's own value back. An `nn.TransformerEncoder` holding grown layers
+    also stops turning padded batches into nested tensors (`use_nested_tensor`, which
+    wrapped layers cannot take); that stays off after removal (a speed-up, not a result).
     """
     for module in model.modules():
+        if isinstance(module, nn.TransformerEncoder) and any(
+            isinstance(m, (DendriticLayer, torch.fx.GraphModule)) for m in module.modules()
+        ):
+            module.use_nested_tensor = False
         if not isinstance(module, nn.TransformerEncoderLayer):
             continue
         grown = any(isinstance(m, (DendriticLayer, torch.fx.GraphModule)) for m in module.modules())

@@ -26,6 +26,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
 from ..config import DendriteConfig
 from ..controller import Perforator
@@ -144,8 +145,8 @@ class PerforateCallback(pl.Callback):
         gradients unsynchronised and the processes would drift apart."""
         strategy = trainer.strategy
         configure = getattr(strategy, "configure_ddp", None)
-        if configure is None or trainer.world_size < 2:
-            return
+        if configure is None or not isinstance(strategy.model, DistributedDataParallel):
+            return  # (even one process under strategy="ddp" has a wrapper to renew)
         strategy.model = trainer.lightning_module
         configure()
 

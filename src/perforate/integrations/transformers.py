@@ -45,7 +45,7 @@ from ..checkpoint import load, save
 from ..config import SUPPORTED_LAYER_TYPES, DendriteConfig
 from ..controller import Perforator
 from ..convert import add_dendrites, dendritic_layers
-from ..errors import CheckpointError, ConfigError, PhaseError
+from ..errors import CheckpointError, CheckpointMismatchError, ConfigError, PhaseError
 from ..events import Event
 from ..layers import Phase
 
@@ -88,12 +88,25 @@ class PerforateTrainerCallback(TrainerCallback):
         return trainer.optimizer
 
     def on_train_begin(self, args, state, control, **kwargs: Any):
+        if args.world_size > 1:
+            raise ConfigError(
+                f"PerforateTrainerCallback runs in one process (world size {args.world_size} "
+                "here): the Trainer keeps its DistributedDataParallel wrapper for the whole "
+                "run, so candidates added later would train apart on each process. Use "
+                "Lightning's callback or a plain loop (docs/distributed.md) for DDP"
+            )
         self._reuse_first = True
         self.controller = Perforator(
             self.trainer.model, self.config, seed=self.seed, optimizer=self._optimizer
         )
         if self._resume_state is not None:
             saved, self._resume_state = self._resume_state, None
+            step = saved.pop("global_step", None)
+            if step is not None and step != state.global_step:
+                raise ConfigError(
+                    f"attach restored the dendrites of step {step}, the Trainer resumes at "
+                    f"step {state.global_step}: pass the same checkpoint to both"
+                )
             self.controller.load_state_dict(saved)
         elif state.global_step > 0:
             raise ConfigError(
@@ -119,10 +132,16 @@ class PerforateTrainerCallback(TrainerCallback):
     def on_save(self, args, state, control, **kwargs: Any):
         """Write the controller's state into the checkpoint folder the Trainer just wrote."""
         ctl = self.controller
-        if ctl is None or not state.is_world_process_zero:
+        if ctl is None or not args.should_save:
             return
         folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
-        training_state.save(folder / STATE_NAME, {"controller": ctl.state_dict()})
+        if not folder.is_dir():
+            raise ConfigError(
+                f"the Trainer saved no checkpoint at {folder}: perforate's state goes beside "
+                "it there (hyperparameter search writes run-* folders, which is not supported)"
+            )
+        saved = {**ctl.state_dict(), "global_step": state.global_step}
+        training_state.save(folder / STATE_NAME, {"controller": saved})
 
     def on_train_end(self, args, state, control, **kwargs: Any):
         """The Trainer's own limit (epochs or steps) ended the run: keep the best state."""
@@ -223,28 +242,60 @@ def attach(
         config = dataclasses.replace(config, exclude=(*config.exclude, *tied))
     if not dendritic_layers(trainer.model):
         add_dendrites(trainer.model, config)
+    if getattr(trainer, "model_init", None) is not None:
+        raise ConfigError(
+            "attach does not support a Trainer with model_init (hyperparameter search): each "
+            "trial builds a fresh, unwrapped model"
+        )
     resume_state = None
     if resume_from_checkpoint is None:  # scripts pass it through the arguments
         resume_from_checkpoint = getattr(trainer.args, "resume_from_checkpoint", None)
     if resume_from_checkpoint is not None and resume_from_checkpoint is not False:
-        folder = resume_from_checkpoint
-        if folder is True:
-            folder = get_last_checkpoint(trainer.args.output_dir)
-            if folder is None:
-                raise CheckpointError(f"no checkpoint in {trainer.args.output_dir!r}")
-        path = Path(folder) / STATE_NAME
-        if not path.is_file():
-            raise CheckpointError(
-                f"{path} not found: the checkpoint was not written by a run with "
-                "perforate's callback attached"
-            )
-        resume_state = training_state.load(path)["controller"]
+        resume_state = _resume_state(trainer, config, resume_from_checkpoint)
         Perforator.restore_model(trainer.model, resume_state)
     callback = PerforateTrainerCallback(
         trainer, config, metric=metric, seed=seed, resume_state=resume_state
     )
     trainer.add_callback(callback)
     return callback
+
+
+def _resume_state(trainer: Trainer, config: DendriteConfig, folder: Any) -> dict[str, Any]:
+    """The controller state saved in a checkpoint folder (True: the last one), checked
+    against this model and config before anything in the model changes."""
+    if folder is True:
+        out = Path(trainer.args.output_dir)
+        folder = get_last_checkpoint(str(out)) if out.is_dir() else None
+        if folder is None:
+            raise CheckpointError(f"no checkpoint in {str(out)!r} to resume from")
+    path = Path(folder) / STATE_NAME
+    if not path.is_file():
+        raise CheckpointError(
+            f"{path} not found: the checkpoint was not written by a run with perforate's "
+            "callback attached, or the run stopped between the Trainer's save and perforate's"
+        )
+    state = training_state.load(path)["controller"]
+    layers = dendritic_layers(trainer.model)
+    problems = []
+    saved_layers = set(state.get("layers", {}))
+    if saved_layers != set(layers):
+        problems.append(
+            f"wrapped layers differ: {sorted(saved_layers ^ set(layers))} (check include, "
+            "exclude and layer_types)"
+        )
+    saved_config = {**DendriteConfig().to_dict(), **state.get("config", {})}
+    mine = config.to_dict()
+    problems += [
+        f"setting {k!r}: {mine[k]!r} here, {saved_config.get(k)!r} saved"
+        for k in sorted(mine)
+        if mine[k] != saved_config.get(k)
+    ]
+    if problems:
+        raise CheckpointMismatchError(
+            f"{path} does not match this model and config; nothing was changed:\n  - "
+            + "\n  - ".join(problems)
+        )
+    return state
 
 
 def save_pretrained(model: nn.Module, directory: str | os.PathLike) -> Path:
