@@ -395,6 +395,10 @@ def test_phase_changes_and_installs_are_logged_once_each_and_epochs_stay_quiet(g
     assert lines[1] == "epoch 4: dendrite phase of cycle 0: candidates attached"
     assert lines[2].startswith("epoch 6: installed ")
     assert len(lines) == 3  # nothing for the epochs in between
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="perforate.controller"):
+        run(_config(max_cycles=0), [0.5, 0.5, 0.5], gen)
+    assert "epoch 3: the run ends: max_cycles=0 reached" in [r.getMessage() for r in caplog.records]
 
 
 def test_history_goes_to_csv_and_to_any_scalar_logger(gen, tmp_path):
@@ -412,6 +416,8 @@ def test_history_goes_to_csv_and_to_any_scalar_logger(gen, tmp_path):
         assert int(float(row["parameters"])) == rec.base_params + rec.dendrite_params
     dendrite_rows = [r for r in rows if r["phase"] == "dendrite"]
     assert dendrite_rows and all(float(r["correlation"]) > 0 for r in dendrite_rows)
+    assert all(r["correlation"] == "" for r in rows if r["phase"] == "neuron")
+    assert all(r["cycle"].isdigit() and r["dendrites"].isdigit() for r in rows)
 
     class Writer:  # what TensorBoard's SummaryWriter offers
         def __init__(self):

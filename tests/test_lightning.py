@@ -9,32 +9,12 @@ import pytest
 pl = pytest.importorskip("lightning.pytorch")
 
 import torch  # noqa: E402
-from torch import nn  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
 import perforate  # noqa: E402
+from lightning_ddp_worker import Classifier  # noqa: E402  (the DDP worker's module)
 from perforate.experiments.datasets import digits  # noqa: E402
 from perforate.integrations.lightning import PerforateCallback  # noqa: E402
-
-
-class Classifier(pl.LightningModule):
-    def __init__(self):
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(64, 8), nn.ReLU(), nn.Linear(8, 10))
-
-    def forward(self, x):
-        return self.net(x)
-
-    def training_step(self, batch, _):
-        x, y = batch
-        return nn.functional.cross_entropy(self(x), y)
-
-    def validation_step(self, batch, _):
-        x, y = batch
-        self.log("val_acc", (self(x).argmax(1) == y).float().mean())
-
-    def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=1e-2)
 
 
 def test_callback_drives_pb_and_stops_the_trainer():

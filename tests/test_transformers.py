@@ -34,16 +34,7 @@ class Tokens(torch.utils.data.Dataset):
 
 def test_trainer_callback_installs_dendrites_in_attention_and_mlp(tmp_path):
     torch.manual_seed(0)
-    cfg = transformers.BertConfig(
-        vocab_size=32,
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=16,
-        num_labels=2,
-    )
-    model = transformers.BertForSequenceClassification(cfg)
+    model = tiny_bert()
     args = transformers.TrainingArguments(
         output_dir=str(tmp_path),
         num_train_epochs=40,
@@ -84,7 +75,7 @@ def test_trainer_callback_installs_dendrites_in_attention_and_mlp(tmp_path):
     assert trainer.evaluate()["eval_loss"] == pytest.approx(ctl.best_score, rel=1e-5)
 
 
-def tiny_bert():
+def tiny_bert(**overrides):
     cfg = transformers.BertConfig(
         vocab_size=32,
         hidden_size=16,
@@ -93,6 +84,7 @@ def tiny_bert():
         intermediate_size=32,
         max_position_embeddings=16,
         num_labels=2,
+        **overrides,
     )
     return transformers.BertForSequenceClassification(cfg)
 
@@ -229,17 +221,7 @@ FIXED = dict(
 
 def _hf_trainer(tmp_path, name, epochs=7):
     torch.manual_seed(0)
-    cfg = transformers.BertConfig(
-        vocab_size=32,
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=16,
-        num_labels=2,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-    )
+    model = tiny_bert(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     args = transformers.TrainingArguments(
         output_dir=str(tmp_path / name),
         num_train_epochs=epochs,
@@ -254,7 +236,6 @@ def _hf_trainer(tmp_path, name, epochs=7):
         disable_tqdm=True,
         seed=0,
     )
-    model = transformers.BertForSequenceClassification(cfg)
     return transformers.Trainer(
         model=model, args=args, train_dataset=Tokens(64, 0), eval_dataset=Tokens(32, 1)
     )
@@ -383,8 +364,17 @@ def test_e96_a_resume_that_does_not_fit_is_refused_before_anything_changes(tmp_p
         )
 
 
-def test_e96_hyperparameter_search_is_refused(tmp_path):
+def test_e96_trainer_settings_the_controller_cannot_use_are_refused_before_wrapping(tmp_path):
     trainer = _hf_trainer(tmp_path, "hp")
     trainer.model_init = lambda *a: trainer.model
     with pytest.raises(perforate.ConfigError, match="model_init"):
         attach(trainer, perforate.DendriteConfig(**FIXED))
+    for field, value, message in [
+        ("eval_strategy", "no", "never evaluates"),
+        ("load_best_model_at_end", True, "load_best_model_at_end"),
+    ]:
+        trainer = _hf_trainer(tmp_path, field)
+        setattr(trainer.args, field, value)
+        with pytest.raises(perforate.ConfigError, match=message):
+            attach(trainer, perforate.DendriteConfig(**FIXED))
+        assert not perforate.dendritic_layers(trainer.model)  # refused before wrapping

@@ -51,9 +51,11 @@ class SparsePool(CandidatePool):
 
     variant = "sparse"
 
-    def __init__(self, *args: Any, mask: torch.Tensor, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, mask: torch.Tensor | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         rows, inputs = self.bank.weight.shape[:2]
+        if mask is None:  # a placeholder: `load_state_dict` brings the saved mask
+            mask = torch.zeros(rows, inputs, dtype=torch.bool)
         if mask.shape != (rows, inputs) or mask.dtype != torch.bool:
             raise PhaseError(
                 f"a sparse pool's mask must be bool of shape ({rows}, {inputs}), "
@@ -92,23 +94,6 @@ class SparsePool(CandidatePool):
         )
         rows, inputs = dense.bank.weight.shape[:2]
         mask = sample_fan_in_mask(rows, inputs, fan_in, generator, dense.bank.weight.device)
-        casc = None if dense.cascade is None else dense.cascade.data
-        return cls(kind, dense.bank, casc, dense.neurons, activation, objective, mask=mask)
-
-    @classmethod
-    def placeholder(cls, kind, base, size, slots, *, cascade, activation, objective, state):
-        dense = CandidatePool.placeholder(
-            kind,
-            base,
-            size,
-            slots,
-            cascade=cascade,
-            activation=activation,
-            objective=objective,
-            state=state,
-        )
-        rows, inputs = dense.bank.weight.shape[:2]
-        mask = torch.zeros(rows, inputs, dtype=torch.bool, device=dense.bank.weight.device)
         casc = None if dense.cascade is None else dense.cascade.data
         return cls(kind, dense.bank, casc, dense.neurons, activation, objective, mask=mask)
 
@@ -178,20 +163,8 @@ class ClosedFormPool(CandidatePool):
         self.cf_restart = False
 
     @classmethod
-    def placeholder(cls, kind, base, size, slots, *, cascade, activation, objective, state):
-        dense = CandidatePool.placeholder(
-            kind,
-            base,
-            size,
-            slots,
-            cascade=cascade,
-            activation=activation,
-            objective=objective,
-            state=state,
-        )
-        warmup = int(state["stats"].get("cf_warmup", 20))
-        casc = None if dense.cascade is None else dense.cascade.data
-        return cls(kind, dense.bank, casc, dense.neurons, activation, objective, warmup=warmup)
+    def saved_options(cls, state: dict[str, Any]) -> dict[str, Any]:
+        return {"warmup": int(state["stats"].get("cf_warmup", 20))}
 
     def share_statistics(self, reduce, world_size: int) -> None:
         if reduce is not None:
@@ -375,20 +348,8 @@ class OutputErrorPool(CandidatePool):
         return cls(pool.kind, pool.bank, casc, pool.neurons, activation, pool.objective)
 
     @classmethod
-    def placeholder(cls, kind, base, size, slots, *, cascade, activation, objective, state):
-        dense = CandidatePool.placeholder(
-            kind,
-            base,
-            size,
-            slots,
-            cascade=cascade,
-            activation=activation,
-            objective=objective,
-            state=state,
-        )
-        outputs = int(torch.as_tensor(state["stats"]["mean_e"]).numel())
-        casc = None if dense.cascade is None else dense.cascade.data
-        return cls(kind, dense.bank, casc, dense.neurons, activation, objective, outputs=outputs)
+    def saved_options(cls, state: dict[str, Any]) -> dict[str, Any]:
+        return {"outputs": int(torch.as_tensor(state["stats"]["mean_e"]).numel())}
 
     def share_statistics(self, reduce, world_size: int) -> None:
         if reduce is not None:

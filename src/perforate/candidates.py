@@ -133,7 +133,12 @@ class CandidatePool(nn.Module):
             if cascade and slots
             else None
         )
-        return cls(kind, bank, casc, neurons, activation, objective)
+        return cls(kind, bank, casc, neurons, activation, objective, **cls.saved_options(state))
+
+    @classmethod
+    def saved_options(cls, state: dict[str, Any]) -> dict[str, Any]:
+        """Constructor options a variant reads back from a saved phase state (`placeholder`)."""
+        return {}
 
     def share_statistics(self, reduce: Reduce | None, world_size: int) -> None:
         """Sum statistics over a process group with `reduce` (None: this process alone)."""

@@ -305,11 +305,18 @@ class Perforator:
             )
         self._best = None
         self._accepted.restore(self.model)
-        if (
-            self.retries > self.config.max_retries
-            or self.cycle >= self.config.max_cycles
-            or not self.rule.can_grow(self.layers)
-        ):
+        ending = (
+            f"{self.retries} cycles in a row did not improve (max_retries="
+            f"{self.config.max_retries})"
+            if self.retries > self.config.max_retries
+            else f"max_cycles={self.config.max_cycles} reached"
+            if self.cycle >= self.config.max_cycles
+            else "no neuron can take another dendrite (max_dendrites)"
+            if not self.rule.can_grow(self.layers)
+            else None
+        )
+        if ending is not None:
+            log.info("epoch %d: the run ends: %s", self.epoch, ending)
             return self._finish()
         if self.switching.exhausted():  # a cycle once started runs to its own end
             log.info("the switching policy's cost budget is spent: no new cycle, the run ends")

@@ -273,6 +273,8 @@ def to_plain(model: nn.Module, *example_args: Any, **example_kwargs: Any) -> nn.
     The copy computes what the model computes (tested bit for bit), holds no perforate
     class, pickles without perforate and exports whole with `torch.export`. `model` is
     unchanged. Refused inside a dendrite phase (the candidates are not part of the model).
+    The copy is in `eval()` mode and its grown layers are fixed inference graphs (no
+    training, no dropout switch inside them). Needs torch >= 2.6 (`torch.export.Dim.AUTO`).
     """
     export = getattr(torch, "export", None)
     if export is None or not hasattr(getattr(export, "Dim", None), "AUTO"):

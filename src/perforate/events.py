@@ -95,8 +95,14 @@ def write_csv(records: list[EpochRecord], path: str | os.PathLike) -> Path:
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
     for r in records:
-        values = {**r.to_dict(), **r.scalars()}
-        writer.writerow(["" if values.get(c) is None else values.get(c, "") for c in CSV_COLUMNS])
+        scalars = r.scalars()
+        values = {
+            **scalars,
+            **r.to_dict(),  # integers stay integers
+            "parameters": r.base_params + r.dendrite_params,
+            "correlation": scalars.get("correlation"),  # blank outside dendrite phases
+        }
+        writer.writerow(["" if values.get(c) is None else values[c] for c in CSV_COLUMNS])
     atomic_write(path, buffer.getvalue().encode())
     return Path(path)
 

@@ -236,17 +236,13 @@ def attach(
     builds its optimizer, and the controller continues exactly at the start of training.
     Without it, a checkpoint from a neuron phase is refused with a `ConfigError`; one
     from a dendrite phase fails earlier, inside the Trainer, on the optimizer's groups."""
+    _check_arguments(trainer)
     metric, config = resolve_metric(trainer.args, config, metric)
     tied = tied_linears(trainer.model)
     if tied:
         config = dataclasses.replace(config, exclude=(*config.exclude, *tied))
     if not dendritic_layers(trainer.model):
         add_dendrites(trainer.model, config)
-    if getattr(trainer, "model_init", None) is not None:
-        raise ConfigError(
-            "attach does not support a Trainer with model_init (hyperparameter search): each "
-            "trial builds a fresh, unwrapped model"
-        )
     resume_state = None
     if resume_from_checkpoint is None:  # scripts pass it through the arguments
         resume_from_checkpoint = getattr(trainer.args, "resume_from_checkpoint", None)
@@ -258,6 +254,27 @@ def attach(
     )
     trainer.add_callback(callback)
     return callback
+
+
+def _check_arguments(trainer: Trainer) -> None:
+    """Refuse Trainer settings the controller cannot work with, before wrapping."""
+    args = trainer.args
+    if getattr(trainer, "model_init", None) is not None:
+        raise ConfigError(
+            "attach does not support a Trainer with model_init (hyperparameter search): each "
+            "trial builds a fresh, unwrapped model"
+        )
+    if str(getattr(args.eval_strategy, "value", args.eval_strategy)) == "no":
+        raise ConfigError(
+            "the Trainer never evaluates (eval_strategy='no'), so the controller would never "
+            "see a score: set eval_strategy='epoch' or 'steps' in the TrainingArguments"
+        )
+    if getattr(args, "load_best_model_at_end", False):
+        raise ConfigError(
+            "load_best_model_at_end=True would load a checkpoint over the model the "
+            "controller restores at the end (possibly one with other dendrites): set it to "
+            "False; the controller keeps the best state itself"
+        )
 
 
 def _resume_state(trainer: Trainer, config: DendriteConfig, folder: Any) -> dict[str, Any]:
