@@ -164,8 +164,7 @@ def test_output_error_statistics_and_gradient_by_hand():
     pool = OutputErrorPool.from_pool(
         perforate.DendriticLayer(
             nn.Linear(2, 3), kind_of(nn.Linear(2, 3)), DendriteConfig()
-        ).draw_candidates(2),
-        torch.sigmoid,
+        ).draw_candidates(2)
     )
     pool.source = OutputError()
     pool.source.error = e.float()
@@ -180,7 +179,7 @@ def test_output_error_pearson_gives_a_constant_candidate_no_gradient():
     layer = perforate.DendriticLayer(
         nn.Linear(4, 3), kind_of(nn.Linear(4, 3)), DendriteConfig(objective="pearson")
     )
-    pool = OutputErrorPool.from_pool(layer.draw_candidates(2), torch.sigmoid)
+    pool = OutputErrorPool.from_pool(layer.draw_candidates(2))
     pool.source = OutputError()
     pool.source.error = torch.randn(8, 5)
     v = pool.outputs(torch.ones(8, 4), None)  # every pattern alike: V constant

@@ -19,19 +19,14 @@ rebuilds the right class from the `variant` name saved in the layer's phase stat
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch import nn
 from torch.func import functional_call
 
 from .candidates import CandidatePool
 from .correlation import _TINY, CandidateStats
 from .errors import PhaseError
-from .kinds import LayerKind
-
-Activation = Callable[[torch.Tensor], torch.Tensor]
 
 
 # --- restricted fan-in ---------------------------------------------------------------
@@ -64,38 +59,6 @@ class SparsePool(CandidatePool):
         self.register_buffer("mask", mask.to(self.bank.weight.device))
         with torch.no_grad():
             self.bank.weight.mul_(self._weight_mask())
-
-    @classmethod
-    def draw(
-        cls,
-        kind: LayerKind,
-        base: nn.Module,
-        size: int,
-        slots: int,
-        fan_in: int,
-        *,
-        scale: float,
-        cascade: bool,
-        activation: Activation,
-        objective: str,
-        generator: torch.Generator | None = None,
-    ) -> SparsePool:
-        """The paper's N(0, scale) start on `fan_in` random inputs per candidate."""
-        dense = CandidatePool.normal(
-            kind,
-            base,
-            size,
-            slots,
-            scale=scale,
-            cascade=cascade,
-            activation=activation,
-            objective=objective,
-            generator=generator,
-        )
-        rows, inputs = dense.bank.weight.shape[:2]
-        mask = sample_fan_in_mask(rows, inputs, fan_in, generator, dense.bank.weight.device)
-        casc = None if dense.cascade is None else dense.cascade.data
-        return cls(kind, dense.bank, casc, dense.neurons, activation, objective, mask=mask)
 
     def _weight_mask(self) -> torch.Tensor:
         w = self.bank.weight
@@ -343,13 +306,18 @@ class OutputErrorPool(CandidatePool):
         self.stats = OutputErrorStats(self.size, self.neurons, outputs, self.bank.weight.device)
 
     @classmethod
-    def from_pool(cls, pool: CandidatePool, activation: Activation) -> OutputErrorPool:
-        casc = None if pool.cascade is None else pool.cascade.data
-        return cls(pool.kind, pool.bank, casc, pool.neurons, activation, pool.objective)
-
-    @classmethod
     def saved_options(cls, state: dict[str, Any]) -> dict[str, Any]:
         return {"outputs": int(torch.as_tensor(state["stats"]["mean_e"]).numel())}
+
+    @classmethod
+    def statistics_shapes(cls, size, neurons, stats):
+        """As the paper's pool's, with the O output units in place of each neuron's error."""
+        shapes = super().statistics_shapes(size, neurons, stats)
+        mean_e = stats.get("mean_e")
+        if isinstance(mean_e, torch.Tensor):
+            errors = tuple(mean_e.shape[:1])
+            shapes.update(m_ve=(size, neurons, *errors), mean_e=errors, m_ee=errors)
+        return shapes
 
     def share_statistics(self, reduce, world_size: int) -> None:
         if reduce is not None:

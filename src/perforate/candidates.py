@@ -14,7 +14,7 @@ backward hands `E = dL/dy` to the streaming statistics and returns `-dS/dV`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 import torch
@@ -134,6 +134,36 @@ class CandidatePool(nn.Module):
             else None
         )
         return cls(kind, bank, casc, neurons, activation, objective, **cls.saved_options(state))
+
+    @classmethod
+    def from_pool(cls, pool: CandidatePool, **options: Any) -> CandidatePool:
+        """This kind of pool over another pool's bank and cascade (a variant's start from
+        the paper's draw); `options` are the variant's own constructor options."""
+        cascade = None if pool.cascade is None else pool.cascade.data
+        return cls(
+            pool.kind, pool.bank, cascade, pool.neurons, pool.activation, pool.objective,
+            **options,
+        )  # fmt: skip
+
+    @property
+    def activation(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The dendrite non-linearity g."""
+        return self._g
+
+    @classmethod
+    def statistics_shapes(
+        cls, size: int, neurons: int, stats: Mapping[str, Any]
+    ) -> dict[str, tuple[int, ...]]:
+        """The shape each saved statistic must have for a pool of `size` candidates on
+        `neurons` neurons (checked before a resume touches anything)."""
+        return {
+            "mean_v": (size, neurons),
+            "m_ve": (size, neurons),
+            "m_vv": (size, neurons),
+            "mean_e": (neurons,),
+            "m_ee": (neurons,),
+            "count": (),
+        }
 
     @classmethod
     def saved_options(cls, state: dict[str, Any]) -> dict[str, Any]:

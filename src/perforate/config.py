@@ -334,6 +334,17 @@ class DendriteConfig:
             for v in [getattr(self, f.name)]
         }
 
+    def differences(self, saved: Mapping[str, Any]) -> list[str]:
+        """Every setting that differs in a saved config, as "'name': mine here, theirs
+        saved" lines; settings added since it was written count as their defaults."""
+        theirs = {**DendriteConfig().to_dict(), **saved}
+        mine = self.to_dict()
+        return [
+            f"{k!r}: {mine.get(k)!r} here, {theirs.get(k)!r} saved"
+            for k in sorted(set(mine) | set(theirs))
+            if mine.get(k) != theirs.get(k)
+        ]
+
     def structural_differences(self, other: DendriteConfig | Mapping[str, Any]) -> list[str]:
         """Settings that fix what a wrapped model computes and differ in `other`, as
         "name: mine here, theirs saved" lines (empty when the two agree)."""

@@ -584,14 +584,7 @@ class Perforator:
                 f"controller state version {version!r}; this perforate "
                 f"reads version {STATE_VERSION}"
             )
-        mine = self.config.to_dict()
-        # Settings added since the file was written take their defaults.
-        saved = {**DendriteConfig().to_dict(), **state["config"]}
-        problems = [
-            f"setting {k!r}: {mine.get(k)!r} here, {saved.get(k)!r} saved"
-            for k in sorted(set(mine) | set(saved))
-            if mine.get(k) != saved.get(k)
-        ]
+        problems = [f"setting {d}" for d in self.config.differences(state["config"])]
         if state["rule"] != self.rule.name:
             problems.append(f"training rule {self.rule.name!r} here, {state['rule']!r} saved")
         model = state["model"]

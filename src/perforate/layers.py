@@ -139,11 +139,6 @@ class DendriticLayer(nn.Module):
         return self.base.bias
 
     @property
-    def activation(self):
-        """The dendrite non-linearity g (from `config.activation`)."""
-        return self._g
-
-    @property
     def pool_size(self) -> int:
         """P: candidates per neuron in the dendrite phase in progress (0 outside one)."""
         return 0 if self.candidates is None else self.candidates.size

@@ -28,6 +28,7 @@ from .candidate_variants import (
     OutputErrorPool,
     OutputErrorTap,
     SparsePool,
+    sample_fan_in_mask,
 )
 from .candidates import CandidatePool
 from .config import DendriteConfig
@@ -135,15 +136,10 @@ class SparseRule(CorrelationRule):
     name = "sparse"
 
     def __init__(
-        self,
-        selector: BestCandidate | None = None,
-        pool_size: int = 4,
-        fan_in: int = 8,
-        init_scale: float = 0.01,
+        self, selector: BestCandidate | None = None, pool_size: int = 4, fan_in: int = 8
     ) -> None:
         super().__init__(selector, pool_size, dendrite_inputs_train=False)
         self.fan_in = int(fan_in)
-        self.init_scale = init_scale
 
     @classmethod
     def from_config(cls, config: DendriteConfig) -> SparseRule:
@@ -153,26 +149,16 @@ class SparseRule(CorrelationRule):
                 "would fill the inputs they do not see); set dendrites_learn=False"
             )
         return cls(
-            BestCandidate.from_config(config),
-            config.candidates_per_neuron,
-            config.dendrite_fan_in,
-            config.candidate_init_scale,
+            BestCandidate.from_config(config), config.candidates_per_neuron, config.dendrite_fan_in
         )
 
     def make_pool(self, layer: DendriticLayer, generator: torch.Generator) -> CandidatePool:
-        cfg = layer.config
-        return SparsePool.draw(
-            layer.kind,
-            layer.base,
-            self.pool_size,
-            layer.slots,
-            self.fan_in,
-            scale=self.init_scale,
-            cascade=cfg.cascade,
-            activation=layer.activation,
-            objective=cfg.objective,
-            generator=generator,
-        )
+        """The paper's N(0, scale) draw, then `fan_in` random inputs kept per candidate."""
+        pool = layer.draw_candidates(self.pool_size, generator=generator)
+        weight = pool.bank.weight
+        rows, inputs = weight.shape[:2]
+        mask = sample_fan_in_mask(rows, inputs, self.fan_in, generator, weight.device)
+        return SparsePool.from_pool(pool, mask=mask)
 
 
 class ClosedFormRule(CorrelationRule):
@@ -212,16 +198,7 @@ class ClosedFormRule(CorrelationRule):
 
     def make_pool(self, layer: DendriticLayer, generator: torch.Generator) -> CandidatePool:
         pool = layer.draw_candidates(self.pool_size, generator=generator)
-        casc = None if pool.cascade is None else pool.cascade.data
-        return ClosedFormPool(
-            pool.kind,
-            pool.bank,
-            casc,
-            pool.neurons,
-            layer.activation,
-            pool.objective,
-            warmup=self.warmup,
-        )
+        return ClosedFormPool.from_pool(pool, warmup=self.warmup)
 
 
 class OutputErrorRule(CorrelationRule):
@@ -271,9 +248,7 @@ class OutputErrorRule(CorrelationRule):
         return OutputErrorTap.apply(output, self.source)
 
     def make_pool(self, layer: DendriticLayer, generator: torch.Generator) -> CandidatePool:
-        pool = OutputErrorPool.from_pool(
-            layer.draw_candidates(self.pool_size, generator), layer.activation
-        )
+        pool = OutputErrorPool.from_pool(layer.draw_candidates(self.pool_size, generator))
         pool.source = self.source
         return pool
 

@@ -88,19 +88,8 @@ def phase_state_problems(
         if not isinstance(stats, Mapping):
             problems.append(f"layer {name!r}: a dendrite phase needs candidate statistics")
         else:
-            # Output-error candidates follow the O output units instead of C neurons.
-            errors, m_ve = (layer.neurons,), (pool, layer.neurons)
-            if variant == "output_error" and isinstance(stats.get("mean_e"), torch.Tensor):
-                errors = tuple(stats["mean_e"].shape[:1])
-                m_ve = (pool, layer.neurons, *errors)
-            want = {
-                "mean_v": (pool, layer.neurons),
-                "m_ve": m_ve,
-                "m_vv": (pool, layer.neurons),
-                "mean_e": errors,
-                "m_ee": errors,
-                "count": (),
-            }
+            pool_class = POOL_VARIANTS.get(variant, POOL_VARIANTS["normal"])
+            want = pool_class.statistics_shapes(pool, layer.neurons, stats)
             for key, shape in want.items():
                 t = stats.get(key)
                 if not isinstance(t, torch.Tensor) or tuple(t.shape) != shape:

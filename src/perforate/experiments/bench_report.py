@@ -17,7 +17,7 @@ from typing import Any
 from .bench import CANDIDATE_METHODS, METHODS, SUITES
 from .compression_report import compression_section, plot_compression
 from .cost_report import write_cost_report
-from .report import group_by, ladder_at, mean_sd, paired_difference
+from .report import group_by, ladder_at, mean_sd, paired_difference, plot_accuracy, save_figure
 from .transfer_report import plot_transfer, transfer_section
 
 TRANSFER_SUITES = ("transfer", "transfer_quick")
@@ -262,15 +262,8 @@ def plot_suite(name: str, rows: list[dict[str, Any]], path: Path) -> None:
     plain = sorted((w, rs) for (m, w), rs in groups.items() if m == "plain")
     if plain:
         xs = [statistics.fmean(_params(r) for r in rs) for _, rs in plain]
-        ms = [mean_sd([100 * r["test"] for r in rs]) for _, rs in plain]
-        ax.errorbar(
-            xs,
-            [m for m, _ in ms],
-            yerr=[s for _, s in ms],
-            color="black",
-            marker="o",
-            capsize=3,
-            label="plain width ladder",
+        ms = plot_accuracy(
+            ax, xs, [rs for _, rs in plain], color="black", marker="o", label="plain width ladder"
         )
         for x, (m, _), (w, _) in zip(xs, ms, plain, strict=True):
             ax.annotate(f"{w}", (x, m), fontsize=7, textcoords="offset points", xytext=(4, -10))
@@ -279,15 +272,12 @@ def plot_suite(name: str, rows: list[dict[str, Any]], path: Path) -> None:
     for i, method in enumerate(methods):
         pts = sorted((w, rs) for (m, w), rs in groups.items() if m == method)
         for j, (_w, rs) in enumerate(pts):
-            x = statistics.fmean(_params(r) for r in rs)
-            m, s = mean_sd([100 * r["test"] for r in rs])
-            ax.errorbar(
-                [x],
-                [m],
-                yerr=[s],
+            plot_accuracy(
+                ax,
+                [statistics.fmean(_params(r) for r in rs)],
+                [rs],
                 marker=markers[i % len(markers)],
                 ls="none",
-                capsize=3,
                 color=f"C{i}",
                 label=method if j == 0 else None,
             )
@@ -297,9 +287,7 @@ def plot_suite(name: str, rows: list[dict[str, Any]], path: Path) -> None:
     first = rows[0]
     ax.set_title(f"{name}: {first['dataset']}, {first['model']}", fontsize=10)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path)
 
 
 def write_report(

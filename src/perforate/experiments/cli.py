@@ -170,7 +170,8 @@ def _bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             )
         print(
             f"{'transfer':<14} {'fashion_mnist':<14} MLP 784-64-64, classes 0-4 -> 5-9 with "
-            "10/30/100/300 labels per class; head, restart, fine-tuning, LoRA, wider, PB, GD"
+            "10/30/100/300 labels per class; head, restart, fine-tuning, LoRA, wider, PB, GD, "
+            "PB with fan-in 8, LoRA at its budget"
         )
         print(
             f"{'compression':<14} {'fashion_mnist':<14} MLP 784-H-10 students of a 784-256-10 "

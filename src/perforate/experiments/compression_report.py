@@ -11,7 +11,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from .report import group_by, ladder_at, mean_sd, paired_difference
+from .report import group_by, ladder_at, mean_sd, paired_difference, plot_accuracy, save_figure
 
 COMMAND = "perforate bench --report"
 ORDER = ("plain", "kd", "restart", "restart_kd", "pb", "pb_kd")
@@ -120,15 +120,12 @@ def plot_compression(rows: list[dict[str, Any]], path: Path) -> None:
         keys = sorted(k for k in groups if k[0] == arm)
         if not keys:
             continue
-        xs = [statistics.fmean(_params(r) for r in groups[k]) for k in keys]
-        st = [mean_sd([100 * r["test"] for r in groups[k]]) for k in keys]
-        ax.errorbar(
-            xs,
-            [m for m, _ in st],
-            yerr=[s for _, s in st],
+        plot_accuracy(
+            ax,
+            [statistics.fmean(_params(r) for r in groups[k]) for k in keys],
+            [groups[k] for k in keys],
             marker="o",
             ls="-" if arm in ("plain", "kd") else "none",
-            capsize=3,
             color=f"C{i}",
             label=arm,
         )
@@ -137,6 +134,4 @@ def plot_compression(rows: list[dict[str, Any]], path: Path) -> None:
     ax.set_ylabel("test accuracy % (mean ± sd over seeds)")
     ax.set_title("compression: Fashion-MNIST, students of an MLP 784-256-10", fontsize=10)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path)

@@ -21,7 +21,7 @@ from typing import Any
 from perforate import DendriteConfig
 from perforate.switching import Improvement
 
-from .report import group_by, mean_sd, paired_difference
+from .report import group_by, mean_sd, paired_difference, save_figure
 
 COMMAND = "perforate bench --report"
 PARTS = ("first neuron phase", "kept: neuron", "kept: dendrite", "discarded cycles", "evaluation")
@@ -212,9 +212,7 @@ def plot_cost(name: str, rows: list[dict[str, Any]], path: Path) -> None:
     bx.set_title("where the time goes", fontsize=9)
     bx.tick_params(axis="x", labelsize=7, rotation=30)
     bx.legend(fontsize=6)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path)
 
 
 def write_cost_report(runs: dict[str, list[dict[str, Any]]], docs_dir: Path) -> Path:

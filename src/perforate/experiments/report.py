@@ -113,6 +113,25 @@ def cycle_table(run: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def plot_accuracy(
+    ax: Any, xs: Sequence[float], groups: Sequence[Sequence[dict[str, Any]]], **style: Any
+) -> list[tuple[float, float]]:
+    """One error-bar series: test accuracy % (mean ± sd over each group's runs) at `xs`;
+    returns the (mean, sd) pairs. The one way every report figure draws accuracy."""
+    stats = [mean_sd([100 * r["test"] for r in rs]) for rs in groups]
+    ax.errorbar(xs, [m for m, _ in stats], yerr=[s for _, s in stats], capsize=3, **style)
+    return stats
+
+
+def save_figure(fig: Any, path: str | Path, dpi: int = 100) -> Path:
+    """Lay out and write a figure, making its folder."""
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    return path
+
+
 def plot_runs(
     runs: Sequence[dict[str, Any]],
     path: str | Path,
@@ -167,15 +186,13 @@ def plot_runs(
             statistics.fmean(r["base_params"] + r["dendrite_params"] for r in groups[k])
             for k in ladder
         ]
-        ms = [mean_sd([100 * r["test"] for r in groups[k]]) for k in ladder]
-        ax2.errorbar(
+        ms = plot_accuracy(
+            ax2,
             xs,
-            [m for m, _ in ms],
-            yerr=[s for _, s in ms],
+            [groups[k] for k in ladder],
             color="black",
             marker="o",
             label="plain width ladder",
-            capsize=3,
         )
         for x, m, k in zip(xs, ms, ladder, strict=True):
             ax2.annotate(
@@ -189,16 +206,8 @@ def plot_runs(
     for i, k in enumerate(others):
         rs = groups[k]
         x = statistics.fmean(r["base_params"] + r["dendrite_params"] for r in rs)
-        m, s = mean_sd([100 * r["test"] for r in rs])
-        ax2.errorbar(
-            [x],
-            [m],
-            yerr=[s],
-            marker="s",
-            capsize=3,
-            ls="none",
-            color=colours[(i + 3) % len(colours)],
-            label=k,
+        plot_accuracy(
+            ax2, [x], [rs], marker="s", ls="none", color=colours[(i + 3) % len(colours)], label=k
         )
     ax2.set_xscale("log")
     ax2.set_xlabel("parameters used by the forward pass")
@@ -206,11 +215,7 @@ def plot_runs(
     ax2.set_title("accuracy against parameters")
     ax2.legend(fontsize=8)
     fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def run_title(run_dir: str | Path, runs: Sequence[dict[str, Any]]) -> str:

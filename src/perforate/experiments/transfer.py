@@ -258,9 +258,8 @@ def run_transfer(
         any(arm.startswith("lora") for arm, _, _ in todo)
         and importlib.util.find_spec("peft") is None
     ):
-        raise ModuleNotFoundError(
-            "the transfer suite's LoRA arm needs the peft library: pip install 'perforate[bench]'"
-        )
+        # Named, so the command line's one-line message for missing extras applies.
+        raise ModuleNotFoundError("the transfer suite's LoRA arms need peft", name="peft")
     data = datasets.idx_directory(seed=0) if data is None else data
     target = classes(data, TARGET)
     sources: dict[int, dict[str, Any]] = {}

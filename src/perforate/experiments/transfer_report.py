@@ -11,7 +11,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from .report import group_by, mean_sd, paired_difference
+from .report import group_by, mean_sd, paired_difference, plot_accuracy, save_figure
 from .transfer import ARMS
 
 COMMAND = "perforate bench --report"
@@ -131,21 +131,11 @@ def plot_transfer(rows: list[dict[str, Any]], path: Path) -> None:
     ax = fig.subplots()
     for i, arm in enumerate(sorted({a for a, _ in groups})):
         shots = sorted(k for a, k in groups if a == arm)
-        stats = [mean_sd([100 * r["test"] for r in groups[(arm, k)]]) for k in shots]
-        ax.errorbar(
-            shots,
-            [m for m, _ in stats],
-            yerr=[s for _, s in stats],
-            marker="o",
-            capsize=3,
-            color=f"C{i}",
-            label=arm,
-        )
+        groups_at = [groups[(arm, k)] for k in shots]
+        plot_accuracy(ax, shots, groups_at, marker="o", color=f"C{i}", label=arm)
     ax.set_xscale("log")
     ax.set_xlabel("labelled training images per class (target task)")
     ax.set_ylabel("test accuracy % (mean ± sd over seeds)")
     ax.set_title("transfer: Fashion-MNIST classes 0-4 -> 5-9", fontsize=10)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path)

@@ -41,7 +41,7 @@ from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from .. import training_state
-from ..checkpoint import load, save
+from ..checkpoint import layer_set_mismatches, load, save
 from ..config import SUPPORTED_LAYER_TYPES, DendriteConfig
 from ..controller import Perforator
 from ..convert import add_dendrites, dendritic_layers
@@ -292,21 +292,8 @@ def _resume_state(trainer: Trainer, config: DendriteConfig, folder: Any) -> dict
             "callback attached, or the run stopped between the Trainer's save and perforate's"
         )
     state = training_state.load(path)["controller"]
-    layers = dendritic_layers(trainer.model)
-    problems = []
-    saved_layers = set(state.get("layers", {}))
-    if saved_layers != set(layers):
-        problems.append(
-            f"wrapped layers differ: {sorted(saved_layers ^ set(layers))} (check include, "
-            "exclude and layer_types)"
-        )
-    saved_config = {**DendriteConfig().to_dict(), **state.get("config", {})}
-    mine = config.to_dict()
-    problems += [
-        f"setting {k!r}: {mine[k]!r} here, {saved_config.get(k)!r} saved"
-        for k in sorted(mine)
-        if mine[k] != saved_config.get(k)
-    ]
+    problems = layer_set_mismatches(dendritic_layers(trainer.model), state.get("layers", {}))
+    problems += [f"setting {d}" for d in config.differences(state.get("config", {}))]
     if problems:
         raise CheckpointMismatchError(
             f"{path} does not match this model and config; nothing was changed:\n  - "
