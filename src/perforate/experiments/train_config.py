@@ -29,10 +29,10 @@ the same as the demo's and the benchmarks'.
 
 from __future__ import annotations
 
-import importlib
 import json
+import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,7 @@ from perforate import ConfigError, DendriteConfig, Event, Perforator, training_s
 from perforate.files import atomic_write
 
 from . import datasets
+from .imports import import_object
 from .loop import OPTIMIZERS, fit_classifier
 from .report import plot_runs, run_title
 
@@ -105,7 +106,11 @@ class Key:
 SCHEMA: dict[str, dict[str, Key]] = {
     "model": {
         "factory": Key(
-            True, _text, 'import path of a function that builds the model, "module:name"'
+            True,
+            _text,
+            'import path of a function that builds the model, "module:name"; the module is '
+            "imported from the Python path, else from the TOML file's folder, else from the "
+            "current folder (a `mymodel.py` beside the file needs no PYTHONPATH)",
         ),
         "kwargs": Key(False, _table, "keyword arguments for the factory (default: none)"),
     },
@@ -213,24 +218,20 @@ def read_experiment(path: str | Path) -> dict[str, Any]:
     return spec
 
 
-def import_factory(path: str) -> Callable[..., nn.Module]:
-    module_name, _, attr = path.partition(":")
-    if not attr:
-        raise ConfigError(f"model factory {path!r} must look like 'package.module:function'")
-    try:
-        factory = getattr(importlib.import_module(module_name), attr)
-    except Exception as exc:  # the user's module may raise anything while importing
-        raise ExperimentError(
-            f"cannot import model factory {path!r}: {type(exc).__name__}: {exc}"
-        ) from exc
+def import_factory(path: str, search: Sequence[str | os.PathLike] = ()) -> Callable[..., nn.Module]:
+    """The model factory `path` names ("module:function"): a normal import first, then
+    each folder of `search` (the TOML file's folder, the current folder)."""
+    factory = import_object(path, search, what="model factory")
     if not callable(factory):
         raise ExperimentError(f"model factory {path!r} is not callable")
     return factory
 
 
-def build_model(path: str, kwargs: dict[str, Any]) -> nn.Module:
+def build_model(
+    path: str, kwargs: dict[str, Any], search: Sequence[str | os.PathLike] = ()
+) -> nn.Module:
     """Call the factory; anything it raises, or a non-module result, names the factory."""
-    factory = import_factory(path)
+    factory = import_factory(path, search)
     try:
         model = factory(**kwargs)
     except Exception as exc:
@@ -242,6 +243,12 @@ def build_model(path: str, kwargs: dict[str, Any]) -> nn.Module:
             f"model factory {path!r} returned a {type(model).__name__}, not a torch.nn.Module"
         )
     return model
+
+
+def search_folders(path: str | Path) -> tuple[Path, Path]:
+    """Where a file's factories are looked for after the Python path: the file's folder,
+    then the current folder."""
+    return Path(path).resolve().parent, Path.cwd()
 
 
 def progress_bar(name: str) -> Any:
@@ -277,7 +284,9 @@ def run_experiment(
     except TypeError as exc:
         raise ExperimentError(f"{path}: [data] kwargs: {exc}") from exc
     torch.manual_seed(seed)
-    model = build_model(spec["model"]["factory"], spec["model"].get("kwargs", {}))
+    model = build_model(
+        spec["model"]["factory"], spec["model"].get("kwargs", {}), search_folders(path)
+    )
 
     def started(ctl: Perforator) -> None:
         if ctl.resumed_from is not None:

@@ -1,0 +1,153 @@
+"""Issue 21, the command line's traps: each test is a row of docs/errors.md.
+
+Every user error exits with status 2 and one line on stderr, no traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from perforate.experiments.cli import main
+from perforate.experiments.imports import ImportObjectError, import_object
+
+MODEL = (
+    "from torch import nn\n"
+    "def flat_mlp(hidden=4):\n"
+    "    return nn.Sequential(nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, 10))\n"
+)
+SECTIONS = {
+    "model": 'factory = "perforate.experiments.models:mlp"\n'
+    "kwargs = { inputs = 64, hidden = 4, classes = 10 }",
+    "data": 'name = "digits"',
+    "train": "lr = 0.01\nseed = 0\nthreads = 1",
+    "dendrites": (
+        'patience = 1\ndendrite_patience = 1\ndendrite_max_epochs = 1\nswitch_mode = "patience"\n'
+        "max_epochs = 2"
+    ),
+}
+
+
+def toml(folder, run_dir, name="exp.toml", **sections):
+    parts = {**SECTIONS, **sections, "run": f'dir = "{run_dir}"'}
+    text = "\n".join(f"[{k}]\n{v}" for k, v in parts.items() if v is not None)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_text(text)
+    return path
+
+
+def fails(capsys, argv, *needles):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("perforate: error: ") and "Traceback" not in err, err
+    assert err.count("\n") == 1, err  # one line
+    for needle in needles:
+        assert needle in err, (needle, err)
+    return err
+
+
+@pytest.fixture
+def forget_mymodel():
+    """The tests import a `mymodel` from temporary folders; leave none behind."""
+    yield
+    for name in [n for n in sys.modules if n == "mymodel"]:
+        del sys.modules[name]
+
+
+def test_e99_a_factory_beside_the_toml_file_imports_from_another_cwd(
+    tmp_path, capsys, monkeypatch, forget_mymodel
+):
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "mymodel.py").write_text(MODEL)
+    path = toml(project, tmp_path / "run", model='factory = "mymodel:flat_mlp"')
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    before = list(sys.path)
+    assert main(["train", str(path)]) == 0, capsys.readouterr().err
+    assert sys.path == before  # the folder was on the path only while importing
+    assert sys.modules["mymodel"].__file__ == str(project / "mymodel.py")
+    assert (tmp_path / "run" / "results.json").is_file()
+
+
+def test_e99_a_factory_in_the_current_folder_imports(tmp_path, capsys, monkeypatch, forget_mymodel):
+    (tmp_path / "mymodel.py").write_text(MODEL.replace("hidden=4", "hidden=3"))
+    path = toml(tmp_path / "configs", tmp_path / "run", model='factory = "mymodel:flat_mlp"')
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", str(path)]) == 0, capsys.readouterr().err
+    # hidden=3 is this folder's module, not one imported by an earlier test
+    assert sys.modules["mymodel"].__file__ == str(tmp_path / "mymodel.py")
+
+
+def test_e99_a_module_found_nowhere_says_where_it_looked(tmp_path, capsys, monkeypatch):
+    path = toml(tmp_path / "configs", tmp_path / "run", model='factory = "nomodel_x:net"')
+    monkeypatch.chdir(tmp_path)
+    fails(
+        capsys,
+        ["train", str(path)],
+        "no module 'nomodel_x' on the Python path",
+        str(tmp_path / "configs"),
+        str(tmp_path),
+        "PYTHONPATH",
+    )
+
+
+@pytest.fixture
+def clean_modules():
+    """Leave no module of these tests' temporary folders imported."""
+    yield
+    for name in [n for n in sys.modules if n.split(".")[0] in {"pkg_io", "mod_io", "helper_io"}]:
+        del sys.modules[name]
+
+
+def test_e99_import_object_an_installed_module_wins_over_a_file_of_the_same_name(tmp_path):
+    (tmp_path / "json.py").write_text("def dumps(x):\n    return 'shadowed'\n")
+    assert import_object("json:dumps", [tmp_path])({"a": 1}) == '{"a": 1}'
+
+
+def test_e99_import_object_folders_are_searched_in_order_and_packages_and_dotted_names_work(
+    tmp_path, clean_modules
+):
+    first, second = tmp_path / "a", tmp_path / "b"
+    (first / "pkg_io").mkdir(parents=True)
+    (first / "pkg_io" / "__init__.py").write_text("")
+    (first / "pkg_io" / "sub.py").write_text("class K:\n    VALUE = 'first'\n")
+    second.mkdir()
+    (second / "mod_io.py").write_text("import helper_io\nVALUE = helper_io.X\n")
+    (second / "helper_io.py").write_text("X = 7\n")  # a sibling import works while importing
+    before = list(sys.path)
+    assert import_object("pkg_io.sub:K.VALUE", [first, second]) == "first"
+    assert import_object("mod_io:VALUE", [first, second]) == 7
+    assert sys.path == before
+
+
+def test_e99_import_object_the_same_name_elsewhere_is_imported_afresh(tmp_path, clean_modules):
+    for folder, value in (("a", 1), ("b", 2)):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "mod_io.py").write_text(f"VALUE = {value}\n")
+    assert import_object("mod_io:VALUE", [tmp_path / "a"]) == 1
+    assert import_object("mod_io:VALUE", [tmp_path / "a"]) == 1
+    assert import_object("mod_io:VALUE", [tmp_path / "b", tmp_path / "a"]) == 2
+
+
+@pytest.mark.parametrize("path", ["mod_io.VALUE", "a:b:c", ":x", "m:", 3])
+def test_e99_import_object_a_malformed_path_is_refused(path):
+    with pytest.raises(ImportObjectError, match=r"must look like 'package\.module:function'"):
+        import_object(path, what="loss")
+
+
+def test_e99_import_object_errors_say_where_it_looked_and_what_failed(tmp_path, clean_modules):
+    with pytest.raises(ImportObjectError, match=r"no module 'mod_io' on the Python path nor in"):
+        import_object("mod_io:f", [tmp_path])
+    (tmp_path / "mod_io.py").write_text("import not_installed_io\n")
+    with pytest.raises(ImportObjectError, match=r"\(from .*\): ModuleNotFoundError.*not_inst"):
+        import_object("mod_io:f", [tmp_path])
+    (tmp_path / "mod_io.py").write_text("raise ValueError('boom')\n")
+    with pytest.raises(ImportObjectError, match="ValueError: boom"):
+        import_object("mod_io:f", [tmp_path])
+    (tmp_path / "mod_io.py").write_text("g = 1\n")
+    with pytest.raises(ImportObjectError, match=r"mod_io.py has no 'f'"):
+        import_object("mod_io:f", [tmp_path], what="metric")
