@@ -151,3 +151,75 @@ def test_e99_import_object_errors_say_where_it_looked_and_what_failed(tmp_path, 
     (tmp_path / "mod_io.py").write_text("g = 1\n")
     with pytest.raises(ImportObjectError, match=r"mod_io.py has no 'f'"):
         import_object("mod_io:f", [tmp_path], what="metric")
+
+
+def write_idx(path, array):
+    """An uncompressed IDX file of unsigned bytes, the MNIST family's format."""
+    import struct
+
+    import numpy as np
+
+    array = np.asarray(array, dtype=np.uint8)
+    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    path.write_bytes(header + array.tobytes())
+
+
+@pytest.fixture
+def small_idx(tmp_path):
+    """A 1,600-row training table and 200 test rows of 4x4 images, as in the issue."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "idx"
+    folder.mkdir()
+    for prefix, rows in (("train", 1600), ("t10k", 200)):
+        write_idx(folder / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (rows, 4, 4)))
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte", rng.integers(0, 10, rows))
+    return folder
+
+
+def test_e100_a_validation_split_that_takes_every_training_row_is_refused(small_idx):
+    from perforate.experiments.datasets import DatasetError, idx_directory
+
+    with pytest.raises(DatasetError) as exc:
+        idx_directory(small_idx, validation=10000)
+    message = str(exc.value)
+    assert "the training split is empty" in message
+    assert "train 0 / validation 1,600 / test 200 rows" in message
+    assert "use validation < 1,600" in message
+    with pytest.raises(DatasetError, match=r"validation split is empty \(train 1,600 / valid"):
+        idx_directory(small_idx, validation=0)
+    with pytest.raises(DatasetError, match="validation must be an integer >= 1, got -5"):
+        idx_directory(small_idx, validation=-5)
+    splits = idx_directory(small_idx, validation=1599)  # one row left to train on: allowed
+    assert (len(splits.y_train), len(splits.y_val), len(splits.y_test)) == (1, 1599, 200)
+
+
+def test_e100_the_training_loop_refuses_an_empty_split(small_idx):
+    from perforate import DendriteConfig
+    from perforate.experiments.datasets import DatasetError, idx_directory
+    from perforate.experiments.loop import fit_classifier
+    from perforate.experiments.models import mlp
+
+    data = idx_directory(small_idx, validation=100).subset(train=slice(0, 0))
+    with pytest.raises(DatasetError, match=r"training split is empty \(train 0 / validation 100"):
+        fit_classifier(mlp(16, 4, 10), data, DendriteConfig(), seed=0)
+
+
+def test_e100_perforate_train_refuses_an_empty_split(tmp_path, capsys, small_idx):
+    data = f'name = "fashion_mnist"\nkwargs = {{ directory = "{small_idx}", validation = 10000 }}'
+    path = toml(tmp_path, tmp_path / "run", data=data)
+    fails(capsys, ["train", str(path)], str(path), "[data]", "training split is empty", "1,600")
+    assert not (tmp_path / "run" / "results.json").exists()
+
+
+def test_e100_perforate_train_refuses_a_training_split_smaller_than_a_batch(tmp_path, capsys):
+    path = toml(tmp_path, tmp_path / "run", train="batch_size = 2000\nthreads = 1")
+    fails(
+        capsys,
+        ["train", str(path)],
+        "[train] batch_size",
+        "training split is smaller than one batch",
+        "train 1,079 / validation 359 / test 359 rows, batch size 2000",
+        "at most 1,079",
+    )

@@ -58,6 +58,41 @@ class Splits:
         )
 
 
+def check_splits(splits: Splits, batch_size: int | None = None) -> Splits:
+    """Refuse an empty split and, given `batch_size`, a training split smaller than one
+    batch: either trains nothing useful, and the failure would come epochs later under
+    another name (a flat score, "no candidate statistics were gathered")."""
+    _check_sizes(
+        splits.name, len(splits.y_train), len(splits.y_val), len(splits.y_test), batch_size
+    )
+    return splits
+
+
+def _check_sizes(name: str, train: int, val: int, test: int, batch_size: int | None) -> None:
+    sizes = f"train {train:,} / validation {val:,} / test {test:,} rows"
+    for split, rows in (("training", train), ("validation", val), ("test", test)):
+        if rows == 0:
+            raise DatasetError(
+                f"{name}: the {split} split is empty ({sizes}); every split needs a row"
+            )
+    if batch_size is not None and train < batch_size:
+        raise DatasetError(
+            f"{name}: the training split is smaller than one batch ({sizes}, batch size "
+            f"{batch_size}); lower the batch size to at most {train:,} or give the training "
+            "split more rows"
+        )
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _check_seed(name: str, seed: object) -> None:
+    """numpy refuses negative seeds with its own words, late; say it here."""
+    if not _is_int(seed) or seed < 0:  # type: ignore[operator]
+        raise DatasetError(f"{name}: seed must be an integer >= 0, got {seed!r}")
+
+
 def _split_indices(n: int, fractions: tuple[float, float], seed: int) -> tuple[np.ndarray, ...]:
     rng = np.random.default_rng(seed)
     order = rng.permutation(n)
@@ -67,6 +102,7 @@ def _split_indices(n: int, fractions: tuple[float, float], seed: int) -> tuple[n
 
 def _normalise(name, x, y, idx, num_classes, per_feature: bool) -> Splits:
     train, val, test = idx
+    _check_sizes(name, len(train), len(val), len(test), None)  # before statistics of nothing
     x = torch.as_tensor(x, dtype=torch.float32)
     y = torch.as_tensor(y, dtype=torch.long)
     xt = x[train]
@@ -82,6 +118,7 @@ def digits(seed: int = 0) -> Splits:
     """scikit-learn's bundled 8x8 digits: 1,797 images, 10 classes; 60/20/20 split."""
     from sklearn.datasets import load_digits
 
+    _check_seed("digits", seed)
     data = load_digits()
     idx = _split_indices(len(data.target), (0.2, 0.2), seed)
     return _normalise("digits", data.data, data.target, idx, 10, per_feature=False)
@@ -91,6 +128,7 @@ def breast_cancer(seed: int = 0) -> Splits:
     """scikit-learn's bundled Wisconsin breast cancer set: 569 x 30, 2 classes."""
     from sklearn.datasets import load_breast_cancer
 
+    _check_seed("breast_cancer", seed)
     data = load_breast_cancer()
     idx = _split_indices(len(data.target), (0.2, 0.2), seed)
     return _normalise("breast_cancer", data.data, data.target, idx, 2, per_feature=True)
@@ -139,6 +177,7 @@ def idx_directory(
     """MNIST-format IDX files (Fashion-MNIST by default): the official test set is the test
     split; `validation` images drawn from the training set (fixed by `seed`) validate;
     `train_limit` keeps only that many of the remaining training images (for quick runs)."""
+    _check_seed(name, seed)
     d = Path(directory)
     if not d.is_dir():
         raise DatasetError(
@@ -149,6 +188,16 @@ def idx_directory(
     ytr = read_idx(_find(d, "train-labels-idx1-ubyte")).astype(np.int64)
     xte = read_idx(_find(d, "t10k-images-idx3-ubyte")).astype(np.float32) / 255.0
     yte = read_idx(_find(d, "t10k-labels-idx1-ubyte")).astype(np.int64)
+    if not _is_int(validation) or validation < 0:
+        raise DatasetError(f"{name}: validation must be an integer >= 1, got {validation!r}")
+    if validation >= len(ytr):
+        raise DatasetError(
+            f"{name}: the training split is empty (train 0 / validation {len(ytr):,} / test "
+            f"{len(yte):,} rows): validation={validation} takes all {len(ytr):,} rows of the "
+            f"training files in {d}; use validation < {len(ytr):,}"
+        )
+    if train_limit is not None and (not _is_int(train_limit) or train_limit < 1):
+        raise DatasetError(f"{name}: train_limit must be an integer >= 1, got {train_limit!r}")
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(ytr))
     val, train = order[:validation], order[validation:]
@@ -166,6 +215,7 @@ def mnist1d(seed: int = 0, samples: int = 5000) -> Splits:
         from mnist1d.data import get_dataset_args, make_dataset
     except ImportError as exc:
         raise DatasetError("MNIST-1D needs the mnist1d package: pip install mnist1d") from exc
+    _check_seed("mnist1d", seed)
     args = get_dataset_args()
     args.num_samples = samples
     args.seed = 42

@@ -20,7 +20,7 @@ from torch import nn
 
 from perforate import DendriteConfig, Event, Perforator, parameter_report, training_state
 
-from .datasets import Splits
+from .datasets import Splits, check_splits
 
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "Adam": torch.optim.Adam,
@@ -149,6 +149,7 @@ def fit_classifier(
     idx)` replaces the cross-entropy with the batch's training indices `idx` (e.g. a
     distillation loss against a teacher's logits for those examples).
     """
+    check_splits(data)  # an empty split would fail epochs later under another name
     start = time.perf_counter()
     opt_cls = OPTIMIZERS[optimizer]
     extra = {} if weight_decay is None else {"weight_decay": weight_decay}

@@ -270,6 +270,7 @@ def run_experiment(
     torch.set_num_threads(int(train.get("threads", torch.get_num_threads())))
     seed = int(train.get("seed", 0))
     lr = float(train.get("lr", 1e-3))
+    batch_size = int(train.get("batch_size", 64))
     run_dir = Path(spec["run"]["dir"])
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt = run_dir / "ckpt.safetensors"
@@ -283,6 +284,12 @@ def run_experiment(
         data = datasets.load(spec["data"]["name"], **spec["data"].get("kwargs", {}))
     except TypeError as exc:
         raise ExperimentError(f"{path}: [data] kwargs: {exc}") from exc
+    except datasets.DatasetError as exc:
+        raise datasets.DatasetError(f"{path}: [data] {exc}") from exc
+    try:
+        datasets.check_splits(data, batch_size)
+    except datasets.DatasetError as exc:
+        raise ExperimentError(f"{path}: [train] batch_size: {exc}") from exc
     torch.manual_seed(seed)
     model = build_model(
         spec["model"]["factory"], spec["model"].get("kwargs", {}), search_folders(path)
@@ -317,7 +324,7 @@ def run_experiment(
         seed=seed,
         lr=lr,
         candidate_lr=float(train.get("candidate_lr", 5 * lr)),
-        batch_size=int(train.get("batch_size", 64)),
+        batch_size=batch_size,
         optimizer=train.get("optimizer", "Adam"),
         weight_decay=float(train["weight_decay"]) if "weight_decay" in train else None,
         label=Path(path).stem,
