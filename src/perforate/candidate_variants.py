@@ -142,13 +142,20 @@ class ClosedFormPool(CandidatePool):
         if not self.cf_started and x is not None:
             xs = x.reshape(-1, x.shape[-1]).double()
             es = grad_y.reshape(-1, self.neurons).double()
-            if bool(torch.isfinite(es).all()):
-                self.cf_n += xs.shape[0]
-                self.cf_sum_x += xs.sum(0)
-                self.cf_sum_e += es.sum(0)
-                self.cf_xx += xs.T @ xs
-                self.cf_xe += xs.T @ es
+            # A non-finite error leaves the sums as they were, decided on the device.
+            finite = torch.isfinite(es).all()
+            for name, batch in (
+                ("cf_n", xs.shape[0]),
+                ("cf_sum_x", xs.sum(0)),
+                ("cf_sum_e", es.sum(0)),
+                ("cf_xx", xs.T @ xs),
+                ("cf_xe", xs.T @ es),
+            ):
+                old = getattr(self, name)
+                old.copy_(torch.where(finite, old + batch, old))
             self.cf_batches += 1
+            # The count is read once, when the warm-up ends (again only while every
+            # batch so far was non-finite): one host synchronisation per phase.
             if self.cf_batches >= self.warmup and float(self.cf_n) > 1:
                 self.start_from_regression()
                 self.cf_restart = True
@@ -223,16 +230,17 @@ class OutputErrorStats(CandidateStats):
         self.m_ee = torch.zeros(outputs, **kw)
 
     def fold_output_error(self, v: torch.Tensor, e: torch.Tensor):
-        """Fold (N, P, C) outputs against (N, O) errors; return the centred tensors and
-        batch moments, or None for an empty or non-finite batch."""
-        if not bool(torch.isfinite(e).all()):
-            self.skipped_batches += 1
-            return None
+        """Fold (N, P, C) outputs against (N, O) errors; return the centred tensors,
+        batch moments and a flag (0-d bool: the batch was finite), or None for an empty
+        batch. A non-finite batch leaves the sums exactly as they were and is counted in
+        `skipped`, both decided on the device (no host synchronisation)."""
         n = v.shape[0]
         if n == 0:
             return None
         d = torch.float64
         vd, ed = v.to(d), e.to(d)
+        ok = torch.isfinite(ed).all()
+        self.skipped += ~ok
         mean_v, mean_e = vd.mean(0), ed.mean(0)
         vc, ec = vd - mean_v, ed - mean_e
         m_ve = torch.einsum("npc,no->pco", vc, ec)
@@ -241,13 +249,18 @@ class OutputErrorStats(CandidateStats):
         total = self.count + n
         dv, de = mean_v - self.mean_v, mean_e - self.mean_e
         f = self.count * n / total
-        self.m_ve += m_ve + dv[..., None] * de * f
-        self.m_vv += m_vv + dv * dv * f
-        self.m_ee += m_ee + de * de * f
-        self.mean_v += dv * (n / total)
-        self.mean_e += de * (n / total)
-        self.count = total
-        return vc, ec, m_vv, m_ee
+        new = {
+            "m_ve": self.m_ve + (m_ve + dv[..., None] * de * f),
+            "m_vv": self.m_vv + (m_vv + dv * dv * f),
+            "m_ee": self.m_ee + (m_ee + de * de * f),
+            "mean_v": self.mean_v + dv * (n / total),
+            "mean_e": self.mean_e + de * (n / total),
+            "count": total,
+        }
+        for name, value in new.items():
+            old = getattr(self, name)
+            old.copy_(torch.where(ok, value, old))
+        return vc, ec, m_vv, m_ee, ok
 
     def pearson_per_output(self) -> torch.Tensor:
         denom = torch.sqrt((self.m_vv[..., None] * self.m_ee).clamp_min(_TINY))
@@ -357,7 +370,8 @@ class OutputErrorPool(CandidatePool):
             )
         error = source.error
         if self.stats.mean_e.numel() != error.shape[-1]:
-            if float(self.stats.count) > 0:
+            # Sized at the first batch (shapes only: reading the count would sync).
+            if self.stats.mean_e.numel() != 0:
                 raise PhaseError("the model's output size changed inside a dendrite phase")
             self.stats = OutputErrorStats(
                 self.size, self.neurons, error.shape[-1], self.bank.weight.device
@@ -367,10 +381,11 @@ class OutputErrorPool(CandidatePool):
         folded = self.stats.fold_output_error(vn.to(work), en.to(work))
         if folded is None:
             return torch.zeros_like(v)
-        vc, ec, m_vv, m_ee = folded
+        vc, ec, m_vv, m_ee, ok = folded
         sigma = self.stats.sign().to(ec.dtype)  # (P, C, O)
         if self.objective == "covariance":
             grad = -torch.einsum("no,pco->npc", ec, sigma)
+            grad = torch.where(ok, grad, torch.zeros((), dtype=grad.dtype))  # ok: finite
         else:
             e_norm = torch.sqrt(m_ee.clamp_min(_TINY))
             s_vv = m_vv.clamp_min(_TINY)
@@ -384,7 +399,7 @@ class OutputErrorPool(CandidatePool):
             # As in `surrogate_gradient`: a candidate constant over the batch (saturated)
             # has no defined correlation and gets no gradient, not E over the floor.
             floor = vn.shape[0] * torch.finfo(work).eps ** 2
-            live = (m_vv > floor) & bool((m_ee > _TINY).any())
+            live = (m_vv > floor) & (m_ee > _TINY).any() & ok
             grad = torch.where(live, grad, torch.zeros((), dtype=grad.dtype))
         grad = grad.to(v.dtype)
         if self.kind.spatial_dims:

@@ -211,7 +211,7 @@ class CandidatePool(nn.Module):
         g = surrogate_gradient(
             vn, en, self.stats, self.objective, reduce=self.reduce, world_size=self.world_size
         )
-        if g is None:  # empty, or a non-finite value somewhere: skipped everywhere
+        if g is None:  # an empty batch (a non-finite one gets zeros, decided on the device)
             return torch.zeros_like(v)
         return g.reshape(v.shape)
 

@@ -16,6 +16,12 @@ The per-batch surrogate gradient is what the user's `loss.backward()` delivers t
 candidates (see `layers._CandidateTap`): `dObjective/dV_n`, negated so that a descending
 optimizer ascends the objective. Its sign `sigma` comes from the running statistics, so it
 does not flip from batch to batch while a correlation is weak.
+
+No step reads a value back to the host (on a GPU each read is a synchronisation): a batch
+whose error is not finite is detected as a flag on the device, its contribution is
+selected away with `torch.where` (the sums are exactly as if it had not been seen) and
+its candidates get a zero gradient; the skipped-batch count is a device tensor too,
+read only where the controller already reads values (its judgements, end_epoch).
 """
 
 from __future__ import annotations
@@ -46,12 +52,19 @@ class CandidateStats:
         self.m_ve = torch.zeros(candidates, neurons, **kw)  # sum (V - mean V)(E - mean E)
         self.m_vv = torch.zeros(candidates, neurons, **kw)
         self.m_ee = torch.zeros(neurons, **kw)
-        self.skipped_batches = 0
+        # Non-finite batches skipped, on the device: adding to it never syncs.
+        self.skipped = torch.zeros((), dtype=torch.long, device=device)
+
+    @property
+    def skipped_batches(self) -> int:
+        """Batches skipped for a non-finite error since the last reset (reads the device
+        counter: a host synchronisation on a GPU, so read it at judgements only)."""
+        return int(self.skipped)
 
     def reset(self) -> None:
         for name in self.FIELDS:
             getattr(self, name).zero_()
-        self.skipped_batches = 0
+        self.skipped.zero_()
 
     def state_dict(self) -> dict[str, torch.Tensor | int]:
         """The sums and the skipped-batch count, for training checkpoints."""
@@ -70,41 +83,50 @@ class CandidateStats:
                     f"{tuple(target.shape)} here"
                 )
             target.copy_(value)
-        self.skipped_batches = int(state["skipped_batches"])
+        self.skipped.fill_(int(state["skipped_batches"]))
 
     def add_centered(
         self,
-        n: int,
+        n: int | torch.Tensor,
         mean_v: torch.Tensor,
         mean_e: torch.Tensor,
         m_ve: torch.Tensor,
         m_vv: torch.Tensor,
         m_ee: torch.Tensor,
+        ok: torch.Tensor | None = None,
     ) -> None:
-        """Fold in one batch given its means and centred co-moments (Chan's update)."""
+        """Fold in one batch given its means and centred co-moments (Chan's update).
+
+        `ok` (a 0-d bool tensor) keeps the batch only where True: otherwise every sum,
+        count included, keeps its previous value exactly, decided on the device."""
         d = torch.float64
         n_a = self.count
         total = n_a + n
         dv = mean_v.to(d) - self.mean_v
         de = mean_e.to(d) - self.mean_e
         f = n_a * n / total
-        self.m_ve += m_ve.to(d) + dv * de * f
-        self.m_vv += m_vv.to(d) + dv * dv * f
-        self.m_ee += m_ee.to(d) + de * de * f
-        self.mean_v += dv * (n / total)
-        self.mean_e += de * (n / total)
-        self.count = total
+        new = {
+            "m_ve": self.m_ve + (m_ve.to(d) + dv * de * f),
+            "m_vv": self.m_vv + (m_vv.to(d) + dv * dv * f),
+            "m_ee": self.m_ee + (m_ee.to(d) + de * de * f),
+            "mean_v": self.mean_v + dv * (n / total),
+            "mean_e": self.mean_e + de * (n / total),
+            "count": total,
+        }
+        for name, value in new.items():
+            old = getattr(self, name)
+            old.copy_(value if ok is None else torch.where(ok, value, old))
 
     def fold(self, v: torch.Tensor, e: torch.Tensor, reduce: Reduce | None = None):
-        """Fold in a batch and return its centred moments and tensors, or None for an
-        empty batch or a non-finite one (counted in `skipped_batches`)."""
-        try:
-            batch = _center(v, e, reduce)
-        except _NonFinite:
-            self.skipped_batches += 1
+        """Fold in a batch and return `_center`'s result, or None for a batch empty on
+        every process. A non-finite batch folds nothing (its flag, the last item, is
+        False) and is counted in `skipped`; neither needs a host synchronisation."""
+        batch = _center(v, e, reduce)
+        if batch is None:
             return None
-        if batch is not None:
-            self.add_centered(*batch[:6])
+        n, mean_v, mean_e, m_ve, m_vv, m_ee, _, _, finite, ok = batch
+        self.skipped += ~finite
+        self.add_centered(n, mean_v, mean_e, m_ve, m_vv, m_ee, ok=ok)
         return batch
 
     # --- derived quantities (float64) -----------------------------------------------
@@ -129,10 +151,6 @@ class CandidateStats:
         return torch.where(self.covariance() >= 0, 1.0, -1.0)
 
 
-class _NonFinite(Exception):
-    """A batch's error holds NaN or inf (on some process)."""
-
-
 def _layout(v: torch.Tensor) -> tuple[tuple[int, ...], tuple[int, ...], tuple, tuple]:
     """Pattern axes of v (N, P, C, *S) and e (N, C, *S), and broadcast shapes for (P, C)
     and (C,) values: patterns are the batch and the trailing (spatial) axes."""
@@ -142,7 +160,7 @@ def _layout(v: torch.Tensor) -> tuple[tuple[int, ...], tuple[int, ...], tuple, t
 
 
 def _center(v: torch.Tensor, e: torch.Tensor, reduce: Reduce | None = None):
-    """Batch count, means, centred co-moments and centred tensors.
+    """Batch count, means, centred co-moments, centred tensors and two flags.
 
     v is (N, P, C, *S) and e is (N, C, *S), in their natural layout (no transposes). E may
     sit on an offset large against its spread: a second pass sums the centred errors
@@ -151,15 +169,21 @@ def _center(v: torch.Tensor, e: torch.Tensor, reduce: Reduce | None = None):
 
     With `reduce` (distributed training) the means and co-moments are those of the global
     batch: local sums are added across processes, then each process centres its own
-    patterns on the global means. Returns None when the global batch is empty and raises
-    `_NonFinite` when it holds a non-finite value, so every process skips the same batch.
+    patterns on the global means; the count is then a tensor, so nothing is read back.
+
+    Returns `(n, mean_v, mean_e, m_ve, m_vv, m_ee, vc, ec, finite, ok)`, or None for a
+    batch empty here with no process group. `finite` (0-d bool, on the device) is False
+    when the global batch holds a non-finite value; `ok` also needs patterns. Where `ok`
+    is False the other values are meaningless (NaN) and must be selected away.
     """
     dims_v, dims_e, shape_v, shape_e = _layout(v)
     p, c = v.shape[1], v.shape[2]
     n_local = e.numel() // c if c else 0
+    if reduce is None and n_local == 0:
+        return None
     s_v = v.sum(dims_v).double()
     s_e = e.sum(dims_e).double()
-    n = n_local
+    n: int | torch.Tensor = n_local
     if reduce is not None:
         sums = torch.cat(
             [
@@ -169,13 +193,11 @@ def _center(v: torch.Tensor, e: torch.Tensor, reduce: Reduce | None = None):
             ]
         )
         reduce(sums)
-        n = int(sums[0])
+        n = sums[0]
         s_v = sums[1 : 1 + p * c].reshape(p, c)
         s_e = sums[1 + p * c :]
-    if not (torch.isfinite(s_e).all() and torch.isfinite(s_v).all()):
-        raise _NonFinite
-    if n == 0:
-        return None
+    finite = torch.isfinite(s_e).all() & torch.isfinite(s_v).all()
+    ok = finite & (n > 0) if reduce is not None else finite
     # Centre on the means as rounded to the working precision, and keep exactly those
     # values: the residual pass below corrects relative to them.
     mean_v = (s_v / n).to(v.dtype)
@@ -196,7 +218,7 @@ def _center(v: torch.Tensor, e: torch.Tensor, reduce: Reduce | None = None):
         e_sq, e_res = moments[2 * k : 2 * k + c], moments[2 * k + c :]
     m_ee = (e_sq - e_res * e_res / n).clamp_min(0.0)
     mean_e = mean_e + e_res / n
-    return n, mean_v, mean_e, m_ve, m_vv, m_ee, vc, ec
+    return n, mean_v, mean_e, m_ve, m_vv, m_ee, vc, ec, finite, ok
 
 
 def surrogate_gradient(
@@ -214,8 +236,8 @@ def surrogate_gradient(
     negated for a descending optimizer. For Pearson it is the exact gradient of the batch
     correlation (scale-free in E). Both use batch means; sigma comes from the running sums.
 
-    Returns None and folds nothing for an empty batch, or for a non-finite one (counted in
-    `stats.skipped_batches`). Under
+    Returns None and folds nothing for an empty batch; a non-finite one folds nothing,
+    gets a zero gradient and is counted in `stats.skipped` (decided on the device). Under
     DistributedDataParallel (`reduce` given) statistics are the global batch's on every
     process; the covariance gradient then averages across processes to exactly the
     single-process gradient (E carries the 1/world factor of the mean loss), and the
@@ -225,12 +247,12 @@ def surrogate_gradient(
     centred = stats.fold(v.to(work), e.to(torch.promote_types(e.dtype, torch.float32)), reduce)
     if centred is None:
         return None
-    n, _, _, m_ve, m_vv, m_ee, vc, ec = centred
+    n, _, _, m_ve, m_vv, m_ee, vc, ec, _, ok = centred
     _, _, shape_v, _ = _layout(vc)
     sigma = stats.sign().to(work).view(shape_v)
     ec = ec.to(work).unsqueeze(1)
     if objective == "covariance":
-        grad = -sigma * ec
+        grad = torch.where(ok, -sigma * ec, torch.zeros((), dtype=ec.dtype))  # ok: not skipped
     elif objective == "pearson":
         e_norm = torch.sqrt(m_ee.clamp_min(_TINY)).to(work)
         s_vv = m_vv.clamp_min(_TINY)
@@ -242,7 +264,7 @@ def surrogate_gradient(
         # gets no gradient, instead of the error divided by the square root of the floor.
         floor = n * torch.finfo(work).eps ** 2
         live = (m_vv > floor).view(shape_v) & (m_ee > _TINY).view(1, 1, -1, *shape_v[3:])
-        grad = torch.where(live, grad * world_size, torch.zeros((), dtype=grad.dtype))
+        grad = torch.where(live & ok, grad * world_size, torch.zeros((), dtype=grad.dtype))
     else:
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
     return grad.to(v.dtype)
