@@ -223,3 +223,41 @@ def test_e100_perforate_train_refuses_a_training_split_smaller_than_a_batch(tmp_
         "train 1,079 / validation 359 / test 359 rows, batch size 2000",
         "at most 1,079",
     )
+
+
+@pytest.mark.parametrize(
+    "line,needle",
+    [
+        (f"candidate_lr = {'9' * 400}", "candidate_lr must be a finite number > 0, got 99999"),
+        ("lr = 1e400", "lr must be a finite number > 0, got inf"),
+        ("seed = 9223372036854775808", "seed must be an integer from 0 to 2^63 - 1"),
+        ("seed = 18446744073709551616", "seed must be an integer from 0 to 2^63 - 1"),
+        ("weight_decay = 1e308", "weight_decay must be a number from 0 to 1"),
+        ("weight_decay = -0.1", "weight_decay must be a number from 0 to 1"),
+        ("threads = 100000000000", "threads must be an integer from 1 to 1024"),
+        (f"batch_size = {'9' * 400}", "batch_size must be an integer from 1 to 2^63 - 1"),
+    ],
+)
+def test_e101_train_values_that_used_to_crash_later_are_refused(tmp_path, capsys, line, needle):
+    path = toml(tmp_path, tmp_path / "run", train=line)
+    err = fails(capsys, ["train", str(path)], str(path), "[train]", needle)
+    assert len(err) < 300  # a 400-digit value is shortened, the line stays readable
+
+
+def test_e101_the_largest_accepted_values_still_train(tmp_path, capsys):
+    path = toml(
+        tmp_path, tmp_path / "run", train="seed = 9223372036854775807\nweight_decay = 1\nlr = 0.01"
+    )
+    assert main(["train", str(path)]) == 0, capsys.readouterr().err
+
+
+def test_e101_a_negative_data_seed_is_refused(tmp_path, capsys):
+    from perforate.experiments import datasets
+
+    path = toml(tmp_path, tmp_path / "run", data='name = "digits"\nkwargs = { seed = -1 }')
+    fails(capsys, ["train", str(path)], str(path), "[data] digits: seed must be an integer >= 0")
+    for loader in (datasets.digits, datasets.breast_cancer, datasets.mnist1d):
+        with pytest.raises(datasets.DatasetError, match="seed must be an integer >= 0, got -1"):
+            loader(seed=-1)
+    with pytest.raises(datasets.DatasetError, match=r"seed must be an integer >= 0, got 1\.5"):
+        datasets.digits(seed=1.5)

@@ -116,9 +116,9 @@ def _normalise(name, x, y, idx, num_classes, per_feature: bool) -> Splits:
 
 def digits(seed: int = 0) -> Splits:
     """scikit-learn's bundled 8x8 digits: 1,797 images, 10 classes; 60/20/20 split."""
+    _check_seed("digits", seed)
     from sklearn.datasets import load_digits
 
-    _check_seed("digits", seed)
     data = load_digits()
     idx = _split_indices(len(data.target), (0.2, 0.2), seed)
     return _normalise("digits", data.data, data.target, idx, 10, per_feature=False)
@@ -126,9 +126,9 @@ def digits(seed: int = 0) -> Splits:
 
 def breast_cancer(seed: int = 0) -> Splits:
     """scikit-learn's bundled Wisconsin breast cancer set: 569 x 30, 2 classes."""
+    _check_seed("breast_cancer", seed)
     from sklearn.datasets import load_breast_cancer
 
-    _check_seed("breast_cancer", seed)
     data = load_breast_cancer()
     idx = _split_indices(len(data.target), (0.2, 0.2), seed)
     return _normalise("breast_cancer", data.data, data.target, idx, 2, per_feature=True)
@@ -211,11 +211,11 @@ def idx_directory(
 
 def mnist1d(seed: int = 0, samples: int = 5000) -> Splits:
     """MNIST-1D, generated locally by the `mnist1d` package (never downloaded)."""
+    _check_seed("mnist1d", seed)
     try:
         from mnist1d.data import get_dataset_args, make_dataset
     except ImportError as exc:
         raise DatasetError("MNIST-1D needs the mnist1d package: pip install mnist1d") from exc
-    _check_seed("mnist1d", seed)
     args = get_dataset_args()
     args.num_samples = samples
     args.seed = 42

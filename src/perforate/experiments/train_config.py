@@ -30,6 +30,7 @@ the same as the demo's and the benchmarks'.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -59,22 +60,44 @@ class ExperimentError(ConfigError):
     """A `perforate train` file is unreadable or has a wrong section, key or value."""
 
 
-def _int(low: int) -> Callable[[Any], str | None]:
+def _int(low: int, high: int) -> Callable[[Any], str | None]:
     def check(v: Any) -> str | None:
-        ok = isinstance(v, int) and not isinstance(v, bool) and v >= low
-        return None if ok else f"must be an integer >= {low}, got {v!r}"
+        ok = isinstance(v, int) and not isinstance(v, bool) and low <= v <= high
+        top = "2^63 - 1" if high == 2**63 - 1 else str(high)
+        return None if ok else f"must be an integer from {low} to {top}, got {_short(v)}"
 
     return check
 
 
+def _as_float(v: Any) -> float | None:
+    """`v` as a finite float, or None: a bool, a string, NaN, an infinity, or an integer
+    too large for a float (TOML integers may have 400 digits) is no number here."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    try:
+        value = float(v)
+    except OverflowError:
+        return None
+    return value if math.isfinite(value) else None
+
+
 def _positive_number(v: Any) -> str | None:
-    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < float("inf")
-    return None if ok else f"must be a number > 0, got {v!r}"
+    value = _as_float(v)
+    ok = value is not None and value > 0
+    return None if ok else f"must be a finite number > 0, got {_short(v)}"
 
 
-def _non_negative_number(v: Any) -> str | None:
-    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < float("inf")
-    return None if ok else f"must be a number >= 0, got {v!r}"
+def _weight_decay(v: Any) -> str | None:
+    # Above 1 the decay outweighs the gradient at any learning rate (and 1e308 overflows
+    # the float32 parameters): a typo, not a setting.
+    value = _as_float(v)
+    ok = value is not None and 0 <= value <= 1
+    return None if ok else f"must be a number from 0 to 1 (typically 1e-5 to 0.1), got {_short(v)}"
+
+
+def _short(v: Any) -> str:
+    text = repr(v)
+    return text if len(text) <= 40 else f"{text[:20]}...({len(text)} characters)"
 
 
 def _text(v: Any) -> str | None:
@@ -102,6 +125,8 @@ class Key:
     doc: str
 
 
+MAX_THREADS = 1024  # torch takes a C int; more threads than this is a typo
+
 # section -> key -> Key. [dendrites] is checked by DendriteConfig.
 SCHEMA: dict[str, dict[str, Key]] = {
     "model": {
@@ -126,16 +151,24 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "optimizer": Key(
             False, _choice(OPTIMIZERS), f"one of {', '.join(OPTIMIZERS)} (default Adam)"
         ),
-        "lr": Key(False, _positive_number, "learning rate of the network (default 0.001)"),
+        "lr": Key(
+            False, _positive_number, "learning rate of the network, finite > 0 (default 0.001)"
+        ),
         "candidate_lr": Key(
-            False, _positive_number, "learning rate of the candidates (default 5 x lr)"
+            False, _positive_number, "learning rate of the candidates, finite > 0 (default 5 x lr)"
         ),
-        "batch_size": Key(False, _int(1), "integer >= 1 (default 64)"),
-        "seed": Key(False, _int(0), "integer >= 0 (default 0)"),
+        "batch_size": Key(
+            False,
+            _int(1, 2**63 - 1),
+            "integer >= 1, at most the training split's size (default 64)",
+        ),
+        "seed": Key(False, _int(0, 2**63 - 1), "integer from 0 to 2^63 - 1 (default 0)"),
         "weight_decay": Key(
-            False, _non_negative_number, "number >= 0 (default: the optimizer's own)"
+            False, _weight_decay, "number from 0 to 1 (default: the optimizer's own)"
         ),
-        "threads": Key(False, _int(1), "torch threads, integer >= 1 (default: torch's)"),
+        "threads": Key(
+            False, _int(1, MAX_THREADS), f"torch threads, 1 to {MAX_THREADS} (default: torch's)"
+        ),
     },
     "run": {
         "dir": Key(
