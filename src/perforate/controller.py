@@ -321,9 +321,10 @@ class Perforator:
         if self.switching.exhausted():  # a cycle once started runs to its own end
             log.info("the switching policy's cost budget is spent: no new cycle, the run ends")
             return self._finish()
+        flags = self.freeze.record()  # before any layer freezes its unit (tied weights)
         event = self.rule.next_cycle(self.layers, self._generator)
         if event == Event.DENDRITE_PHASE:
-            self._start_dendrite_phase()
+            self._start_dendrite_phase(flags)
         else:
             self._start_neuron_phase()
         return Event.RETRY if self.retries > 0 else event
@@ -334,11 +335,11 @@ class Perforator:
         self.switching.start_neuron_phase(self._accepted.score)
         self._build_optimizer()
 
-    def _start_dendrite_phase(self) -> None:
+    def _start_dendrite_phase(self, flags: dict[str, bool]) -> None:
         log.info(
             "epoch %d: dendrite phase of cycle %d: candidates attached", self.epoch, self.cycle
         )
-        self.freeze.freeze()
+        self.freeze.freeze(flags)
         self.phase = Phase.DENDRITE
         self.switching.start_dendrite_phase()
         self._window.update(steps=0, install_due=False, correlation={})
@@ -402,8 +403,8 @@ class Perforator:
         window["install_due"] = False
         # Undo what the dendrite phase changed outside the candidates (norm running stats).
         self._accepted.restore(self.model)
-        self.freeze.unfreeze()
         summary = self.rule.install(self.layers)
+        self.freeze.unfreeze()  # after the layers' own restore, which a tied weight fools
         self.recorder.note_install(summary)
         log.info(
             "epoch %d: installed %d dendrites (%s)",

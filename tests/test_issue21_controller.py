@@ -1,0 +1,80 @@
+"""Issue 21: the controller's defects a hostile review found, each pinned by its case."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from perforate import DendriteConfig, Event, Perforator, Phase
+
+
+def sgd(params):
+    return torch.optim.SGD(params, lr=0.1)
+
+
+def step(model, ctl, gen, n=16, inputs=4):
+    x = torch.randn(n, inputs, generator=gen)
+    ctl.optimizer.zero_grad()
+    model(x).pow(2).mean().backward()
+    ctl.optimizer.step()
+
+
+def drive(ctl, model, scores, gen, inputs=4):
+    events = []
+    for s in scores:
+        step(model, ctl, gen, inputs=inputs)
+        events.append(ctl.end_epoch(s))
+    return events
+
+
+QUICK = DendriteConfig(patience=1, switch_mode="patience", dendrite_max_epochs=1)
+
+
+# --- 1. a weight shared by two wrapped layers -------------------------------------------
+def tied():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 2))
+    m[2].weight = m[0].weight
+    return m
+
+
+def test_a_tied_weight_trains_again_after_a_dendrite_phase(gen):
+    model = tied()
+    ctl = Perforator(model, QUICK, optimizer=sgd)
+    shared = model[0].base.weight
+    assert model[2].base.weight is shared
+    events = drive(ctl, model, [0.5, 0.4], gen)
+    assert events == [Event.CONTINUE, Event.DENDRITE_PHASE] and not shared.requires_grad
+    assert drive(ctl, model, [0.4], gen) == [Event.INSTALLED]
+    assert shared.requires_grad  # layer 2 had recorded it frozen (by layer 0) and kept it so
+    assert any(p is shared for p in ctl.parameters_in_use())
+    before = shared.detach().clone()
+    step(model, ctl, gen)
+    assert not torch.equal(before, shared)
+
+
+def test_a_users_frozen_tied_weight_stays_frozen_and_a_resume_mid_phase_restores_it(gen):
+    model = tied()
+    model[0].weight.requires_grad_(False)
+    ctl = Perforator(model, QUICK, optimizer=sgd)
+    drive(ctl, model, [0.5, 0.4], gen)
+    assert ctl.phase == Phase.DENDRITE
+    state = ctl.state_dict()
+    other = tied()
+    other[0].weight.requires_grad_(False)
+    ctl2 = Perforator(other, QUICK, optimizer=sgd)
+    ctl2.load_state_dict(state)
+    for c, m in ((ctl, model), (ctl2, other)):
+        drive(c, m, [0.4], gen)
+        assert c.phase == Phase.NEURON and not m[0].base.weight.requires_grad
+        assert m[0].base.bias.requires_grad and m[2].base.bias.requires_grad
+    # A trainable tied weight, resumed mid phase, trains again afterwards.
+    model = tied()
+    ctl = Perforator(model, QUICK, optimizer=sgd)
+    drive(ctl, model, [0.5, 0.4], gen)
+    other = tied()
+    ctl2 = Perforator(other, QUICK, optimizer=sgd)
+    ctl2.load_state_dict(ctl.state_dict())
+    drive(ctl2, other, [0.4], gen)
+    assert other[0].base.weight.requires_grad and other[2].base.weight.requires_grad
