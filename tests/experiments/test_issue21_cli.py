@@ -261,3 +261,9 @@ def test_e101_a_negative_data_seed_is_refused(tmp_path, capsys):
             loader(seed=-1)
     with pytest.raises(datasets.DatasetError, match=r"seed must be an integer >= 0, got 1\.5"):
         datasets.digits(seed=1.5)
+
+
+def test_e102_report_of_an_empty_results_list_is_an_error(tmp_path, capsys):
+    (tmp_path / "results.json").write_text("[]")
+    fails(capsys, ["report", str(tmp_path)], "holds no runs (an empty list)")
+    assert not (tmp_path / "demo.png").exists()

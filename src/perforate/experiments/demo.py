@@ -90,6 +90,11 @@ def report(run_dir: str | Path, log: Callable[[str], None] = print) -> Path:
             raise ValueError("not a list of run records")
     except ValueError as exc:
         raise DatasetError(f"{path} is not a results file: {exc}") from exc
+    if not runs:  # an empty figure and empty tables would look like a report
+        raise DatasetError(
+            f"{path} holds no runs (an empty list): run `perforate demo` or `perforate train` "
+            "into this directory first"
+        )
     control = next((r["label"] for r in runs if r["label"].startswith(CONTROL_PREFIX)), None)
     log(
         "Test accuracy at the best validation epoch (mean ± sd over seeds); 'vs control' is "
