@@ -78,3 +78,22 @@ def test_a_users_frozen_tied_weight_stays_frozen_and_a_resume_mid_phase_restores
     ctl2.load_state_dict(ctl.state_dict())
     drive(ctl2, other, [0.4], gen)
     assert other[0].base.weight.requires_grad and other[2].base.weight.requires_grad
+
+
+# --- 2. remove_dendrites inside a dendrite phase ----------------------------------------
+def test_remove_dendrites_is_refused_inside_a_dendrite_phase_and_works_after_finish(gen):
+    import perforate
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4), nn.Tanh(), nn.Linear(4, 2))
+    ctl = Perforator(model, QUICK, optimizer=sgd)
+    drive(ctl, model, [0.5, 0.4], gen)
+    assert ctl.phase == Phase.DENDRITE
+    with pytest.raises(perforate.PhaseError, match=r"dendrite phase.*ctl\.finish\(\)"):
+        perforate.remove_dendrites(model)
+    assert perforate.dendritic_layers(model)  # untouched: still wrapped, still in the phase
+    assert all(layer.candidates is not None for layer in ctl.layers.values())
+    ctl.finish()
+    plain = perforate.remove_dendrites(model)
+    assert all(p.requires_grad for p in plain.parameters())
+    assert type(plain[0]) is nn.Linear and type(plain[3]) is nn.Linear

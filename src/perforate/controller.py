@@ -663,6 +663,9 @@ class Perforator:
             training_state.set_process_rng_state(state.get("rng"))
         except BaseException:
             if not was_wrapped and dendritic_layers(model):
+                for layer in dendritic_layers(model).values():
+                    if layer.phase == Phase.DENDRITE:  # remove_dendrites refuses that phase
+                        layer.start_neuron_phase()
                 remove_dendrites(model)
             model.load_state_dict(before)
             raise

@@ -248,10 +248,18 @@ def _guard_fast_paths(model: nn.Module) -> None:
 
 
 def remove_dendrites(model: nn.Module) -> nn.Module:
-    """Undo `add_dendrites` in place: originals (and norms) go back; dendrites are dropped."""
+    """Undo `add_dendrites` in place: originals (and norms) go back; dendrites are dropped.
+    Refused inside a dendrite phase (its units are frozen until the phase ends)."""
     layers = dendritic_layers(model)
     if not layers:
         raise NotConvertedError("model holds no dendritic layers; nothing to remove")
+    busy = [n for n, layer in layers.items() if layer.phase.value == "dendrite"]
+    if busy:
+        raise PhaseError(
+            f"layers {busy} are in a dendrite phase (their weights frozen): end it before "
+            "remove_dendrites with ctl.finish() (the controller's best state, all weights "
+            "trainable again), or layer.start_neuron_phase() on each layer without one"
+        )
     aliases = _aliases(model)
     for layer in layers.values():
         for n in aliases[id(layer)]:
