@@ -267,3 +267,15 @@ def test_e102_report_of_an_empty_results_list_is_an_error(tmp_path, capsys):
     (tmp_path / "results.json").write_text("[]")
     fails(capsys, ["report", str(tmp_path)], "holds no runs (an empty list)")
     assert not (tmp_path / "demo.png").exists()
+
+
+def test_e103_an_error_during_a_run_starts_its_own_line_after_the_progress_bar(tmp_path, capsys):
+    pytest.importorskip("tqdm")
+    path = toml(tmp_path, tmp_path / "run")
+    (tmp_path / "run" / "ckpt.safetensors").mkdir(parents=True)  # the first save fails
+    assert main(["train", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "epoch/s" in err  # the bar was drawn before the failure
+    last = err.rstrip("\n").split("\n")[-1]
+    assert last.startswith("perforate: error: checkpoint_path"), repr(err)
+    assert err.endswith("\n") and "Traceback" not in err

@@ -328,11 +328,12 @@ def run_experiment(
         spec["model"]["factory"], spec["model"].get("kwargs", {}), search_folders(path)
     )
 
+    bar = progress_bar(Path(path).stem) if log is print else None
+    say = log if bar is None else bar.write  # a line printed beside the bar would glue to it
+
     def started(ctl: Perforator) -> None:
         if ctl.resumed_from is not None:
-            log(f"resumed {ctl.resumed_from} at epoch {ctl.epoch}")
-
-    bar = progress_bar(Path(path).stem) if log is print else None
+            say(f"resumed {ctl.resumed_from} at epoch {ctl.epoch}")
 
     def progress(ctl: Perforator, event: Event, val: float) -> None:
         total = perforate.parameter_report(model).total
@@ -350,25 +351,29 @@ def run_experiment(
         if event != Event.CONTINUE:  # decisions stay on screen; plain epochs only tick
             bar.write(line)
 
-    record = fit_classifier(
-        model,
-        data,
-        spec["config"],
-        seed=seed,
-        lr=lr,
-        candidate_lr=float(train.get("candidate_lr", 5 * lr)),
-        batch_size=batch_size,
-        optimizer=train.get("optimizer", "Adam"),
-        weight_decay=float(train["weight_decay"]) if "weight_decay" in train else None,
-        label=Path(path).stem,
-        track_test=False,
-        checkpoint_path=ckpt,
-        resume=bool(resume) and has_checkpoint,
-        started=started,
-        progress=progress,
-    ).to_dict()
-    if bar is not None:
-        bar.close()
+    try:
+        record = fit_classifier(
+            model,
+            data,
+            spec["config"],
+            seed=seed,
+            lr=lr,
+            candidate_lr=float(train.get("candidate_lr", 5 * lr)),
+            batch_size=batch_size,
+            optimizer=train.get("optimizer", "Adam"),
+            weight_decay=float(train["weight_decay"]) if "weight_decay" in train else None,
+            label=Path(path).stem,
+            track_test=False,
+            checkpoint_path=ckpt,
+            resume=bool(resume) and has_checkpoint,
+            started=started,
+            progress=progress,
+        ).to_dict()
+    finally:
+        if bar is not None:
+            # Closing ends the bar's line, so an error message after it (the CLI's one
+            # line) starts on a line of its own.
+            bar.close()
     record["dataset"] = spec["data"]["name"]
     perforate.save(model, run_dir / "model.safetensors")
     atomic_write(run_dir / "results.json", json.dumps([record]).encode())
