@@ -279,3 +279,22 @@ def test_e103_an_error_during_a_run_starts_its_own_line_after_the_progress_bar(t
     last = err.rstrip("\n").split("\n")[-1]
     assert last.startswith("perforate: error: checkpoint_path"), repr(err)
     assert err.endswith("\n") and "Traceback" not in err
+
+
+def test_e103_any_command_failing_with_a_bar_on_screen_ends_the_bar_first(
+    tmp_path, capsys, monkeypatch
+):
+    tqdm = pytest.importorskip("tqdm.auto")
+    from perforate.experiments import demo
+    from perforate.experiments.datasets import DatasetError
+
+    def fails_mid_run(run_dir):
+        bar = tqdm.tqdm(desc="runs", total=3)  # left open, as a command that raised leaves it
+        bar.update(1)
+        raise DatasetError("broken mid-run")
+
+    monkeypatch.setattr(demo, "report", fails_mid_run)
+    assert main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "runs:  33%" in err
+    assert err.endswith("\nperforate: error: broken mid-run\n"), repr(err)

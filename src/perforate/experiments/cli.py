@@ -51,15 +51,23 @@ def main(argv: list[str] | None = None) -> int:
         top = (exc.name or "").split(".")[0]
         if top not in EXTRAS:
             raise
-        print(
-            f"perforate: error: this command needs {top!r}, which is not installed; "
-            f"install it with: pip install 'perforate[{EXTRAS[top]}]'",
-            file=sys.stderr,
+        _error(
+            f"this command needs {top!r}, which is not installed; "
+            f"install it with: pip install 'perforate[{EXTRAS[top]}]'"
         )
         return 2
     except (PerforateError, DatasetError, json.JSONDecodeError, OSError) as exc:
-        print(f"perforate: error: {exc}", file=sys.stderr)
+        _error(str(exc))
         return 2
+
+
+def _error(message: str) -> None:
+    """The one line of a failed command, on a line of its own: a progress bar still on
+    screen (a command that failed mid-run) is closed first, which ends its line."""
+    tqdm = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", ())):
+        bar.close()
+    print(f"perforate: error: {message}", file=sys.stderr)
 
 
 def _main(argv: list[str] | None = None) -> int:
