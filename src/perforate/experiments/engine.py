@@ -1,0 +1,205 @@
+"""The one job loop: the runs of a study, grouped in chains, over shards and workers.
+
+A job is (arm, seed). Per seed, the arms that share their first neuron phase form a chain
+(`arms.Arm.prefix_key`): its first arm runs from scratch and leaves a fork point, the
+others start from it. Chains are the unit of work: `--shard i/n` takes every n-th chain
+from the i-th (any launcher; the processes share the output folder and its ledger), and
+`--jobs N` runs N local worker processes (one torch thread each on the CPU, one GPU each
+where there are several). Finished runs are in the ledger and are skipped; a killed run
+continues from its own checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+import shutil
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .arms import Arm
+from .ledger import Ledger
+from .runs import ForkPoint, RunSpec, train_run
+from .study import Study
+from .task import Task, device_of
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Chain:
+    """Arms of one seed that share a first neuron phase; the first one runs it."""
+
+    key: str
+    seed: int
+    arms: tuple[Arm, ...]
+
+    @property
+    def name(self) -> str:
+        return f"{self.key}/seed{self.seed}"
+
+
+def chains(study: Study, arms: Sequence[Arm], seeds: Iterable[int], fork: bool) -> list[Chain]:
+    """The study's chains in a fixed order (seed, then the arms' order in the study)."""
+    base = study.base_config().to_dict()
+    out: list[Chain] = []
+    for seed in seeds:
+        groups: dict[str, list[Arm]] = {}
+        for arm in arms:
+            key = arm.prefix_key(base) if fork else f"{arm.prefix_key(base)}-{arm.name}"
+            groups.setdefault(key, []).append(arm)
+        for key, members in groups.items():
+            members.sort(key=lambda a: not a.ends_first)  # stable: the plain-like arm first
+            out.append(Chain(key, seed, tuple(members)))
+    return out
+
+
+def shard(items: Sequence[Chain], index: int, count: int) -> list[Chain]:
+    return list(items[index::count])
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a study folder keeps what."""
+
+    root: Path
+
+    @property
+    def ledger(self) -> Path:
+        return self.root / "runs.jsonl"
+
+    def run_dir(self, arm: str, seed: int) -> Path:
+        return self.root / "work" / arm / f"seed{seed}"
+
+    def model(self, arm: str, seed: int) -> Path:
+        return self.root / "models" / arm / f"seed{seed}.safetensors"
+
+    def fork(self, chain: Chain) -> ForkPoint:
+        folder = self.root / "work" / "forks" / chain.key / f"seed{chain.seed}"
+        folder.mkdir(parents=True, exist_ok=True)
+        return ForkPoint(folder / "fork.safetensors", folder / "fork.json")
+
+
+@dataclass(frozen=True)
+class Runner:
+    """What every worker needs to run chains of one study."""
+
+    study: Study
+    root: Path
+    device: str
+    reference: str
+    fingerprint: str
+
+    def run_chain(
+        self,
+        chain: Chain,
+        on_record: Callable[[dict[str, Any]], None] | None = None,
+        task: Task | None = None,
+        device: torch.device | None = None,
+    ) -> list[dict[str, Any]]:
+        """Run what is missing of one chain; append each record to the ledger."""
+        layout = Layout(self.root)
+        ledger = Ledger(layout.ledger, {"fingerprint": self.fingerprint})
+        done = ledger.done()
+        todo = [a for a in chain.arms if (a.name, chain.seed) not in done]
+        if not todo:
+            return []
+        task = task if task is not None else self.study.build_task()
+        device = device if device is not None else device_of(self.device)
+        base = self.study.base_config().to_dict()
+        point = layout.fork(chain) if len(chain.arms) > 1 else None
+        track = any(a.name == self.reference for a in chain.arms)
+        records = []
+        for i, arm in enumerate(chain.arms):
+            if (arm.name, chain.seed) in done:
+                continue
+            first = i == 0
+            spec = RunSpec(
+                arm=arm,
+                seed=chain.seed,
+                config=arm.config(base),
+                train=self.study.train,
+                device=device,
+                track_test=track,
+            )
+            fork = None if first or point is None or not point.ready else point
+            record = train_run(
+                spec,
+                task,
+                layout.run_dir(arm.name, chain.seed),
+                fork=fork,
+                make_fork=point if first and len(chain.arms) > 1 else None,
+                model_path=layout.model(arm.name, chain.seed),
+            )
+            record.update(
+                fingerprint=self.fingerprint,
+                width=arm.width if arm.width is not None else task.base_width,
+                grows=arm.grows,
+                chain=chain.key,
+                device=str(device),
+            )
+            if ledger.append(record):
+                records.append(record)
+                if on_record is not None:
+                    on_record(record)
+            shutil.rmtree(layout.run_dir(arm.name, chain.seed), ignore_errors=True)
+        if point is not None and all((a.name, chain.seed) in ledger.done() for a in chain.arms):
+            shutil.rmtree(point.checkpoint.parent, ignore_errors=True)
+        return records
+
+
+# --- worker processes ---------------------------------------------------------------------
+
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(runner: Runner, threads: int, counter: Any) -> None:
+    torch.set_num_threads(threads)
+    with counter.get_lock():
+        index = counter.value
+        counter.value += 1
+    device = device_of(runner.device)
+    if device.type == "cuda" and device.index is None and torch.cuda.device_count() > 1:
+        device = torch.device("cuda", index % torch.cuda.device_count())
+    _WORKER.update(runner=runner, device=device, task=None)
+
+
+def _work(chain: Chain) -> list[dict[str, Any]]:
+    runner: Runner = _WORKER["runner"]
+    if _WORKER["task"] is None:
+        _WORKER["task"] = runner.study.build_task()
+    return runner.run_chain(chain, task=_WORKER["task"], device=_WORKER["device"])
+
+
+def run_chains(
+    runner: Runner,
+    todo: Sequence[Chain],
+    jobs: int,
+    threads: int,
+    on_record: Callable[[dict[str, Any]], None],
+) -> None:
+    """Run `todo` in this process (jobs=1) or in `jobs` spawned workers."""
+    if not todo:
+        return
+    if jobs <= 1:
+        torch.set_num_threads(threads)
+        task = runner.study.build_task()
+        device = device_of(runner.device)
+        for chain in todo:
+            runner.run_chain(chain, on_record=on_record, task=task, device=device)
+        return
+    ctx = multiprocessing.get_context("spawn")
+    counter = ctx.Value("i", 0)
+    with ctx.Pool(jobs, initializer=_init_worker, initargs=(runner, threads, counter)) as pool:
+        for records in pool.imap_unordered(_work, todo):
+            for record in records:
+                on_record(record)
+
+
+def describe(chains_: Sequence[Chain]) -> str:
+    return json.dumps([{"chain": c.name, "arms": [a.name for a in c.arms]} for c in chains_])

@@ -1,0 +1,117 @@
+"""The ledger: one append-only JSONL file of run records per study folder.
+
+The first line names the study (its fingerprint and format version); every later line is
+one finished run. Appends hold an exclusive `flock` on the file and are fsynced, so
+processes and shards sharing a folder never interleave, and a record once written survives
+any crash. A line cut short by a kill is ignored when read and removed by the next append.
+A record for a run already in the ledger is never written twice.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from perforate import ConfigError
+
+VERSION = 1
+KIND = "perforate.ledger"
+
+
+class LedgerError(ConfigError):
+    """The output folder holds another study's ledger, or a ledger this version cannot read."""
+
+
+class Ledger:
+    def __init__(self, path: str | os.PathLike, header: dict[str, Any]) -> None:
+        self.path = Path(path)
+        self.header = {"kind": KIND, "version": VERSION, **header}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._locked() as fh:
+            lines = _read_lines(fh)
+            if not lines:
+                fh.seek(0)
+                fh.truncate()
+                _append(fh, self.header)
+            else:
+                self._check_header(lines[0])
+
+    def _check_header(self, first: dict[str, Any]) -> None:
+        if first.get("kind") != KIND:
+            raise LedgerError(f"{self.path} is not a perforate ledger; choose another --out")
+        if first.get("version") != VERSION:
+            raise LedgerError(
+                f"{self.path} is a ledger of format {first.get('version')!r}; this version "
+                f"writes {VERSION}: choose another --out"
+            )
+        if first.get("fingerprint") != self.header["fingerprint"]:
+            raise LedgerError(
+                f"{self.path} holds the runs of another study (fingerprint "
+                f"{first.get('fingerprint')}, this one {self.header['fingerprint']}: the "
+                "model, data, task, [train] or [dendrites] differ); choose another --out, "
+                "or delete that folder to start again"
+            )
+
+    @contextmanager
+    def _locked(self) -> Iterator[Any]:
+        with open(self.path, "a+", encoding="utf-8") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield fh
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def records(self) -> list[dict[str, Any]]:
+        """Every complete run record, in the order written."""
+        with self._locked() as fh:
+            return _read_lines(fh)[1:]
+
+    def done(self) -> set[tuple[str, int]]:
+        return {(r["arm"], int(r["seed"])) for r in self.records()}
+
+    def append(self, record: dict[str, Any]) -> bool:
+        """Add a run record unless its (arm, seed) is there already; True when written."""
+        with self._locked() as fh:
+            lines = _read_lines(fh)
+            if any(
+                r.get("arm") == record["arm"] and r.get("seed") == record["seed"] for r in lines[1:]
+            ):
+                return False
+            _drop_partial_tail(fh)
+            _append(fh, record)
+            return True
+
+
+def _read_lines(fh: Any) -> list[dict[str, Any]]:
+    fh.seek(0)
+    out: list[dict[str, Any]] = []
+    for line in fh.read().split("\n"):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut short by a kill: it never happened
+        if isinstance(value, dict):
+            out.append(value)
+    return out
+
+
+def _drop_partial_tail(fh: Any) -> None:
+    """Cut a last line that has no newline (its writer was killed mid-line)."""
+    fh.seek(0)
+    text = fh.read()
+    if text and not text.endswith("\n"):
+        fh.truncate(text.rfind("\n") + 1)
+
+
+def _append(fh: Any, record: dict[str, Any]) -> None:
+    fh.seek(0, os.SEEK_END)
+    fh.write(json.dumps(record, allow_nan=True) + "\n")
+    fh.flush()
+    os.fsync(fh.fileno())

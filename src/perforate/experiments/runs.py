@@ -1,0 +1,297 @@
+"""One run: an arm on a seed, trained on the task until its controller is done.
+
+A run is started fresh, resumed from its own checkpoint (written after every epoch, so a
+killed run continues exactly), or forked: started from the checkpoint another arm of the
+same seed left at the end of its first neuron phase, with this arm's settings. Forking is
+exact because every arm of a chain would have trained that phase identically: same
+weights, same batches (the process RNG is in the checkpoint), same stopping rule.
+
+Per-epoch facts the controller does not keep (wall seconds, test scores for the
+equal-time comparison) go to a small JSON beside the checkpoint, written before the
+epoch's `end_epoch` and cut back to the checkpoint's epoch on resume.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import perforate
+from perforate import DendriteConfig, Event, Perforator, training_state
+from perforate.files import atomic_write
+from perforate.rules import resolve_rule
+
+from .arms import Arm
+from .task import Task, TaskError
+
+log = logging.getLogger(__name__)
+
+OPTIMIZERS = {"Adam": torch.optim.Adam, "AdamW": torch.optim.AdamW, "SGD": torch.optim.SGD}
+
+
+class TrainingError(TaskError):
+    """A run cannot go on: its loss or score became non-finite."""
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything that decides one run's result."""
+
+    arm: Arm
+    seed: int
+    config: DendriteConfig
+    train: dict[str, Any]
+    device: torch.device
+    track_test: bool = False  # score the test split every epoch (equal-time comparison)
+
+
+@dataclass(frozen=True)
+class ForkPoint:
+    """Where a chain's first arm left its first neuron phase: the checkpoint of the epoch
+    before it ended, and that prefix's per-epoch log."""
+
+    checkpoint: Path
+    info: Path
+
+    @property
+    def ready(self) -> bool:
+        return self.info.exists()
+
+
+def optimizer_factories(train: dict[str, Any]) -> dict[str, Callable[..., Any]]:
+    cls = OPTIMIZERS[train.get("optimizer", "Adam")]
+    lr = float(train.get("lr", 1e-3))
+    cand_lr = float(train.get("candidate_lr", 5 * lr))
+    extra = {"weight_decay": float(train["weight_decay"])} if "weight_decay" in train else {}
+    return {
+        "optimizer": _Factory(cls, lr, extra),
+        "candidate_optimizer": _Factory(cls, cand_lr, extra),
+    }
+
+
+@dataclass(frozen=True)
+class _Factory:
+    """`params -> optimizer`, picklable (worker processes)."""
+
+    cls: type
+    lr: float
+    extra: dict[str, Any]
+
+    def __call__(self, params: Any) -> torch.optim.Optimizer:
+        return self.cls(params, lr=self.lr, **self.extra)
+
+
+def autocast_for(spec: RunSpec) -> Callable[[], Any]:
+    if spec.train.get("amp", "off") == "bf16":
+        return lambda: torch.autocast(spec.device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """`dst` becomes a snapshot of `src` (a hard link: the next atomic write of `src`
+    replaces its name, not this inode)."""
+    tmp = dst.with_name(dst.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+def _read_log(path: Path) -> dict[str, list[float]]:
+    if not path.exists():
+        return {"seconds": [], "test": []}
+    return json.loads(path.read_text())
+
+
+def _write_log(path: Path, values: dict[str, list[float]]) -> None:
+    atomic_write(path, json.dumps(values).encode())
+
+
+def fork_checkpoint(point: ForkPoint, config: DendriteConfig, rule_name: str, to: Path) -> None:
+    """Write the fork point's training state as this arm's first checkpoint: the same
+    state with this arm's settings (which agree on everything the prefix used)."""
+    state, _ = training_state.load_latest(point.checkpoint)
+    state["controller"]["config"] = config.to_dict()
+    state["controller"]["rule"] = rule_name
+    training_state.save(to, state)
+
+
+def train_run(
+    spec: RunSpec,
+    task: Task,
+    run_dir: Path,
+    fork: ForkPoint | None = None,
+    make_fork: ForkPoint | None = None,
+    model_path: Path | None = None,
+) -> dict[str, Any]:
+    """Train one run to its end and return its record (see the module docstring).
+
+    `fork`: start from that fork point (when no checkpoint of this run exists yet).
+    `make_fork`: this run is its chain's first: keep the fork point up to date until its
+    first neuron phase ends."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt = run_dir / "ckpt.safetensors"
+    log_path = run_dir / "epochs.json"
+    device = spec.device
+    factories = optimizer_factories(spec.train)
+    autocast = autocast_for(spec)
+    batch = int(spec.train.get("batch_size", 64))
+    eval_batch = int(spec.train.get("eval_batch_size", 1024))
+    data = task.data()
+    data.check_sizes(batch)
+    prefix_seconds = 0.0
+    forked_at: int | None = None
+
+    torch.manual_seed(spec.seed)
+    model = task.build_model(spec.arm.width).to(device)
+    has_ckpt = ckpt.exists() or training_state.previous(ckpt).exists()
+    if not has_ckpt and fork is not None:
+        # The checkpoint is written last: its existence is what makes the fork happen.
+        info = json.loads(fork.info.read_text())
+        _write_log(log_path, {"seconds": info["seconds"], "test": info["test"]})
+        atomic_write(run_dir / "forked.json", json.dumps({"epoch": info["epoch"]}).encode())
+        fork_checkpoint(fork, spec.config, resolve_rule(spec.config).name, ckpt)
+        has_ckpt = True
+    if has_ckpt:
+        ctl = Perforator.resume(ckpt, model, **factories)
+        epochs = _read_log(log_path)
+        epochs = {k: v[: ctl.epoch] for k, v in epochs.items()}
+        if (run_dir / "forked.json").exists():
+            forked_at = int(json.loads((run_dir / "forked.json").read_text())["epoch"])
+    else:
+        ctl = Perforator(model, spec.config, seed=spec.seed, checkpoint_path=ckpt, **factories)
+        epochs = {"seconds": [], "test": []}
+        ctl.save_checkpoint(ckpt)  # epoch 0: a fork point even if the first phase is 1 epoch
+    if forked_at is not None:
+        prefix_seconds = sum(epochs["seconds"][:forked_at])
+    first_phase_open = make_fork is not None and not make_fork.ready
+    if first_phase_open and _first_phase_ended(ctl):
+        _finish_fork(make_fork, ctl, epochs)  # killed between end_epoch and this
+        first_phase_open = False
+
+    own_start = time.perf_counter()
+    while not ctl.done:
+        if first_phase_open:
+            _link_or_copy(ckpt, make_fork.checkpoint)
+        began = time.perf_counter()
+        model.train()
+        loss_sum = torch.zeros((), device=device)
+        for x, y in data.train.batches(batch, True, device):
+            ctl.optimizer.zero_grad(set_to_none=True)
+            with autocast():
+                out = ctl.wrapped(x)
+                loss = task.batch_loss(out, y)
+            loss.backward()
+            ctl.optimizer.step()
+            loss_sum += loss.detach().float()
+            if ctl.end_step():
+                break
+        val = task.score(model, "val", device, eval_batch, autocast)
+        if not math.isfinite(float(loss_sum)):
+            raise TrainingError(
+                f"arm {spec.arm.name}, seed {spec.seed}: the training loss became non-finite "
+                f"in epoch {ctl.epoch + 1}; lower [train] lr, check the data for NaN/inf, or "
+                'try amp = "off"'
+            )
+        seconds = time.perf_counter() - began
+        test = (
+            task.score(model, "test", device, eval_batch, autocast) if spec.track_test else math.nan
+        )
+        epochs["seconds"].append(seconds)
+        epochs["test"].append(test)
+        _write_log(log_path, epochs)  # before end_epoch: a resume cuts it back
+        event = ctl.end_epoch(val)
+        if first_phase_open and event != Event.CONTINUE:
+            _finish_fork(make_fork, ctl, epochs)
+            first_phase_open = False
+    wall_seconds = time.perf_counter() - own_start
+
+    report = perforate.parameter_report(model)
+    neurons = sum(r.neurons for r in report.layers)
+    val = task.score(model, "val", device, eval_batch, autocast)
+    test = task.score(model, "test", device, eval_batch, autocast)
+    if model_path is not None:
+        model_path.parent.mkdir(parents=True, exist_ok=True)
+        perforate.save(model, model_path)
+    history = [r.to_dict() for r in ctl.history]
+    return {
+        "arm": spec.arm.name,
+        "seed": spec.seed,
+        "val": val,
+        "test": test,
+        "best_val": ctl.best_score,
+        "params": report.total,
+        "base_params": report.base,
+        "dendrite_params": report.dendrite,
+        "dendrites": ctl.dendrites_kept,
+        "dendrites_per_neuron": sum(r.dendrites for r in report.layers) / max(neurons, 1),
+        "epochs": ctl.epoch,
+        "seconds": sum(epochs["seconds"]),
+        "own_seconds": sum(epochs["seconds"][forked_at or 0 :]),
+        "wall_seconds": wall_seconds,
+        "forked_at": forked_at,
+        "prefix_seconds": prefix_seconds,
+        "end": _end_reason(ctl, history),
+        "cycles": ctl.cycle,
+        "curve": [
+            [round(t, 6), h["score"], te]
+            for t, h, te in zip(
+                _cumulative(epochs["seconds"]), history, epochs["test"], strict=False
+            )
+        ],
+        "phases": [[h["phase"][0], h["event"]] for h in history],
+        "model": None if model_path is None else str(model_path),
+    }
+
+
+def _first_phase_ended(ctl: Perforator) -> bool:
+    return any(h.event != Event.CONTINUE.value for h in ctl.history)
+
+
+def _finish_fork(point: ForkPoint, ctl: Perforator, epochs: dict[str, list[float]]) -> None:
+    """The first neuron phase ended at this epoch: the fork point (the state one epoch
+    earlier) is final; record the prefix's per-epoch log up to it."""
+    ended = next(h.epoch for h in ctl.history if h.event != Event.CONTINUE.value)
+    at = ended - 1
+    info = {
+        "epoch": at,
+        "seconds": epochs["seconds"][:at],
+        "test": epochs["test"][:at],
+    }
+    atomic_write(point.info, json.dumps(info).encode())
+
+
+def _cumulative(values: list[float]) -> list[float]:
+    out, total = [], 0.0
+    for v in values:
+        total += v
+        out.append(total)
+    return out
+
+
+def _end_reason(ctl: Perforator, history: list[dict[str, Any]]) -> str:
+    """Why the run ended, as far as the controller's own counters tell."""
+    if ctl.epoch >= ctl.config.max_epochs:
+        return "max_epochs"
+    if ctl.config.max_cycles == 0:
+        return "early_stopping"
+    if ctl.retries > ctl.config.max_retries:
+        return "retries"
+    if ctl.cycle >= ctl.config.max_cycles:
+        return "max_cycles"
+    if ctl.switching.exhausted():
+        return "cost_budget"
+    return "max_dendrites"

@@ -1,0 +1,395 @@
+"""What the user brings to a study: a model factory, data, a loss, a metric, a direction.
+
+A `Task` is built from a study's `[model]`, `[data]` and `[task]` sections (or given in
+Python). It knows how to build the model at a width, iterate the training split in batches
+on a device, and score a split. Data may be, per split, an `(x, y)` pair of tensors, a
+torch `Dataset` of `(x, y)` items or a `DataLoader` yielding `(x, y)` batches; tensors
+already on the device stay there, DataLoaders are iterated exactly as given.
+
+Batches of tensor data are drawn with a permutation from the process RNG, so a run seeded
+once, and a run resumed from a checkpoint that holds that RNG, see the same batches.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from perforate import ConfigError
+
+from .imports import import_object
+
+SPLITS = ("train", "val", "test")
+
+
+class TaskError(ConfigError):
+    """A study's model, data, loss or metric is missing, malformed or contradicts itself."""
+
+
+# --- losses and metrics ---------------------------------------------------------------------
+
+
+def _match(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """A regression model's (N, 1) output against (N,) targets: same shape, same values."""
+    if output.shape != target.shape and output.numel() == target.numel():
+        return output.reshape(target.shape)
+    return output
+
+
+def cross_entropy(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(output.float(), target)
+
+
+def mse(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return F.mse_loss(_match(output, target).float(), target.float())
+
+
+LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "cross_entropy": cross_entropy,
+    "mse": mse,
+}
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A score over a whole split. Built-in metrics stream sums on the device (one host
+    read per evaluation); a user's function gets the split's outputs and targets at once."""
+
+    name: str
+    direction: str | None  # None: the user must say
+    per_batch: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    finish: Callable[[float, int], float] | None = None
+    whole: Callable[[torch.Tensor, torch.Tensor], Any] | None = None
+
+
+def _correct(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return (output.argmax(-1) == target).sum()
+
+
+def _squared(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return ((_match(output, target).float() - target.float()) ** 2).sum()
+
+
+METRICS: dict[str, Metric] = {
+    "accuracy": Metric("accuracy", "maximize", _correct, lambda s, n: s / n),
+    "neg_mse": Metric("neg_mse", "maximize", _squared, lambda s, n: -s / n),
+    "mse": Metric("mse", "minimize", _squared, lambda s, n: s / n),
+}
+
+# Words in a user's metric name that say "lower is better" (Keras' mode="auto" reads names).
+LOSS_WORDS = ("loss", "error", "mse", "mae", "rmse", "perplexity")
+
+
+# --- data -----------------------------------------------------------------------------------
+
+
+def move(batch: Any, device: torch.device, non_blocking: bool) -> Any:
+    """A batch (tensor, or tuple/list/dict of them) on `device`."""
+    if isinstance(batch, torch.Tensor):
+        if batch.device == device:
+            return batch
+        if non_blocking and batch.device.type == "cpu" and not batch.is_pinned():
+            batch = batch.pin_memory()
+        return batch.to(device, non_blocking=non_blocking)
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(move(b, device, non_blocking) for b in batch)
+    if isinstance(batch, Mapping):
+        return {k: move(v, device, non_blocking) for k, v in batch.items()}
+    return batch
+
+
+@dataclass
+class Split:
+    """One split of the data, in whichever of the three accepted forms."""
+
+    name: str
+    source: Any
+
+    def __post_init__(self) -> None:
+        src = self.source
+        if isinstance(src, (tuple, list)) and len(src) == 2:
+            x, y = src
+            if not (isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor)):
+                raise TaskError(
+                    f"data split {self.name!r}: an (x, y) pair must hold two tensors, got "
+                    f"({type(x).__name__}, {type(y).__name__})"
+                )
+            if x.shape[:1] != y.shape[:1]:
+                raise TaskError(
+                    f"data split {self.name!r}: x has {x.shape[0]} rows and y {y.shape[0]}; "
+                    "they must match"
+                )
+            self.source = (x, y)
+        elif not isinstance(src, (Dataset, DataLoader)):
+            raise TaskError(
+                f"data split {self.name!r} is a {type(src).__name__}; give an (x, y) pair of "
+                "tensors, a torch Dataset of (x, y) items or a DataLoader of (x, y) batches"
+            )
+
+    @property
+    def rows(self) -> int | None:
+        src = self.source
+        if isinstance(src, tuple):
+            return len(src[1])
+        try:
+            return len(src.dataset if isinstance(src, DataLoader) else src)  # type: ignore[arg-type]
+        except TypeError:  # an IterableDataset without a length
+            return None
+
+    def batches(
+        self, batch_size: int, shuffle: bool, device: torch.device
+    ) -> Iterator[tuple[Any, Any]]:
+        """(x, y) batches on `device`; tensor data shuffled from the process RNG."""
+        non_blocking = device.type == "cuda"
+        src = self.source
+        if isinstance(src, tuple):
+            x, y = src
+            n = len(y)
+            order = torch.randperm(n) if shuffle else torch.arange(n)
+            for idx in order.split(batch_size):
+                idx = idx.to(x.device) if x.device.type != "cpu" else idx
+                yield move((x[idx], y[idx.to(y.device)]), device, non_blocking)
+            return
+        if isinstance(src, Dataset):
+            src = DataLoader(src, batch_size=batch_size, shuffle=shuffle, pin_memory=non_blocking)
+        for batch in src:
+            if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
+                raise TaskError(
+                    f"data split {self.name!r}: a batch must be an (x, y) pair, got a "
+                    f"{type(batch).__name__}"
+                    + (f" of {len(batch)} items" if isinstance(batch, (tuple, list)) else "")
+                )
+            yield move(tuple(batch), device, non_blocking)
+
+
+@dataclass
+class Data:
+    train: Split
+    val: Split
+    test: Split
+
+    @classmethod
+    def from_mapping(cls, data: Any, where: str = "the data factory") -> Data:
+        if hasattr(data, "x_train") and hasattr(data, "y_test"):  # a built-in `Splits`
+            data = {
+                "train": (data.x_train, data.y_train),
+                "val": (data.x_val, data.y_val),
+                "test": (data.x_test, data.y_test),
+            }
+        if not isinstance(data, Mapping):
+            raise TaskError(
+                f"{where} returned a {type(data).__name__}; return a mapping with keys "
+                "'train', 'val' and 'test'"
+            )
+        missing = [s for s in SPLITS if s not in data]
+        extra = [k for k in data if k not in SPLITS]
+        if missing or extra:
+            raise TaskError(
+                f"{where} returned keys {sorted(map(str, data))}; it must return exactly "
+                "'train', 'val' and 'test'"
+                + (f" (missing {missing})" if missing else "")
+                + (f" (unknown {extra})" if extra else "")
+            )
+        return cls(*(Split(s, data[s]) for s in SPLITS))
+
+    def check_sizes(self, batch_size: int) -> None:
+        """Refuse empty splits and a training split smaller than one batch, naming sizes."""
+        rows = {s: getattr(self, s).rows for s in SPLITS}
+        sizes = " / ".join(f"{s} {'?' if r is None else f'{r:,}'}" for s, r in rows.items())
+        for split, r in rows.items():
+            if r == 0:
+                raise TaskError(f"the {split} split is empty ({sizes} rows)")
+        train = rows["train"]
+        if train is not None and isinstance(self.train.source, tuple) and train < batch_size:
+            raise TaskError(
+                f"the training split is smaller than one batch ({sizes} rows, batch size "
+                f"{batch_size}); lower [train] batch_size to at most {train:,}"
+            )
+
+
+# --- the task -------------------------------------------------------------------------------
+
+
+@dataclass
+class Task:
+    """A model factory (with an optional width argument), data, loss and metric."""
+
+    model_factory: Callable[..., nn.Module]
+    data_factory: Callable[..., Any]
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    data_kwargs: dict[str, Any] = field(default_factory=dict)
+    width_arg: str | None = None
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = cross_entropy
+    metric: Metric = METRICS["accuracy"]
+    direction: str = "maximize"
+    model_name: str = "model"
+    data_name: str = "data"
+    _data: Data | None = field(default=None, repr=False)
+
+    @property
+    def base_width(self) -> int | None:
+        return None if self.width_arg is None else self.model_kwargs[self.width_arg]
+
+    def build_model(self, width: int | None = None) -> nn.Module:
+        """The factory's model at `width` (the factory's own when None)."""
+        kwargs = dict(self.model_kwargs)
+        if width is not None:
+            if self.width_arg is None:
+                raise TaskError(
+                    "an arm asks for another width, but the study names no width argument; "
+                    'set [model] width = "<the factory\'s width argument>"'
+                )
+            kwargs[self.width_arg] = width
+        try:
+            model = self.model_factory(**kwargs)
+        except Exception as exc:
+            raise TaskError(
+                f"model factory {self.model_name} failed with kwargs {kwargs}: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+        if not isinstance(model, nn.Module):
+            raise TaskError(
+                f"model factory {self.model_name} returned a {type(model).__name__}, "
+                "not a torch.nn.Module"
+            )
+        return model
+
+    def data(self) -> Data:
+        """The splits, made once per process."""
+        if self._data is None:
+            try:
+                made = self.data_factory(**self.data_kwargs)
+            except ConfigError:
+                raise
+            except Exception as exc:
+                raise TaskError(
+                    f"data factory {self.data_name} failed with kwargs {self.data_kwargs}: "
+                    f"{type(exc).__name__}: {exc}"
+                ) from exc
+            self._data = Data.from_mapping(made, f"data factory {self.data_name}")
+        return self._data
+
+    def batch_loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.loss(output, target)
+
+    @torch.no_grad()
+    def score(
+        self,
+        model: nn.Module,
+        split: str,
+        device: torch.device,
+        batch_size: int,
+        autocast: Callable[[], Any],
+    ) -> float:
+        """The metric over a whole split, in eval mode; the model's mode is restored."""
+        was_training = model.training
+        model.eval()
+        metric = self.metric
+        total: torch.Tensor | None = None
+        rows = 0
+        outputs: list[torch.Tensor] = []
+        targets: list[torch.Tensor] = []
+        try:
+            for x, y in getattr(self.data(), split).batches(batch_size, False, device):
+                with autocast():
+                    out = model(x)
+                if metric.per_batch is not None:
+                    part = metric.per_batch(out.float(), y)
+                    total = part if total is None else total + part
+                    rows += len(y)
+                else:
+                    outputs.append(out.float().cpu())
+                    targets.append(y.cpu())
+        finally:
+            model.train(was_training)
+        if metric.per_batch is not None:
+            assert metric.finish is not None
+            return metric.finish(float(total) if total is not None else math.nan, max(rows, 1))
+        assert metric.whole is not None
+        value = metric.whole(torch.cat(outputs), torch.cat(targets))
+        try:
+            return float(value)
+        except (TypeError, ValueError) as exc:
+            raise TaskError(f"metric {metric.name} returned {value!r}, not a number") from exc
+
+
+def resolve_callable(spec: Any, search: list[Path], what: str) -> tuple[Callable[..., Any], str]:
+    """A callable given directly or as "module:function" (searched beside the study)."""
+    if callable(spec):
+        return spec, getattr(spec, "__qualname__", repr(spec))
+    if isinstance(spec, str):
+        obj = import_object(spec, search=search, what=what)
+        if not callable(obj):
+            raise TaskError(f"{what} {spec!r} is not callable")
+        return obj, spec
+    raise TaskError(f"{what} must be a 'module:function' string, got {spec!r}")
+
+
+def resolve_loss(spec: Any, search: list[Path]) -> Callable[..., torch.Tensor]:
+    if isinstance(spec, str) and spec in LOSSES:
+        return LOSSES[spec]
+    if isinstance(spec, str) and ":" not in spec:
+        raise TaskError(
+            f"[task] loss {spec!r}: use one of {', '.join(LOSSES)} or 'module:function'"
+        )
+    return resolve_callable(spec, search, "loss")[0]
+
+
+def resolve_metric(spec: Any, direction: str | None, search: list[Path]) -> tuple[Metric, str]:
+    """The metric and the direction; a built-in metric fixes its own direction."""
+    if isinstance(spec, str) and spec in METRICS:
+        metric = METRICS[spec]
+        if direction is not None and direction != metric.direction:
+            raise TaskError(
+                f"[task] metric {spec!r} is better when {metric.direction[:-1]}ed, but "
+                f"direction = {direction!r}; remove direction or set {metric.direction!r}"
+            )
+        assert metric.direction is not None
+        return metric, metric.direction
+    if isinstance(spec, str) and ":" not in spec:
+        raise TaskError(
+            f"[task] metric {spec!r}: use one of {', '.join(METRICS)} or 'module:function'"
+        )
+    fn, name = resolve_callable(spec, search, "metric")
+    if direction is None:
+        raise TaskError(
+            f"[task] metric {name} is your own: say whether higher or lower is better with "
+            "direction = 'maximize' or 'minimize'"
+        )
+    lowered = name.rsplit(":", 1)[-1].lower()
+    if direction == "maximize" and any(w in lowered for w in LOSS_WORDS):
+        raise TaskError(
+            f"[task] metric {name} is named like a loss but direction = 'maximize': the run "
+            "would keep its worst model; set direction = 'minimize' (or rename the metric)"
+        )
+    return Metric(name, direction, whole=fn), direction
+
+
+def device_of(name: str) -> torch.device:
+    """'auto' is CUDA when present, else the CPU; 'cuda' without CUDA is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as exc:
+        raise TaskError(f"device {name!r}: use auto, cpu, cuda or cuda:N") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise TaskError(f"device {name!r}: CUDA is not available here; use --device cpu or auto")
+    if device.type not in ("cpu", "cuda"):
+        raise TaskError(f"device {name!r}: use auto, cpu, cuda or cuda:N")
+    return device
+
+
+def search_path(study_file: str | os.PathLike | None) -> list[Path]:
+    """Where factories are looked for: the study file's folder, then the current folder."""
+    folders = [] if study_file is None else [Path(study_file).resolve().parent]
+    return [*folders, Path.cwd()]

@@ -1,0 +1,136 @@
+"""Verdicts: the only place where thresholds live.
+
+A comparison's verdict, from its paired interval, its Holm-adjusted p and the study's rope
+(the smallest difference the user cares about), in 'better' units (positive: the arm is
+better than what it is compared with):
+
+- better: the whole interval lies above +rope, and the Holm-adjusted p < ALPHA;
+- worse: the whole interval lies below -rope, and the Holm-adjusted p < ALPHA;
+- equivalent: the whole interval lies inside [-rope, +rope] (needs rope > 0);
+- inconclusive: anything else (more seeds narrow the interval).
+
+The study's verdict is built from these structured values only, never from text.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from .stats import Paired
+
+ALPHA = 0.05
+LEVEL = 0.95
+VERDICTS = ("better", "worse", "equivalent", "inconclusive")
+
+
+def decide(p: Paired, p_adjusted: float, rope: float) -> tuple[str, str]:
+    """(verdict, reason) for one comparison (see the module docstring)."""
+    if p.n < 2 or math.isnan(p.low):
+        return "inconclusive", f"{p.n} paired seed(s) with scores: an interval needs 2"
+    if p.low > rope and p_adjusted < ALPHA:
+        return "better", f"interval above +{rope:g}, adjusted p {p_adjusted:.3g}"
+    if p.high < -rope and p_adjusted < ALPHA:
+        return "worse", f"interval below -{rope:g}, adjusted p {p_adjusted:.3g}"
+    if rope > 0 and -rope <= p.low and p.high <= rope:
+        return "equivalent", f"interval inside ±{rope:g}"
+    if rope == 0 and p.low <= 0 <= p.high:
+        return "inconclusive", "interval holds 0 (rope 0: equivalence cannot be shown)"
+    return "inconclusive", "interval crosses the rope"
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One arm against one reference on one question, with its verdict."""
+
+    arm: str
+    reference: str
+    question: str  # "test" | "equal_params" | "equal_time"
+    paired: Paired
+    p_adjusted: float
+    verdict: str
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {k: v for k, v in asdict(self).items() if k != "paired"}
+        return {**out, **self.paired.to_dict()}
+
+
+def judge_family(
+    arm_names: Sequence[str],
+    reference: str,
+    question: str,
+    results: Sequence[Paired],
+    rope: float,
+) -> list[Comparison]:
+    """Verdicts for a family of comparisons sharing one question (Holm across it)."""
+    from .stats import holm
+
+    adjusted = holm([r.p for r in results])
+    out = []
+    for name, r, p_adj in zip(arm_names, results, adjusted, strict=True):
+        verdict, reason = decide(r, p_adj, rope)
+        out.append(Comparison(name, reference, question, r, p_adj, verdict, reason))
+    return out
+
+
+@dataclass(frozen=True)
+class StudyVerdict:
+    dendrites_pay: str  # "yes" | "no" | "unclear" | "not tested"
+    winner: str
+    sentence: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def study_verdict(
+    comparisons: Sequence[Comparison],
+    grows: dict[str, bool],
+    winner: str,
+    winner_text: str,
+    reference: str,
+) -> StudyVerdict:
+    """Whether dendrites pay on this task, and which tool is the better one.
+
+    Dendrites pay when some dendrite arm is better than the reference and not worse
+    than the width ladder at equal parameters. They do not pay when every dendrite arm
+    is worse or equivalent, or better only where the ladder does better still."""
+    by = {(c.arm, c.question): c for c in comparisons}
+    dendrite_arms = [a for a, g in grows.items() if g and a != reference]
+    if not dendrite_arms:
+        return StudyVerdict("not tested", winner, f"{winner_text}; no dendrite arm was run.")
+    pays, unclear = [], []
+    for arm in dendrite_arms:
+        test = by.get((arm, "test"))
+        ladder = by.get((arm, "equal_params"))
+        if test is None:
+            unclear.append(arm)
+            continue
+        beaten_by_ladder = ladder is not None and ladder.verdict == "worse"
+        if test.verdict == "better" and not beaten_by_ladder:
+            if ladder is not None and ladder.verdict == "inconclusive":
+                unclear.append(arm)
+            else:
+                pays.append(arm)
+        elif test.verdict == "inconclusive" and not beaten_by_ladder:
+            unclear.append(arm)
+    if pays:
+        state = "yes"
+        tail = f"dendrites pay here ({', '.join(pays)} beat {reference}"
+        tail += " and are not below the width ladder at equal parameters)."
+    elif unclear:
+        state = "unclear"
+        tail = (
+            f"whether dendrites pay is not yet clear ({', '.join(unclear)}: the interval "
+            "still crosses the rope); more seeds (--seeds auto) narrow it."
+        )
+    else:
+        state = "no"
+        tail = (
+            f"dendrites do not pay here: no dendrite arm beat {reference} by more than the "
+            "rope, or a wider plain model did as well at equal parameters."
+        )
+    return StudyVerdict(state, winner, f"{winner_text}; {tail}")
