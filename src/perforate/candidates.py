@@ -24,6 +24,19 @@ from .correlation import CandidateStats, Reduce, surrogate_gradient
 from .kinds import LayerKind
 
 
+def draw_normal_(t: torch.Tensor, scale: float, generator: torch.Generator | None) -> None:
+    """Fill `t` from N(0, scale) drawn with `generator` on the generator's device.
+
+    The controller's generator is a CPU one (its state goes into checkpoints), and a CUDA
+    tensor cannot draw from it: the values are drawn on its device and copied, so a model
+    on a GPU gets exactly the candidates the same seed gives on a CPU."""
+    if generator is None or generator.device == t.device:
+        t.normal_(0.0, scale, generator=generator)
+    else:
+        drawn = torch.empty(t.shape, dtype=t.dtype, device=generator.device)
+        t.copy_(drawn.normal_(0.0, scale, generator=generator))
+
+
 class CandidateTap(torch.autograd.Function):
     """Identity on `y`; in backward, turns dL/dy into the candidates' objective gradient."""
 
@@ -101,13 +114,13 @@ class CandidatePool(nn.Module):
         neurons = kind.neurons(base)
         bank = kind.make_bank(base, size * neurons)
         with torch.no_grad():
-            bank.weight.normal_(0.0, scale, generator=generator)
-            bank.bias.normal_(0.0, scale, generator=generator)
+            draw_normal_(bank.weight, scale, generator)
+            draw_normal_(bank.bias, scale, generator)
         casc = None
         if cascade and slots:
             ref = base.weight
             casc = torch.empty(size, slots, neurons, dtype=ref.dtype, device=ref.device)
-            casc.normal_(0.0, scale, generator=generator)
+            draw_normal_(casc, scale, generator)
         return cls(kind, bank, casc, neurons, activation, objective)
 
     @classmethod

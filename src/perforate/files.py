@@ -9,6 +9,8 @@ lists, tuples, numbers, strings, tensors) becomes JSON plus named tensors with `
 
 from __future__ import annotations
 
+import glob
+import hashlib
 import json
 import os
 import shutil
@@ -41,10 +43,55 @@ def _umask() -> int:
     return mask
 
 
+NAME_MAX = 255  # bytes in one file name on Linux, macOS and Windows file systems
+# What a temporary adds to its prefix: mkstemp's 8 characters and ".tmp", or the
+# previous file's link "<pid>.<id>.prev.tmp" (pid <= 10 digits, id <= 20).
+_TEMP_ROOM = 40
+
+
+def _name_max(directory: Path) -> int:
+    """The longest file name, in bytes, of `directory`'s file system (of its nearest
+    existing ancestor: the folder may not exist yet)."""
+    while not directory.exists() and directory != directory.parent:
+        directory = directory.parent
+    try:
+        return int(os.pathconf(directory, "PC_NAME_MAX"))
+    except (OSError, ValueError, AttributeError):  # no pathconf here (Windows)
+        return NAME_MAX
+
+
+def check_file_name(path: str | os.PathLike, keep_previous: bool = False) -> None:
+    """`CheckpointError` now, before anything is written, if `path`'s name (or, with
+    `keep_previous`, `<name>.prev` beside it) is longer than its file system allows."""
+    path = Path(path)
+    limit = _name_max(path.parent)
+    size = len(os.fsencode(path.name))
+    if size > limit or (keep_previous and size + len(".prev") > limit):
+        kept = (
+            f"; the previous checkpoint is kept beside it as <name>.prev, so the name may "
+            f"have {limit - len('.prev')} bytes at most"
+            if keep_previous
+            else ""
+        )
+        raise CheckpointError(
+            f"the file name {path.name[:40]!r}... is {size} bytes long and this file system "
+            f"allows {limit} bytes per name{kept}: choose a shorter name"
+        )
+
+
+def _temp_prefix(path: Path) -> str:
+    """The start of the names of `path`'s temporaries: `.<name>.`, or a hash of the name
+    where that would make them longer than a file name may be."""
+    prefix = f".{path.name}."
+    if len(os.fsencode(prefix)) + _TEMP_ROOM <= _name_max(path.parent):
+        return prefix
+    return f".perforate-{hashlib.sha256(os.fsencode(path.name)).hexdigest()[:24]}."
+
+
 def temp_files(path: str | os.PathLike) -> list[Path]:
     """Temporary files `atomic_write` left beside `path` (a writer killed mid-write)."""
     path = Path(path)
-    return sorted(path.parent.glob(f".{path.name}.*.tmp"))
+    return sorted(path.parent.glob(f"{glob.escape(_temp_prefix(path))}*.tmp"))
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -63,13 +110,17 @@ def atomic_write(path: str | os.PathLike, data: bytes, keep_previous: bool = Fal
     being replaced is first hard-linked to `<name>.prev` (itself by an atomic rename), so
     at every instant `path` holds a complete file and `.prev` a complete older one: a kill
     or a full disk at any point loses at most the write in flight. Files get the usual
-    permissions (0666 less the umask), not mkstemp's 0600.
+    permissions (0666 less the umask), not mkstemp's 0600. Temporaries never have a longer
+    name than the file system allows (hashed names for long ones); a name that is itself
+    too long (with `.prev`, when kept) is refused before anything is written.
     """
     path = Path(path)
     if path.is_dir():
         raise CheckpointError(f"{path} is a directory; give a file path for the checkpoint")
+    check_file_name(path, keep_previous)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    prefix = _temp_prefix(path)
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=path.parent)
     link = None
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -78,7 +129,7 @@ def atomic_write(path: str | os.PathLike, data: bytes, keep_previous: bool = Fal
             fh.flush()
             os.fsync(fh.fileno())
         if keep_previous and path.is_file():
-            link = path.parent / f".{path.name}.{os.getpid()}.{id(data)}.prev.tmp"
+            link = path.parent / f"{prefix}{os.getpid()}.{id(data)}.prev.tmp"
             try:
                 os.link(path, link)
             except FileNotFoundError:  # another writer replaced it this instant
@@ -143,13 +194,18 @@ def _read_once(path: Path, expect: str | None) -> tuple[dict[str, Any], bytes | 
 
 
 def read(
-    path: str | os.PathLike, expect: str | None = None
+    path: str | os.PathLike,
+    expect: str | None = None,
+    device: torch.device | str | None = None,
 ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """Header and tensors of any perforate file; `CheckpointError` if it is not one.
 
     The JSON header is parsed and its format checked (against `expect`, when given: no
     tensor is read for another format) before the tensors are decoded; the caller
     validates the rest of the header against the tensors before allocating from it.
+    Files store no device (safetensors writes tensors from the host): the tensors come
+    back on `device`, the CPU by default; loading them into a model copies each one onto
+    the device of the tensor it replaces, whatever machine wrote the file.
     """
     path = Path(path)
     if not path.is_file():
@@ -173,6 +229,8 @@ def read(
             f"{path} is not a readable safetensors file (truncated, corrupted, or another "
             f"format; perforate never unpickles): {type(exc).__name__}: {exc}"
         ) from exc
+    if device is not None:
+        tensors = {k: v.to(device) for k, v in tensors.items()}
     return header, tensors
 
 

@@ -30,7 +30,7 @@ from .candidate_variants import (
     SparsePool,
     sample_fan_in_mask,
 )
-from .candidates import CandidatePool
+from .candidates import CandidatePool, draw_normal_
 from .config import DendriteConfig
 from .errors import ConfigError, PhaseError
 from .events import Event
@@ -284,7 +284,7 @@ class GradientRule(_Growing):
                 cascade = torch.empty(
                     layer.slots, layer.neurons, dtype=ref.dtype, device=ref.device
                 )
-                cascade.normal_(0.0, self.cascade_init_scale, generator=generator)
+                draw_normal_(cascade, self.cascade_init_scale, generator)  # CPU generator
                 cascade = cascade.T
             grow = (layer.dendrite_count < self.max_dendrites).nonzero().flatten()
             layer.append_dendrites(

@@ -6,10 +6,19 @@ one safetensors file (tensors) with a JSON header (everything else), written thr
 complete one before it. `load_latest` takes the newest readable of the two and says when
 it fell back. The controller turns itself into a dict and back (`state_dict` /
 `load_state_dict`) and validates it; this module only stores it.
+
+Devices: safetensors stores no device (tensors on a GPU are copied to the host as they are
+written), so a file written on a GPU is the same file as one written on a CPU, and its
+tensors load on the CPU; resuming copies each one into the model, optimizer or statistics
+tensor it belongs to, on that tensor's device. Only the CUDA RNG states need a decision:
+restored where CUDA is (as many devices as both sides have), skipped where it is not, and
+seeded from the checkpoint's CPU RNG state when the file has none (written on a CPU); each
+case is logged at INFO.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import random
@@ -37,7 +46,7 @@ def save(path: str | os.PathLike, state: dict[str, Any]) -> Path:
 
 
 def load(path: str | os.PathLike) -> dict[str, Any]:
-    """The state `save` wrote; `CheckpointError` for anything else."""
+    """The state `save` wrote, tensors on the CPU; `CheckpointError` for anything else."""
     header, tensors = files.read(path, expect=FORMAT)
     fmt = header.get("format")
     if fmt in _OLDER:
@@ -107,11 +116,17 @@ def process_rng_state() -> dict[str, Any]:
 
 
 def set_process_rng_state(state: dict[str, Any]) -> None:
-    """Restore `process_rng_state()`; `CheckpointError` (nothing changed) if malformed."""
+    """Restore `process_rng_state()`; `CheckpointError` (nothing changed) if malformed.
+
+    The CUDA states are restored only where CUDA is available: a checkpoint written on a
+    GPU resumes on a CPU without them, and one written on a CPU (no CUDA states) resumes
+    on a GPU with CUDA generators seeded from its CPU RNG state, so that resume is
+    repeatable too. Both are logged at INFO."""
     try:
         torch_state = torch.as_tensor(state["torch"], dtype=torch.uint8)
         python_state = _tuples(state["python"])
         numpy_state = tuple(state["numpy"])
+        cuda_states = _cuda_states(state.get("cuda"))
         current = (torch.get_rng_state(), random.getstate(), np.random.get_state())
         try:
             torch.set_rng_state(torch_state)
@@ -126,8 +141,53 @@ def set_process_rng_state(state: dict[str, Any]) -> None:
         raise CheckpointError(
             f"malformed RNG state in the checkpoint ({type(exc).__name__}: {exc})"
         ) from exc
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    _set_cuda_states(cuda_states, torch_state)
+
+
+def _cuda_states(saved: Any) -> list[torch.Tensor] | None:
+    """The saved CUDA RNG states as uint8 tensors (None: the file has none), checked
+    before anything is restored."""
+    if saved is None:
+        return None
+    if not isinstance(saved, (list, tuple)):
+        raise TypeError(f"CUDA RNG states must be a list, got {type(saved).__name__}")
+    states = [torch.as_tensor(t) for t in saved]
+    for t in states:
+        if t.dtype != torch.uint8 or t.dim() != 1:
+            raise ValueError(f"a CUDA RNG state must be a 1-d uint8 tensor, got {t.dtype}")
+    return states
+
+
+def _set_cuda_states(states: list[torch.Tensor] | None, cpu_state: torch.Tensor) -> None:
+    if not torch.cuda.is_available():
+        if states:
+            log.info(
+                "the checkpoint holds CUDA RNG states of %d device(s); CUDA is not available "
+                "here, so they are not restored (CPU, Python and NumPy RNG states are)",
+                len(states),
+            )
+        return
+    devices = torch.cuda.device_count()
+    if states is None:
+        # Written without CUDA: seed every device from the checkpoint, not from whatever
+        # this process drew before, so that resuming the same file twice agrees.
+        seed = int.from_bytes(hashlib.sha256(cpu_state.numpy().tobytes()).digest()[:8], "little")
+        torch.cuda.manual_seed_all(seed)
+        log.info(
+            "the checkpoint holds no CUDA RNG state (written without CUDA): the CUDA "
+            "generators start fresh, seeded from the checkpoint's CPU RNG state"
+        )
+        return
+    for i, t in enumerate(states[:devices]):
+        torch.cuda.set_rng_state(t, i)
+    if len(states) != devices:
+        log.info(
+            "the checkpoint holds CUDA RNG states of %d device(s) and %d are here: the "
+            "first %d restored, the others keep their own state",
+            len(states),
+            devices,
+            min(len(states), devices),
+        )
 
 
 def _tuples(x: Any) -> Any:
