@@ -1,0 +1,50 @@
+"""The parameter table, every row checked against a hand count."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+import perforate
+from perforate import DendriteConfig
+from perforate.accounting import step_cost
+
+
+def test_the_whole_table_by_hand():
+    model = nn.Sequential(nn.Linear(3, 2), nn.ReLU(), nn.Linear(2, 1, bias=False))
+    perforate.add_dendrites(model, DendriteConfig(include=("0",)))
+    layer = model[0]
+    layer.start_dendrite_phase(candidates=2)
+    layer.install(torch.tensor([0, -1]))
+    report = perforate.parameter_report(model)
+    # Linear(3, 2): 6 weights + 2 biases = 8. One dendrite: 3 inputs + bias + output
+    # weight = 5 (the first dendrite has nothing to cascade from). Other: Linear(2, 1) = 2.
+    assert str(report).splitlines() == [
+        "layer                       kind     neurons dendrites       base  dendrite",
+        "0                           Linear         2         1          8         5",
+        "other modules                                                   2         0",
+        "total                                                          10         5",
+        "all parameters used by the forward pass: 15",
+    ]
+    (row,) = report.layers
+    assert (row.name, row.kind, row.neurons, row.max_per_neuron) == ("0", "Linear", 2, 1)
+    assert (report.base, report.dendrite, report.other, report.total) == (10, 5, 2, 15)
+
+
+def test_a_model_without_dendrites_yet_counts_base_only():
+    model = perforate.add_dendrites(nn.Sequential(nn.Linear(4, 3)), DendriteConfig())
+    report = perforate.parameter_report(model)
+    assert (report.base, report.dendrite, report.other) == (15, 0, 0)
+    assert report.layers[0].max_per_neuron == 0 and report.layers[0].dendrites == 0
+
+
+def test_step_cost_by_hand():
+    model = perforate.add_dendrites(nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 3)))
+    layers = perforate.dendritic_layers(model)
+    assert step_cost(layers, False, 4) == 1.0  # no dendrites: a plain step
+    assert step_cost(layers, True, 4) == (2 + 2 * 4) / 3
+    layers["0"].start_dendrite_phase(candidates=2)
+    layers["0"].install(torch.tensor([0, 1, -1]))
+    # 2 dendrites over 6 neurons: 1 + (2 / 6) / 3.
+    assert abs(step_cost(layers, False, 4) - (1 + 2 / 6 / 3)) < 1e-12
+    assert step_cost({}, False, 4) == 1.0

@@ -1,0 +1,98 @@
+"""Training-state files and the process RNG: round trips, refusals, the .prev fallback."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from perforate import CheckpointError, training_state
+
+
+def _draws() -> tuple:
+    return (torch.rand(3).tolist(), random.random(), float(np.random.rand()))
+
+
+def test_rng_state_round_trips_through_a_file_and_replays_the_same_draws(tmp_path):
+    torch.manual_seed(5)
+    random.seed(5)
+    np.random.seed(5)
+    training_state.save(
+        tmp_path / "s", {"controller": {}, "rng": training_state.process_rng_state()}
+    )
+    want = _draws()
+    _draws()  # move on
+    state = training_state.load(tmp_path / "s")
+    training_state.set_process_rng_state(state["rng"])
+    assert _draws() == want
+
+
+@pytest.mark.parametrize("broken", ["torch", "python", "numpy"])
+def test_a_malformed_rng_state_changes_no_generator(broken):
+    torch.manual_seed(1)
+    random.seed(1)
+    np.random.seed(1)
+    torch.manual_seed(2)
+    random.seed(2)
+    np.random.seed(2)
+    state = training_state.process_rng_state()  # seeds 2
+    torch.manual_seed(1)
+    random.seed(1)
+    np.random.seed(1)
+    state[broken] = {"torch": "x", "python": [3, "x"], "numpy": ["bogus"]}[broken]
+    with pytest.raises(CheckpointError, match="malformed RNG state in the checkpoint"):
+        training_state.set_process_rng_state(state)
+    after = _draws()
+    torch.manual_seed(1)
+    random.seed(1)
+    np.random.seed(1)
+    assert after == _draws()  # every generator still where seed 1 left it
+
+
+def test_a_missing_part_of_the_rng_state_is_refused():
+    state = training_state.process_rng_state()
+    del state["numpy"]
+    with pytest.raises(CheckpointError, match="KeyError"):
+        training_state.set_process_rng_state(state)
+
+
+def test_save_keeps_the_previous_file_and_load_latest_falls_back(tmp_path, caplog):
+    path = tmp_path / "ckpt"
+    training_state.save(path, {"controller": {"n": 1}})
+    training_state.save(path, {"controller": {"n": 2}})
+    assert training_state.previous(path) == tmp_path / "ckpt.prev"
+    state, found = training_state.load_latest(path)
+    assert state["controller"]["n"] == 2 and found == path
+    path.write_bytes(b"garbage")
+    with caplog.at_level("WARNING"):
+        state, found = training_state.load_latest(path)
+    assert state["controller"]["n"] == 1 and found == tmp_path / "ckpt.prev"
+    assert "one checkpoint older" in caplog.text
+    training_state.previous(path).write_bytes(b"garbage too")
+    with pytest.raises(CheckpointError, match="neither checkpoint can be read"):
+        training_state.load_latest(path)
+
+
+def test_load_latest_without_a_previous_file_raises_the_first_error(tmp_path):
+    with pytest.raises(CheckpointError) as info:
+        training_state.load_latest(tmp_path / "none")
+    assert "neither" not in str(info.value)
+
+
+def test_a_state_without_a_controller_is_refused(tmp_path):
+    training_state.save(tmp_path / "s", {"rng": {}})
+    with pytest.raises(CheckpointError, match="holds no controller state"):
+        training_state.load(tmp_path / "s")
+    training_state.save(tmp_path / "t", {"controller": [1]})
+    with pytest.raises(CheckpointError, match="holds no controller state"):
+        training_state.load(tmp_path / "t")
+
+
+def test_nested_values_round_trip(tmp_path):
+    state = {"controller": {"a": [1, 2.5, None, "x", (True, torch.arange(3))], "b": {}}}
+    back = training_state.load(training_state.save(tmp_path / "s", state))
+    a = back["controller"]["a"]
+    assert a[:4] == [1, 2.5, None, "x"] and a[4][0] is True
+    assert torch.equal(a[4][1], torch.arange(3)) and back["controller"]["b"] == {}
