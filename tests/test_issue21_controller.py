@@ -97,3 +97,42 @@ def test_remove_dendrites_is_refused_inside_a_dendrite_phase_and_works_after_fin
     plain = perforate.remove_dendrites(model)
     assert all(p.requires_grad for p in plain.parameters())
     assert type(plain[0]) is nn.Linear and type(plain[3]) is nn.Linear
+
+
+# --- 3. a second controller on the same model --------------------------------------------
+def normed():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.LayerNorm(4), nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 2))
+
+
+def test_a_second_controller_is_refused_while_the_first_is_in_a_dendrite_phase(gen):
+    import perforate
+
+    model = normed()
+    first = Perforator(model, QUICK, optimizer=sgd)
+    drive(first, model, [0.5, 0.4], gen)
+    assert first.phase == Phase.DENDRITE and not model[0].weight.requires_grad
+    with pytest.raises(perforate.PhaseError, match=r"dendrite phase of another Perforator"):
+        Perforator(model, QUICK, optimizer=sgd)
+    # The first one goes on undisturbed and gives the LayerNorm back.
+    assert drive(first, model, [0.4], gen) == [Event.INSTALLED]
+    assert model[0].weight.requires_grad and model[0].bias.requires_grad
+    first.finish()
+    second = Perforator(model, QUICK, optimizer=sgd)  # a finished run's model is free
+    assert second.phase == Phase.NEURON
+
+
+def test_two_controllers_used_in_turn_are_refused(gen):
+    import perforate
+
+    model = normed()
+    first = Perforator(model, QUICK, optimizer=sgd)
+    drive(first, model, [0.5], gen)
+    second = Perforator(model, QUICK, optimizer=sgd)  # takes over a neuron phase
+    drive(second, model, [0.5], gen)
+    step(model, first, gen)
+    for call in (lambda: first.end_epoch(0.4), first.end_step, first.finish):
+        with pytest.raises(perforate.PhaseError, match="another Perforator"):
+            call()
+    assert first.epoch == 1 and second.epoch == 1
+    assert drive(second, model, [0.6], gen) == [Event.CONTINUE]  # the newer one works

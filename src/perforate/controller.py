@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import weakref
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -104,6 +105,7 @@ class Perforator:
                 "a file path such as runs/x/ckpt.safetensors"
             )
         existing = dendritic_layers(model)
+        _refuse_a_busy_owner(existing)
         if existing:
             config = _adopt_config(existing, config)
         self.config = config if config is not None else DendriteConfig()
@@ -141,6 +143,7 @@ class Perforator:
             if layer.phase == Phase.NEURON:
                 layer.start_neuron_phase(self.rule.dendrite_inputs_train)
         self._build_optimizer()
+        self._claim()
 
     # --- public state ------------------------------------------------------------------
     @property
@@ -196,6 +199,7 @@ class Perforator:
         """
         if self.done:
             raise PhaseError("training is done (ctl.done is True)")
+        self._check_owner()
         self.steps += 1
         window = self._window
         window["stepping"] = True
@@ -211,6 +215,7 @@ class Perforator:
         """Report the validation score of the epoch just trained; returns what happened."""
         if self.done:
             raise PhaseError("training is done (ctl.done is True); stop calling end_epoch")
+        self._check_owner()
         score = self._checked_score(score)
         steps = self.optimizers.take_steps()
         if steps == 0:
@@ -424,6 +429,7 @@ class Perforator:
         beat the accepted one), so the model is never the last epoch's by accident."""
         if self.done:
             return Event.DONE
+        self._check_owner()
         if self._accepted is None and self._best is None:
             raise PhaseError(
                 "finish() before any end_epoch: there is no evaluated state to keep; "
@@ -457,6 +463,21 @@ class Perforator:
         return Event.DONE
 
     # --- helpers -------------------------------------------------------------------------
+    def _claim(self) -> None:
+        """Mark this controller as the one that drives its layers (a later one takes over)."""
+        me = weakref.ref(self)
+        for layer in self.layers.values():
+            _OWNERS[layer] = me
+
+    def _check_owner(self) -> None:
+        others = {id(o) for o in map(_owner, self.layers.values()) if o is not self}
+        if others:
+            raise PhaseError(
+                "another Perforator was created on this model after this one and drives its "
+                "layers now: two controllers used in turn would each count and freeze part "
+                "of the run. Use the newer one only (or build a fresh model for a second run)"
+            )
+
     def _build_optimizer(self) -> None:
         if self.phase == Phase.DENDRITE:
             params = [p for layer in self.layers.values() for p in layer.candidate_parameters()]
@@ -671,6 +692,34 @@ class Perforator:
             raise
         ctl.resumed_from = found
         return ctl
+
+
+# Which controller drives a dendritic layer: the last one built on it (weak: a dropped
+# controller frees its layers).
+_OWNERS: weakref.WeakKeyDictionary[DendriticLayer, weakref.ref[Perforator]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _owner(layer: DendriticLayer) -> Perforator | None:
+    ref = _OWNERS.get(layer)
+    return None if ref is None else ref()
+
+
+def _refuse_a_busy_owner(layers: dict[str, DendriticLayer]) -> None:
+    """A second controller on a model whose controller is in a dendrite phase would see a
+    neuron phase and never give back what the first one froze: refused. (One in a neuron
+    phase, or finished, is taken over: the older one refuses to go on.)"""
+    for layer in layers.values():
+        owner = _owner(layer)
+        if owner is not None and owner.phase == Phase.DENDRITE:
+            raise PhaseError(
+                f"the model is in a dendrite phase of another Perforator (epoch "
+                f"{owner.epoch}, cycle {owner.cycle}): a second controller would report a "
+                "neuron phase and leave frozen what the first one froze. Go on with the "
+                "first one, end its phase with ctl.finish(), or resume a checkpoint into a "
+                "freshly built model"
+            )
 
 
 def _adopt_config(
