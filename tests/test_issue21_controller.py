@@ -39,7 +39,7 @@ def tied():
     return m
 
 
-def test_a_tied_weight_trains_again_after_a_dendrite_phase(gen):
+def test_e106_a_tied_weight_trains_again_after_a_dendrite_phase(gen):
     model = tied()
     ctl = Perforator(model, QUICK, optimizer=sgd)
     shared = model[0].base.weight
@@ -54,7 +54,7 @@ def test_a_tied_weight_trains_again_after_a_dendrite_phase(gen):
     assert not torch.equal(before, shared)
 
 
-def test_a_users_frozen_tied_weight_stays_frozen_and_a_resume_mid_phase_restores_it(gen):
+def test_e106_a_users_frozen_tied_weight_stays_frozen_and_a_resume_mid_phase_restores_it(gen):
     model = tied()
     model[0].weight.requires_grad_(False)
     ctl = Perforator(model, QUICK, optimizer=sgd)
@@ -81,7 +81,7 @@ def test_a_users_frozen_tied_weight_stays_frozen_and_a_resume_mid_phase_restores
 
 
 # --- 2. remove_dendrites inside a dendrite phase ----------------------------------------
-def test_remove_dendrites_is_refused_inside_a_dendrite_phase_and_works_after_finish(gen):
+def test_e107_remove_dendrites_is_refused_inside_a_dendrite_phase_and_works_after_finish(gen):
     import perforate
 
     torch.manual_seed(0)
@@ -105,7 +105,7 @@ def normed():
     return nn.Sequential(nn.LayerNorm(4), nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 2))
 
 
-def test_a_second_controller_is_refused_while_the_first_is_in_a_dendrite_phase(gen):
+def test_e108_a_second_controller_is_refused_while_the_first_is_in_a_dendrite_phase(gen):
     import perforate
 
     model = normed()
@@ -122,7 +122,7 @@ def test_a_second_controller_is_refused_while_the_first_is_in_a_dendrite_phase(g
     assert second.phase == Phase.NEURON
 
 
-def test_two_controllers_used_in_turn_are_refused(gen):
+def test_e108_two_controllers_used_in_turn_are_refused(gen):
     import perforate
 
     model = normed()
