@@ -115,9 +115,9 @@ def atomic_write(path: str | os.PathLike, data: bytes, keep_previous: bool = Fal
     too long (with `.prev`, when kept) is refused before anything is written.
     """
     path = Path(path)
+    check_file_name(path, keep_previous)  # first: a stat of a too long name fails raw
     if path.is_dir():
         raise CheckpointError(f"{path} is a directory; give a file path for the checkpoint")
-    check_file_name(path, keep_previous)
     path.parent.mkdir(parents=True, exist_ok=True)
     prefix = _temp_prefix(path)
     fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=path.parent)

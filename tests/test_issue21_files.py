@@ -1,0 +1,97 @@
+"""Issue 21, the library's defects in files, accounting, pickling, conversion and config:
+each test is a row of docs/errors.md."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from torch import nn
+
+import perforate
+from perforate import files, training_state
+
+
+def _name(tmp_path, size: int, suffix: str = ".safetensors"):
+    return tmp_path / ("c" * (size - len(suffix)) + suffix)
+
+
+def _names_in(folder) -> list[str]:
+    return sorted(os.listdir(folder))
+
+
+@pytest.mark.parametrize("size", [200, 230, 250])
+def test_e110_long_checkpoint_names_save_twice_and_keep_prev(tmp_path, size):
+    path = _name(tmp_path, size)
+    assert len(os.fsencode(path.name)) == size
+    training_state.save(path, {"controller": {"epoch": 1}})
+    training_state.save(path, {"controller": {"epoch": 2}})  # the .prev link: was too long
+    state, source = training_state.load_latest(path)
+    assert state["controller"]["epoch"] == 2 and source == path
+    assert training_state.load(training_state.previous(path))["controller"]["epoch"] == 1
+    assert _names_in(tmp_path) == sorted([path.name, path.name + ".prev"])  # no temporary
+
+
+def test_e110_a_checkpoint_name_whose_prev_cannot_fit_is_refused_before_writing(tmp_path):
+    for size in (251, 255):
+        with pytest.raises(perforate.CheckpointError, match=r"250 bytes at most"):
+            training_state.save(_name(tmp_path, size), {"controller": {"epoch": 1}})
+    assert _names_in(tmp_path) == []
+
+
+@pytest.mark.parametrize("size", [200, 230, 250, 255])
+def test_e110_long_model_file_names_save_twice(tmp_path, size):
+    model = nn.Sequential(nn.Linear(3, 2), nn.ReLU(), nn.Linear(2, 2))
+    perforate.add_dendrites(model)
+    path = _name(tmp_path, size)
+    perforate.save(model, path)
+    perforate.save(model, path)
+    perforate.load(nn.Sequential(nn.Linear(3, 2), nn.ReLU(), nn.Linear(2, 2)), path)
+    assert _names_in(tmp_path) == [path.name]
+
+
+def test_e110_a_name_longer_than_the_file_system_allows_is_refused_clearly(tmp_path):
+    with pytest.raises(perforate.CheckpointError, match=r"256 bytes long.*allows 255 bytes"):
+        files.atomic_write(_name(tmp_path, 256), b"x")
+    # bytes, not characters: 128 two-byte characters are 256 bytes
+    with pytest.raises(perforate.CheckpointError, match="256 bytes long"):
+        files.atomic_write(tmp_path / ("é" * 128), b"x")
+    files.atomic_write(tmp_path / ("é" * 127), b"x")  # 254 bytes: fine
+    assert _names_in(tmp_path) == ["é" * 127]
+
+
+def test_e110_a_controller_checkpointing_under_a_250_byte_name_resumes(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    path = _name(tmp_path, 250)
+    ctl = perforate.Perforator(
+        model,
+        perforate.DendriteConfig(patience=5),
+        optimizer=lambda p: torch.optim.SGD(p, lr=0.1),
+        checkpoint_path=path,
+    )
+    x, y = torch.randn(8, 4), torch.randint(0, 2, (8,))
+    for epoch in range(3):
+        ctl.optimizer.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        ctl.optimizer.step()
+        ctl.end_epoch(0.5 + 0.1 * epoch)
+    assert training_state.load(training_state.previous(path))["controller"]["epoch"] == 2
+    again = perforate.Perforator.resume(
+        path, nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2)), optimizer=torch.optim.SGD
+    )
+    assert again.epoch == 3
+
+
+def test_e110_temporaries_of_long_names_are_short_and_found_for_cleanup(tmp_path):
+    path = _name(tmp_path, 250)
+    prefix = files._temp_prefix(path)
+    assert len(os.fsencode(prefix)) + files._TEMP_ROOM <= 255
+    stale = tmp_path / f"{prefix}abc12345.tmp"  # a writer killed mid-write
+    stale.write_bytes(b"half")
+    other = _name(tmp_path, 249)  # another file's temporaries are not this one's
+    (tmp_path / f"{files._temp_prefix(other)}zz.tmp").write_bytes(b"x")
+    assert files.temp_files(path) == [stale]
+    short = tmp_path / "c.safetensors"
+    assert files._temp_prefix(short) == ".c.safetensors."  # short names keep readable temps
