@@ -95,3 +95,17 @@ def test_e110_temporaries_of_long_names_are_short_and_found_for_cleanup(tmp_path
     assert files.temp_files(path) == [stale]
     short = tmp_path / "c.safetensors"
     assert files._temp_prefix(short) == ".c.safetensors."  # short names keep readable temps
+
+
+def test_e111_parameter_report_counts_a_tied_weight_once():
+    torch.manual_seed(0)
+    a, b = nn.Linear(4, 4), nn.Linear(4, 4)
+    b.weight = a.weight  # tied: one 16-value tensor used by two layers
+    head = nn.Linear(4, 2)
+    model = nn.Sequential(a, nn.ReLU(), b, nn.ReLU(), head)
+    plain = sum(p.numel() for p in model.parameters())  # 16 + 4 + 4 + 8 + 2
+    assert plain == 34
+    perforate.add_dendrites(model)
+    report = perforate.parameter_report(model)
+    assert [r.base for r in report.layers] == [20, 4, 10]  # the shared weight in layer 0 only
+    assert (report.base, report.dendrite, report.other, report.total) == (34, 0, 0, 34)

@@ -28,7 +28,8 @@ class ParameterReport:
     `base` is every parameter of the model outside dendrites (wrapped layers, their norms
     and all other modules); `dendrite` counts only installed dendrites that are present,
     so unused slots of a selectively grown layer do not inflate it. Candidates (which
-    exist only during a dendrite phase) are never counted.
+    exist only during a dendrite phase) are never counted. A parameter shared by several
+    modules (tied weights) counts once, in the first layer that holds it.
     """
 
     layers: tuple[LayerParameters, ...]
@@ -59,7 +60,14 @@ def parameter_report(model: nn.Module) -> ParameterReport:
     rows = []
     seen: set[int] = set()
     for name, layer in layers.items():
-        unit, dend = layer.parameter_counts()
+        _, dend = layer.parameter_counts()
+        # Each Parameter once, by identity: a weight tied across layers (`b.weight =
+        # a.weight`) counts in the first layer that uses it.
+        unit = 0
+        for _, q in layer._unit_parameters():
+            if id(q) not in seen:
+                seen.add(id(q))
+                unit += q.numel()
         counts = layer.dendrite_count
         rows.append(
             LayerParameters(
