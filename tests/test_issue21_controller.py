@@ -136,3 +136,60 @@ def test_e108_two_controllers_used_in_turn_are_refused(gen):
             call()
     assert first.epoch == 1 and second.epoch == 1
     assert drive(second, model, [0.6], gen) == [Event.CONTINUE]  # the newer one works
+
+
+# --- 4. layers that receive no gradient ------------------------------------------------
+class TwoHeads(nn.Module):
+    """A trunk and a head in use; `spare` is used as `mode` says: never, under no_grad,
+    or with its output detached."""
+
+    def __init__(self, mode: str = "unused") -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.trunk = nn.Linear(4, 4)
+        self.head = nn.Linear(4, 2)
+        self.spare = nn.Linear(4, 2)
+        self.mode = mode
+
+    def forward(self, x):
+        h = torch.tanh(self.trunk(x))
+        y = self.head(h)
+        if self.mode == "no_grad":
+            with torch.no_grad():
+                teacher = self.spare(h)
+            y = y + teacher
+        elif self.mode == "detached":
+            y = y + self.spare(h).detach()
+        return y
+
+
+@pytest.mark.parametrize("mode", ["unused", "no_grad", "detached"])
+def test_e109_a_layer_without_gradient_is_named_with_the_likely_causes(mode, gen):
+    import perforate
+
+    model = TwoHeads(mode)
+    ctl = Perforator(model, QUICK, optimizer=sgd)
+    drive(ctl, model, [0.5, 0.4], gen)
+    assert ctl.phase == Phase.DENDRITE
+    step(model, ctl, gen)
+    with pytest.raises(perforate.PhaseError) as caught:
+        ctl.end_epoch(0.4)
+    text = str(caught.value)
+    assert "layers ['spare'] received no gradient" in text and "2 other layer(s) did" in text
+    for cause in ("not used in forward", "torch.no_grad()", "detached", "exclude"):
+        assert cause in text
+    assert "'trunk'" not in text and "'head'" not in text
+
+
+def test_e109_no_statistics_anywhere_names_every_layer_and_the_backward_call(gen):
+    import perforate
+
+    model = TwoHeads("unused")
+    ctl = Perforator(model, QUICK, optimizer=sgd)
+    drive(ctl, model, [0.5, 0.4], gen)
+    ctl.optimizer.step()  # a step, but no forward with gradients: nothing gathered
+    with pytest.raises(perforate.PhaseError) as caught:
+        ctl.end_epoch(0.4)
+    text = str(caught.value)
+    assert "at any layer (['trunk', 'head', 'spare'])" in text
+    assert "loss.backward()" in text and "torch.no_grad()" in text

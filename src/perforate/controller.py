@@ -357,6 +357,7 @@ class Perforator:
 
     def _correlations(self) -> dict[str, float]:
         out = {}
+        empty = [n for n, layer in self.layers.items() if _gathered_nothing(layer)]
         for name, layer in self.layers.items():
             stats = layer.stats
             if stats is None:
@@ -371,12 +372,8 @@ class Perforator:
                     f"non-finite error at layer {name!r}: the loss is NaN or inf; check the "
                     "data and the learning rate, or resume from a checkpoint"
                 )
-            if float(stats.count) == 0:
-                raise PhaseError(
-                    "no candidate statistics were gathered this epoch: in a dendrite phase "
-                    "the loop must run forward passes with gradients enabled and call "
-                    "loss.backward() before end_epoch"
-                )
+            if empty:
+                raise PhaseError(_no_statistics_message(empty, len(self.layers)))
             out[name] = layer.candidates.best_correlation()
             self.recorder.note_skipped(stats.skipped_batches)
         return out
@@ -692,6 +689,32 @@ class Perforator:
             raise
         ctl.resumed_from = found
         return ctl
+
+
+def _gathered_nothing(layer: DendriticLayer) -> bool:
+    stats = layer.stats
+    return stats is not None and float(stats.count) == 0 and not stats.skipped_batches
+
+
+def _no_statistics_message(empty: list[str], total: int) -> str:
+    causes = (
+        "a layer's candidates learn only from the error that loss.backward() sends back "
+        "to its output; likely causes: the layer is not used in forward (an unused head), "
+        "it runs under torch.no_grad() (a frozen teacher) or its output is detached "
+        "before the loss"
+    )
+    if len(empty) == total:
+        return (
+            f"no candidate statistics were gathered this epoch at any layer ({empty}): in a "
+            "dendrite phase the loop must run forward passes with gradients enabled and "
+            f"call loss.backward() before end_epoch; {causes}"
+        )
+    return (
+        f"layers {empty} received no gradient this epoch ({total - len(empty)} other "
+        f"layer(s) did), so their candidates cannot be judged: {causes}. Leave them out "
+        "of the wrapping (DendriteConfig(exclude=[...]) with their names) or make the "
+        "loss depend on them"
+    )
 
 
 # Which controller drives a dendritic layer: the last one built on it (weak: a dropped
