@@ -109,3 +109,39 @@ def test_e111_parameter_report_counts_a_tied_weight_once():
     report = perforate.parameter_report(model)
     assert [r.base for r in report.layers] == [20, 4, 10]  # the shared weight in layer 0 only
     assert (report.base, report.dendrite, report.other, report.total) == (34, 0, 0, 34)
+
+
+def _grown_mlp(gen: torch.Generator) -> nn.Module:
+    from helpers import grow
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 6), nn.LayerNorm(6), nn.ReLU(), nn.Linear(6, 3))
+    perforate.add_dendrites(model)
+    grow(perforate.dendritic_layers(model)["0"], 2, gen)  # cascade, norm, two slots
+    return model.eval()
+
+
+@pytest.mark.parametrize("grown", [False, True])
+def test_e112_a_wrapped_or_grown_model_pickles_and_torch_saves(gen, grown):
+    import io
+    import pickle
+
+    if grown:
+        model = _grown_mlp(gen)
+    else:
+        torch.manual_seed(0)
+        model = perforate.add_dendrites(nn.Sequential(nn.Linear(5, 6), nn.ReLU(), nn.Linear(6, 3)))
+    x = torch.randn(7, 5, generator=gen)
+    with torch.no_grad():
+        expected = model(x)
+        copy = pickle.loads(pickle.dumps(model))
+        assert torch.equal(copy(x), expected)  # same process: bit for bit
+        buffer = io.BytesIO()
+        torch.save(model, buffer)
+        buffer.seek(0)
+        assert torch.equal(torch.load(buffer, weights_only=False)(x), expected)
+    if grown:  # the unpickled layer keeps its hook: load_state_dict refreshes the mask
+        layer = perforate.dendritic_layers(copy)["0"]
+        layer.slot_mask = None
+        copy.load_state_dict(model.state_dict())
+        assert torch.equal(layer.slot_mask, perforate.dendritic_layers(model)["0"].slot_mask)

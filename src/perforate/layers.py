@@ -75,6 +75,11 @@ def is_sized_on_load(key: str) -> bool:
     return _ends_with_any(key, _SLOT_KEYS) or is_candidate_key(key)
 
 
+def _refresh_after_load(module: DendriticLayer, keys: Any) -> None:
+    """`load_state_dict` post-hook: the slot mask follows the loaded dendrite counts."""
+    module._refresh_mask()
+
+
 class DendriticLayer(nn.Module):
     """A target layer (or layer+norm unit) with installed dendrites and a candidate pool.
 
@@ -118,7 +123,8 @@ class DendriticLayer(nn.Module):
         self.world_size = 1
         # Trainability of the unit's own parameters before a dendrite phase froze them.
         self._unit_flags: dict[str, bool] = {}
-        self.register_load_state_dict_post_hook(lambda module, keys: module._refresh_mask())
+        # A module-level function, not a lambda: the layer (and the model) must pickle.
+        self.register_load_state_dict_post_hook(_refresh_after_load)
 
     # --- structure ---------------------------------------------------------------------
     @property
