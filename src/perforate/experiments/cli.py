@@ -1,4 +1,4 @@
-"""Command line: `perforate demo | train | report | bench | config | architecture`."""
+"""Command line: `perforate compare | demo | train | report | bench | config | architecture`."""
 
 from __future__ import annotations
 
@@ -31,6 +31,8 @@ EXTRAS = {
     "sklearn": "bench",
     "mnist1d": "bench",
     "peft": "bench",
+    "scipy": "bench",
+    "tqdm": "bench",
     "lightning": "lightning",
     "transformers": "transformers",
     "accelerate": "transformers",
@@ -74,6 +76,31 @@ def _main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="perforate", description=__doc__)
     parser.add_argument("--version", action="version", version=f"perforate {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    cmp_ = sub.add_parser(
+        "compare",
+        help="do dendrites pay on my model? arms over paired seeds, a verdict, the best model",
+        description="Run a study file's arms over paired seeds (resumable: run it again "
+        "to continue), then write compare.json, compare.md and compare.png in --out.",
+    )
+    cmp_.add_argument("study", nargs="?", help="the study file (TOML); docs/study_file.md")
+    cmp_.add_argument(
+        "--seeds", default=None, help='number of seeds, or "auto" (default: the file\'s, else 3)'
+    )
+    cmp_.add_argument(
+        "--out", default=None, help="output folder (default: [run] dir, else runs/<file name>)"
+    )
+    cmp_.add_argument(
+        "--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N"
+    )
+    cmp_.add_argument(
+        "--jobs", type=_count(1), default=1, help="local worker processes (default 1)"
+    )
+    cmp_.add_argument(
+        "--shard", default="0/1", help="i/n: run every n-th chain of runs from the i-th"
+    )
+    cmp_.add_argument("--arms", default=None, help="comma-separated arms to run now (default: all)")
+    cmp_.add_argument("--list-arms", action="store_true", help="list the arms and what each is")
+    cmp_.add_argument("-v", "--verbose", action="store_true", help="log every controller decision")
     demo = sub.add_parser("demo", help="PB beside the width ladder and the restart control")
     demo.add_argument("--out", default="runs/demo", help="where results and the figure go")
     demo.add_argument("--seeds", type=_count(1), default=5, help="number of seeds (default 5)")
@@ -107,6 +134,11 @@ def _main(argv: list[str] | None = None) -> int:
     cfg = sub.add_parser("config", help="list every setting with its default and help")
     cfg.add_argument("--markdown", action="store_true", help="as the table of docs/settings.md")
     cfg.add_argument(
+        "--study-file",
+        action="store_true",
+        help="the format of study files (perforate compare) instead, as docs/study_file.md",
+    )
+    cfg.add_argument(
         "--train-file",
         action="store_true",
         help="the format of `perforate train` files instead, as docs/train_file.md",
@@ -118,6 +150,8 @@ def _main(argv: list[str] | None = None) -> int:
         help="replace the generated section of DOC (docs/architecture.md) instead of printing it",
     )
     args = parser.parse_args(argv)
+    if args.command == "compare":
+        return _compare(args, parser)
     if args.command == "demo":
         from .demo import run_demo
 
@@ -149,6 +183,10 @@ def _main(argv: list[str] | None = None) -> int:
             first = path.read_text().splitlines()[0].lstrip("# ").strip()
             print(f"{path}\n    {first}")
         print("Copy one and edit it; `perforate config` lists every [dendrites] setting.")
+    elif args.command == "config" and args.study_file:
+        from .study import schema_markdown as study_markdown
+
+        print(study_markdown(), end="")
     elif args.command == "config" and args.train_file:
         from .train_config import schema_markdown
 
@@ -158,6 +196,60 @@ def _main(argv: list[str] | None = None) -> int:
             DendriteConfig.markdown() if args.markdown else DendriteConfig.describe(),
             end="" if args.markdown else "\n",
         )
+    return 0
+
+
+def _compare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    import logging
+
+    from .arms import LADDER, REGISTRY
+
+    if args.list_arms:
+        for arm in REGISTRY.values():
+            print(f"{arm.name:<16} {arm.help}")
+        print(
+            f"{LADDER:<16} the plain model at other widths ([compare] ladder; needs [model] width)"
+        )
+        return 0
+    if not args.study:
+        parser.error("compare needs a study file (or --list-arms)")
+    seeds: int | str | None = args.seeds
+    if seeds is not None and seeds != "auto":
+        try:
+            seeds = _count(1)(seeds)
+        except argparse.ArgumentTypeError as exc:
+            parser.error(f"--seeds: {exc} (or auto)")
+    try:
+        i, n = (int(v) for v in args.shard.split("/"))
+    except ValueError:
+        parser.error(f"--shard {args.shard!r}: write i/n, e.g. 0/2")
+    if not 0 <= i < n:
+        parser.error(f"--shard {args.shard}: need 0 <= i < n")
+    arms = [a.strip() for a in args.arms.split(",") if a.strip()] if args.arms else None
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    from .compare import compare
+
+    try:
+        from tqdm.contrib.logging import logging_redirect_tqdm
+    except ModuleNotFoundError:  # pragma: no cover - tqdm is in the bench extra
+        import contextlib
+
+        logging_redirect_tqdm = contextlib.nullcontext  # type: ignore[assignment]
+    with logging_redirect_tqdm():
+        report = compare(
+            args.study,
+            out=args.out,
+            seeds=seeds,
+            device=args.device,
+            jobs=args.jobs,
+            shard_of=(i, n),
+            arms=arms,
+            progress=sys.stderr.isatty(),
+        )
+    del report  # written to the output folder; None while other shards still run
     return 0
 
 

@@ -142,6 +142,7 @@ class Runner:
                 grows=arm.grows,
                 chain=chain.key,
                 device=str(device),
+                model=str(layout.model(arm.name, chain.seed).relative_to(self.root)),
             )
             if ledger.append(record):
                 records.append(record)

@@ -36,9 +36,9 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         f"**Verdict.** {report['verdict']['sentence']}",
         "",
-        f"Winner's model: `{report['verdict']['winner_model']}` (seed "
-        f"{report['verdict']['winner_seed']}, best validation of its arm; load it with "
-        "`perforate.load`).",
+        f"Winner's model: `{report['verdict']['winner_model']}` in this folder (seed "
+        f"{report['verdict']['winner_seed']}, the best validation score of its arm; "
+        "`perforate.load(model, path)` into the factory's model at the arm's width).",
         "",
         report["question"],
         "",

@@ -117,7 +117,11 @@ def _read_log(path: Path) -> dict[str, list[float]]:
 
 
 def _write_log(path: Path, values: dict[str, list[float]]) -> None:
-    atomic_write(path, json.dumps(values).encode())
+    """Replaced whole by rename, not fsynced: the checkpoint is the durable record, and a
+    resume cuts this log back to it (or pads what a power cut lost with NaN)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(values))
+    os.replace(tmp, path)
 
 
 def fork_checkpoint(point: ForkPoint, config: DendriteConfig, rule_name: str, to: Path) -> None:
@@ -168,7 +172,7 @@ def train_run(
     if has_ckpt:
         ctl = Perforator.resume(ckpt, model, **factories)
         epochs = _read_log(log_path)
-        epochs = {k: v[: ctl.epoch] for k, v in epochs.items()}
+        epochs = {k: (v + [math.nan] * ctl.epoch)[: ctl.epoch] for k, v in epochs.items()}
         if (run_dir / "forked.json").exists():
             forked_at = int(json.loads((run_dir / "forked.json").read_text())["epoch"])
     else:
