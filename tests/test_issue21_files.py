@@ -145,3 +145,55 @@ def test_e112_a_wrapped_or_grown_model_pickles_and_torch_saves(gen, grown):
         layer.slot_mask = None
         copy.load_state_dict(model.state_dict())
         assert torch.equal(layer.slot_mask, perforate.dendritic_layers(model)["0"].slot_mask)
+
+
+def _weight_normed() -> nn.Module:
+    from torch.nn.utils.parametrizations import weight_norm
+
+    torch.manual_seed(0)
+    return nn.Sequential(weight_norm(nn.Linear(4, 6)), nn.ReLU(), nn.Linear(6, 2))
+
+
+def test_e113_a_weight_norm_linear_is_wrapped_trained_saved_and_restored(tmp_path, gen):
+    from torch.nn.utils import parametrize
+
+    model = _weight_normed()
+    parametrized = model[0]
+    x, y = torch.randn(16, 4, generator=gen), torch.randint(0, 2, (16,), generator=gen)
+    with torch.no_grad():
+        before = model(x)
+    perforate.add_dendrites(model)
+    assert sorted(perforate.dendritic_layers(model)) == ["0", "2"]  # was silently only "2"
+    with torch.no_grad():
+        assert torch.equal(model(x), before)
+    layer = perforate.dendritic_layers(model)["0"]
+    assert layer.base is parametrized and parametrize.is_parametrized(layer.base, "weight")
+    # g (6), v (24) and the bias (6): the parameters that train, not the computed weight
+    assert perforate.parameter_report(model).layers[0].base == 36
+    ctl = perforate.Perforator(
+        model,
+        perforate.DendriteConfig(
+            patience=1, switch_mode="patience", dendrite_patience=1, dendrite_max_epochs=2
+        ),
+        optimizer=lambda p: torch.optim.SGD(p, lr=0.1),
+    )
+    g = parametrized.parametrizations.weight.original0
+    while ctl.dendrites_kept == 0:
+        in_dendrite_phase = layer.phase.value == "dendrite"
+        g_before = g.detach().clone()
+        ctl.optimizer.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        ctl.optimizer.step()
+        # the weight's own parameters freeze in a dendrite phase and train in a neuron phase
+        assert torch.equal(g, g_before) == in_dendrite_phase
+        ctl.end_epoch(0.5 if ctl.cycle == 0 else 0.6)
+        assert ctl.epoch < 20
+    assert int(layer.dendrite_count.sum()) > 0 and g.requires_grad
+    model.eval()
+    path = tmp_path / "m.safetensors"
+    perforate.save(model, path)
+    again = perforate.load(_weight_normed(), path)
+    with torch.no_grad():
+        assert torch.equal(again(x), model(x))  # same process: bit for bit
+    perforate.remove_dendrites(model)
+    assert model[0] is parametrized

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from .errors import UnsupportedLayerError
 
@@ -24,6 +25,17 @@ NORM_TYPES: tuple[type[nn.Module], ...] = (
 )
 
 
+def built_as(layer: nn.Module) -> type:
+    """The class `layer` was built as. `torch.nn.utils.parametrize` (`weight_norm`,
+    `spectral_norm`, `orthogonal` of `torch.nn.utils.parametrizations`) swaps in a generated
+    subclass (`ParametrizedLinear`) whose only change is that the weight is computed from
+    other parameters; its forward is the original's, so the layer wraps like one (its
+    parameters, e.g. weight_g and weight_v, are what trains and freezes)."""
+    if parametrize.is_parametrized(layer):
+        return type(layer).__bases__[0]
+    return type(layer)
+
+
 @dataclass(frozen=True)
 class LayerKind:
     """How dendrites attach to one layer class."""
@@ -34,7 +46,7 @@ class LayerKind:
 
     def matches(self, layer: nn.Module) -> bool:
         """Whether `layer` is of this kind (exact class: subclasses may change forward)."""
-        return type(layer) is self.layer_type
+        return built_as(layer) is self.layer_type
 
     def neurons(self, layer: nn.Module) -> int:
         return layer.out_features if self.spatial_dims == 0 else layer.out_channels
@@ -111,7 +123,7 @@ class TransposedLinearKind(LayerKind):
     transformers; its banks are ordinary Linears (one row per output, as every bank)."""
 
     def matches(self, layer: nn.Module) -> bool:
-        t = type(layer)
+        t = built_as(layer)
         return t.__name__ == "Conv1D" and t.__module__.startswith("transformers.")
 
     def neurons(self, layer: nn.Module) -> int:
