@@ -10,6 +10,7 @@ seeded from the checkpoint. The real devices are benchmarks/gpu_check.py's job.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import struct
@@ -19,8 +20,9 @@ import torch
 from torch import nn
 
 import perforate
-from perforate import DendriteConfig, Perforator, files, training_state
+from perforate import DendriteConfig, DendriticLayer, Perforator, files, training_state
 from perforate.errors import CheckpointError
+from perforate.kinds import kind_of
 
 CFG = DendriteConfig(switch_mode="fixed", fixed_neuron_epochs=1, fixed_dendrite_epochs=2)
 
@@ -93,7 +95,7 @@ def _continue_from(path, data_seed=2):
     return model, ctl
 
 
-def test_a_checkpoint_with_cuda_rng_states_resumes_on_a_cpu_as_one_without(
+def test_e104_a_checkpoint_with_cuda_rng_states_resumes_on_a_cpu_as_one_without(
     tmp_path, cpu_run, monkeypatch, caplog
 ):
     ctl, cpu_path = cpu_run
@@ -115,7 +117,7 @@ def test_a_checkpoint_with_cuda_rng_states_resumes_on_a_cpu_as_one_without(
     assert resumed.dendrites_kept > 0  # the run went on through an install
 
 
-def test_a_cpu_checkpoint_resumed_on_a_gpu_seeds_cuda_from_the_checkpoint(
+def test_e104_a_cpu_checkpoint_resumed_on_a_gpu_seeds_cuda_from_the_checkpoint(
     tmp_path, cpu_run, monkeypatch, caplog
 ):
     ctl, first = cpu_run
@@ -136,7 +138,7 @@ def test_a_cpu_checkpoint_resumed_on_a_gpu_seeds_cuda_from_the_checkpoint(
     assert len(seeds) == 3 and seeds[0] == seeds[1] != seeds[2]
 
 
-def test_cuda_rng_states_restore_on_as_many_devices_as_both_sides_have(
+def test_e104_cuda_rng_states_restore_on_as_many_devices_as_both_sides_have(
     tmp_path, cpu_run, monkeypatch, caplog
 ):
     ctl, _ = cpu_run
@@ -154,7 +156,7 @@ def test_cuda_rng_states_restore_on_as_many_devices_as_both_sides_have(
     assert "CUDA RNG states of 2 device(s) and 1 are here" in caplog.text
 
 
-def test_a_malformed_cuda_rng_state_is_refused_before_anything_changes(tmp_path, cpu_run):
+def test_e104_a_malformed_cuda_rng_state_is_refused_before_anything_changes(tmp_path, cpu_run):
     _, path = cpu_run
     state = training_state.load(path)
     state["rng"]["cuda"] = [torch.zeros(4)]  # float, not a generator state
@@ -188,3 +190,32 @@ def test_a_model_file_loads_into_a_model_of_another_dtype_on_its_own_terms(tmp_p
     assert next(target.parameters()).dtype == torch.float64
     # float32 weights computed in float64: equal to float32 rounding, not bit for bit.
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+class _OtherDeviceGenerator(torch.Generator):
+    """A CPU generator that reports device cpu:0, which compares unequal to a tensor's
+    "cpu": the only way to take the cross-device draw on a machine without a GPU."""
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu", 0)
+
+
+@pytest.mark.parametrize("base", [nn.Linear(5, 3), nn.Conv2d(2, 3, 3)], ids=["linear", "conv"])
+def test_e105_candidates_drawn_for_another_device_equal_the_direct_draw(base):
+    # On a GPU the controller's CPU generator cannot fill a CUDA tensor (PyTorch refuses);
+    # the draw is made on the generator's device and copied, giving the same values.
+    direct = DendriticLayer(base, kind_of(base), DendriteConfig(cascade=True))
+    other = DendriticLayer(copy.deepcopy(base), kind_of(base), DendriteConfig(cascade=True))
+    for layer in (direct, other):  # one installed slot, so the pool has a cascade
+        layer.start_dendrite_phase(candidates=2, generator=torch.Generator().manual_seed(1))
+        layer.install(torch.zeros(layer.neurons, dtype=torch.long))
+    direct.start_dendrite_phase(candidates=3, generator=torch.Generator().manual_seed(2))
+    gen = _OtherDeviceGenerator()
+    gen.manual_seed(2)
+    assert gen.device != torch.empty(0).device
+    other.start_dendrite_phase(candidates=3, generator=gen)
+    drawn = dict(other.candidates.named_parameters())
+    assert sorted(drawn) == ["bank.bias", "bank.weight", "cascade"]
+    for name, value in direct.candidates.named_parameters():
+        assert torch.equal(drawn[name], value), name
