@@ -197,3 +197,31 @@ def test_e113_a_weight_norm_linear_is_wrapped_trained_saved_and_restored(tmp_pat
         assert torch.equal(again(x), model(x))  # same process: bit for bit
     perforate.remove_dendrites(model)
     assert model[0] is parametrized
+
+
+@pytest.mark.parametrize(
+    "values,received",
+    [
+        (None, "got NoneType None"),
+        ("patience=3", "got str 'patience=3'"),
+        ([("patience", 3)], "got list [('patience', 3)]"),
+        (3, "got int 3"),
+        ("x" * 500, "got str 'xxxxxxxx"),
+    ],
+)
+def test_e114_from_dict_of_something_else_than_a_mapping_says_so(values, received):
+    with pytest.raises(perforate.ConfigError, match="needs a mapping") as exc:
+        perforate.DendriteConfig.from_dict(values)
+    assert received in str(exc.value) and len(str(exc.value)) < 200
+
+
+def test_e114_from_json_of_text_that_is_no_object():
+    from types import MappingProxyType
+
+    with pytest.raises(perforate.ConfigError, match="not JSON text"):
+        perforate.DendriteConfig.from_json("patience=3")
+    with pytest.raises(perforate.ConfigError, match=r"needs a mapping.*got list"):
+        perforate.DendriteConfig.from_json("[1, 2]")
+    config = perforate.DendriteConfig.from_dict(MappingProxyType({"patience": 3}))
+    assert config.patience == 3  # any Mapping, not only dict
+    assert perforate.DendriteConfig.from_json(config.to_json()) == config

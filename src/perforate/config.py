@@ -42,6 +42,11 @@ SUPPORTED_LAYER_TYPES = ("Linear", "Conv1d", "Conv2d", "Conv3d", "Conv1D")
 DEFAULT_LAYER_TYPES = ("Linear", "Conv1d", "Conv2d", "Conv3d")
 
 
+def _shorten(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def _f(default: Any, help: str, **kw: Any) -> Any:
     """A dataclass field carrying its help text (read by `DendriteConfig.describe`)."""
     return field(default=default, metadata={"help": help, **kw})
@@ -306,6 +311,12 @@ class DendriteConfig:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> DendriteConfig:
         """Build from a mapping; unknown keys raise `ConfigError` with a suggestion."""
+        if not isinstance(values, Mapping):
+            # A string would be read as its characters, None as nothing iterable.
+            raise ConfigError(
+                "DendriteConfig.from_dict needs a mapping of setting names to values, "
+                f"e.g. {{'patience': 3}}; got {type(values).__name__} {_shorten(values)}"
+            )
         names = [f.name for f in dataclasses.fields(cls)]
         unknown = [k for k in values if k not in names]
         if unknown:
@@ -325,7 +336,12 @@ class DendriteConfig:
 
     @classmethod
     def from_json(cls, text: str) -> DendriteConfig:
-        return cls.from_dict(json.loads(text))
+        """Build from a JSON object's text (what `to_json` writes)."""
+        try:
+            values = json.loads(text)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"DendriteConfig.from_json: not JSON text: {exc}") from exc
+        return cls.from_dict(values)
 
     def to_dict(self) -> dict[str, Any]:
         return {
