@@ -9,6 +9,7 @@ import random
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from compare_task import write_study
@@ -30,6 +31,11 @@ def _cmd(study: Path, out: Path) -> list[str]:
     ]
 
 
+def _training(out: Path) -> bool:
+    """A run has written its first checkpoint: the study is past its start-up."""
+    return (out / "work").exists() and any((out / "work").rglob("ckpt.safetensors"))
+
+
 def test_killed_study_resumes_to_the_same_report(tmp_path):
     arms = 'arms = ["plain", "restart", "pb"]'
     study = write_study(tmp_path / "user", compare=arms)
@@ -37,7 +43,7 @@ def test_killed_study_resumes_to_the_same_report(tmp_path):
     out = tmp_path / "killed"
     rng = random.Random(21)
     kills = mid_run = 0
-    for _ in range(3):  # three kills at random moments (start-up, training, writing)
+    for _ in range(3):  # three kills at random moments once training has started
         proc = subprocess.Popen(
             _cmd(study, out),
             cwd=tmp_path,
@@ -45,8 +51,13 @@ def test_killed_study_resumes_to_the_same_report(tmp_path):
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
+        started = time.monotonic()
+        while proc.poll() is None and not _training(out):
+            if time.monotonic() - started > 120:
+                break
+            time.sleep(0.05)
         try:
-            proc.wait(timeout=rng.uniform(2.0, 6.0))
+            proc.wait(timeout=rng.uniform(0.0, 1.5))
         except subprocess.TimeoutExpired:
             proc.send_signal(signal.SIGKILL)
             kills += 1
