@@ -36,9 +36,9 @@ def _module():
 def test_the_cpu_smoke_run_passes_every_check(tmp_path):
     threads = "1"  # the smoke run is small: a second thread only spins on a shared machine
     out = tmp_path / "lines.jsonl"
+    command = [sys.executable, str(SCRIPT), "--device", "cpu", "--small", "--threads", threads]
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--device", "cpu", "--small", "--threads", threads]
-        + ["--out", str(out)],
+        [*command, "--out", str(out)],
         capture_output=True,
         text=True,
         timeout=300,
