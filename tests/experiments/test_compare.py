@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 from compare_task import write_study
-from scipy import stats as sps
 from safetensors.torch import load_file
+from scipy import stats as sps
 
 import perforate
 from perforate.experiments import cli

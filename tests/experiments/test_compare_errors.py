@@ -1,0 +1,133 @@
+"""Bad input to `perforate compare`: one clear line on stderr, exit 2, no record lost."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from compare_task import write_study
+
+from perforate.experiments import cli
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def run(capsys, *args) -> str:
+    code = cli.main(["compare", *map(str, args), "--device", "cpu"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2, err
+    assert err and err[-1].startswith("perforate: error: "), err
+    return err[-1]
+
+
+def test_factory_that_cannot_be_imported_says_where_it_looked(tmp_path, capsys):
+    study = write_study(tmp_path / "u")
+    study.write_text(study.read_text().replace("mymodel:mlp", "nomodule:mlp"))
+    line = run(capsys, study, "--out", tmp_path / "o")
+    assert "nomodule" in line and str(tmp_path / "u") in line
+
+
+def test_factory_that_raises_or_returns_the_wrong_kind(tmp_path, capsys):
+    study = write_study(tmp_path / "u")
+    (tmp_path / "u" / "mymodel.py").write_text("def mlp(**kw):\n    raise RuntimeError('boom')\n")
+    line = run(capsys, study, "--out", tmp_path / "o")
+    assert "mymodel:mlp" in line and "boom" in line
+    study = write_study(tmp_path / "v")  # a new folder: modules are imported once per folder
+    (tmp_path / "v" / "mydata.py").write_text("def table(**kw):\n    return [1, 2]\n")
+    line = run(capsys, study, "--out", tmp_path / "o2")
+    assert "mydata:table" in line and "'train', 'val' and 'test'" in line
+
+
+def test_empty_or_too_small_splits(tmp_path, capsys):
+    study = write_study(tmp_path / "u")
+    study.write_text(study.read_text().replace('kind = "classes"', 'kind = "classes", rows = 2'))
+    line = run(capsys, study, "--out", tmp_path / "o")
+    assert "the val split is empty" in line and "train 1 / val 0 / test 1" in line
+    study.write_text(study.read_text().replace("rows = 2", "rows = 40"))
+    line = run(capsys, study, "--out", tmp_path / "o2")
+    assert "smaller than one batch" in line and "batch size 32" in line
+
+
+def test_width_argument_the_factory_does_not_take(tmp_path, capsys):
+    study = write_study(tmp_path / "u")
+    text = study.read_text().replace('width = "hidden"', 'width = "size"')
+    study.write_text(text.replace("hidden = 4", "hidden = 4, size = 4"))
+    line = run(capsys, study, "--out", tmp_path / "o")
+    assert "takes no argument 'size'" in line
+
+
+def test_metric_against_its_direction(tmp_path, capsys):
+    study = write_study(tmp_path / "u", task='metric = "accuracy"\ndirection = "minimize"')
+    line = run(capsys, study, "--out", tmp_path / "o")
+    assert "maximized" in line and "direction" in line
+    (tmp_path / "u" / "mymetric.py").write_text("def val_loss(out, y):\n    return 0.0\n")
+    study = write_study(tmp_path / "u", task='metric = "mymetric:val_loss"\ndirection = "maximize"')
+    line = run(capsys, study, "--out", tmp_path / "o2")
+    assert "named like a loss" in line and "minimize" in line
+    study = write_study(tmp_path / "u", task='metric = "mymetric:val_loss"')
+    line = run(capsys, study, "--out", tmp_path / "o3")
+    assert "direction = 'maximize' or 'minimize'" in line
+
+
+def test_non_finite_loss_keeps_the_finished_records(tmp_path, capsys):
+    study = write_study(tmp_path / "u", compare='arms = ["plain", "restart"]')
+    assert cli.main(["compare", str(study), "--out", str(tmp_path / "o"), "--seeds", "1"]) == 0
+    capsys.readouterr()
+    before = (tmp_path / "o" / "runs.jsonl").read_text()
+    # The same study with a learning rate that blows up: its seed-1 runs fail, the
+    # seed-0 records stay.
+    study.write_text(study.read_text().replace("lr = 0.02", "lr = 0.02\ncandidate_lr = 0.1"))
+    line = run(capsys, study, "--out", tmp_path / "o", "--seeds", "2")
+    assert "another study" in line  # [train] changed: that ledger is not this study's
+    bad = write_study(tmp_path / "w", compare='arms = ["plain", "restart"]')
+    (tmp_path / "w" / "mydata.py").write_text(
+        (tmp_path / "w" / "mydata.py")
+        .read_text()
+        .replace("    a, b = rows", "    x[7] = float('inf')\n    a, b = rows")
+    )
+    line = run(capsys, bad, "--out", tmp_path / "o2", "--seeds", "1")
+    assert "non-finite" in line and "arm plain, seed 0" in line
+    assert (tmp_path / "o" / "runs.jsonl").read_text() == before
+
+
+def test_another_studys_folder_is_refused(tmp_path, capsys):
+    a = write_study(tmp_path / "a", compare='arms = ["plain", "restart"]')
+    assert cli.main(["compare", str(a), "--out", str(tmp_path / "o"), "--seeds", "1"]) == 0
+    b = write_study(tmp_path / "b", compare='arms = ["plain", "restart"]')
+    b.write_text(b.read_text().replace("lr = 0.02", "lr = 0.03"))
+    line = run(capsys, b, "--out", tmp_path / "o", "--seeds", "1")
+    assert "another study" in line and "choose another --out" in line
+
+
+@pytest.mark.parametrize(
+    ("edit", "words"),
+    [
+        (("[compare]", "[compare]\nbogus = 1"), "unknown key(s) ['bogus'] in [compare]"),
+        (("seeds = 3", "seeds = 0"), "[compare] seeds must be"),
+        (("lr = 0.02", "lr = 1" + "0" * 400), "[train] lr must be"),
+        (("[compare]", '[compare]\narms = ["pb", "nope"]'), "unknown arm 'nope'"),
+        (("[compare]", '[compare]\nreference = "gd"'), "reference 'gd' is not among"),
+        (("[dendrites]", "[dendrites]\nobjective = 'x'"), "[dendrites]"),
+    ],
+)
+def test_study_file_errors_name_file_section_and_key(tmp_path, capsys, edit, words):
+    study = write_study(tmp_path / "u")
+    study.write_text(study.read_text().replace(*edit, 1))
+    line = run(capsys, study, "--out", tmp_path / "o")
+    assert words in line and str(study) in line
+
+
+def test_seeds_option_and_list(tmp_path, capsys):
+    assert cli.main(["compare", "--list-arms"]) == 0
+    listed = capsys.readouterr().out
+    assert "restart" in listed and "ladder" in listed
+    with pytest.raises(SystemExit):
+        cli.main(["compare", "x.toml", "--seeds", "many"])
+    assert json.dumps  # the module is used above for the ledger check
