@@ -156,3 +156,23 @@ def test_a_file_of_another_format_is_refused(tmp_path, gen):
     header["format"] = "perforate.training/2"
     text = _refusal(_build(), _write(tmp_path / "m", header, tensors))
     assert "'perforate.training/2' is not 'perforate.model/1'" in text
+
+
+@pytest.mark.parametrize("change", ["extra candidate", "missing slot tensor"])
+def test_tensors_sized_on_load_that_do_not_fit_are_refused_by_the_strict_load(
+    tmp_path, gen, change
+):
+    # Slot and candidate tensors are not compared before loading (their shapes follow the
+    # file); the strict load_state_dict still refuses one too many or one missing.
+    model = _grown(gen)
+    header, tensors = model_structure(model), state_tensors(model)
+    if change == "extra candidate":
+        tensors["0.candidates.bank.weight"] = torch.zeros(16, 3)
+        want = 'Unexpected key(s) in state_dict: "0.candidates.bank.weight"'
+    else:
+        del tensors["0.dendrites.bias"]
+        want = 'Missing key(s) in state_dict: "0.dendrites.bias"'
+    plain = _build()
+    text = _refusal(plain, _write(tmp_path / "m", header, tensors))
+    assert want in text
+    assert not perforate.dendritic_layers(plain)

@@ -124,7 +124,7 @@ def test_choices_take_each_listed_value_and_nothing_else(name):
         assert getattr(DendriteConfig(**{name: value}), name) == value
     with pytest.raises(ConfigError, match=rf"{name} must be"):
         DendriteConfig(**{name: "other"})
-    with pytest.raises(ConfigError, match=rf"{name} must be"):
+    with pytest.raises(ConfigError, match=rf"{name} must be a string, got 3"):
         DendriteConfig(**{name: 3})
 
 

@@ -1,15 +1,25 @@
-"""Mutation testing of the library core: does the test suite notice a one-token change?
+"""Mutation testing of the library: does the test suite notice a one-token change?
 
-    python tools/mutation.py [--modules correlation layers ...] [--per-module 40]
-                             [--workers 2] [--out docs/mutation.json]
+    python tools/mutation.py [--modules correlation layers ...] [--per-module 20]
+                             [--workers 2] [--seed 0] [--out docs/mutation.json]
 
-For each core module, every mutation site is listed (a flipped comparison, a swapped
-arithmetic operator, a changed constant, a negated condition, a deleted statement), a
-seeded sample is taken, and each mutant runs the module's tests (`-x`, stop at the first
-failure) in a forked child of a process that has already imported torch, with the
-mutated module imported from a private copy of the source tree. A mutant is killed when
-a test fails, errors or times out; it survives when every test passes. Mutants listed in
-EQUIVALENT (same behaviour by construction) are excluded from the score.
+Every library module (src/perforate/*.py; the application in experiments/ and the
+integrations are not the library) has its tests in TESTS. For each module, every mutation
+site is listed (a flipped comparison, a swapped arithmetic operator, a changed constant, a
+negated condition, a swapped and/or, a deleted statement), a seeded sample is taken, and
+each mutant runs the module's tests (`-x`, stop at the first failure) in a forked child of
+a process that has already imported torch, with the mutated module imported from a
+private copy of the source tree. A mutant is killed when a test fails, errors or times out;
+it survives when every test passes. Mutants listed in EQUIVALENT (same behaviour by
+construction) are excluded from the score.
+
+Before any mutant, each module's tests run once unmutated (the baseline): a test that
+already fails would kill every mutant, so it is left out (`--deselect`) and named in the
+output; its time sets the mutants' timeout (5x, at least 30 s). The sources are copied once
+at the start, so edits made while the tool runs do not mix into its mutants.
+
+Tests that start other Python processes (test_distributed, test_kill, test_resume,
+test_fuzz_files) import the unmutated tree and are not listed: they could not notice.
 
 Why a small script and not mutmut or cosmic-ray: they rerun the whole interpreter start
 (torch import, about 2 s) per mutant; forking after the import makes a run of a few
@@ -21,6 +31,7 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import multiprocessing
 import os
 import random
 import shutil
@@ -28,24 +39,34 @@ import signal
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SRC = ROOT / "src"
+LIBRARY = sorted(p.stem for p in (SRC / "perforate").glob("*.py") if p.stem != "__init__")
 
-# module -> the tests that pin it down
+# module -> the tests that pin it down, the most specific (and quickest to fail) first.
 _CORE = ["tests/test_core_behaviours.py", "tests/test_rules.py", "tests/test_state_dicts.py"]
 TESTS = {
-    "correlation": ["tests/test_correlation.py", "tests/test_properties.py", *_CORE],
-    "candidates": ["tests/test_correlation.py", "tests/test_layers.py", *_CORE],
-    "layers": [
-        "tests/test_layers.py",
-        "tests/test_properties.py",
-        "tests/test_correlation.py",
+    "accounting": [
+        "tests/test_pins_accounting.py",
         "tests/test_accounting.py",
-        *_CORE,
+        "tests/test_rules.py",
+        "tests/test_budget.py",
     ],
+    "candidate_variants": [
+        "tests/test_candidate_variants.py",
+    ],
+    "candidates": ["tests/test_correlation.py", "tests/test_layers.py", *_CORE],
+    "checkpoint": [
+        "tests/test_pins_checkpoint.py",
+        "tests/test_checkpoint.py",
+        "tests/test_state_dicts.py",
+        "tests/test_properties.py",
+        "tests/test_hostile.py",
+    ],
+    "config": ["tests/test_pins_config.py", "tests/test_config.py", "tests/test_rules.py"],
     "controller": [
         "tests/test_controller.py",
         *_CORE,
@@ -55,14 +76,71 @@ TESTS = {
         "tests/test_budget.py",
         "tests/test_frozen.py",
     ],
+    "convert": [
+        "tests/test_convert.py",
+        "tests/test_architectures.py",
+        "tests/test_checkpoint.py",
+        "tests/test_rules.py",
+    ],
+    "correlation": ["tests/test_correlation.py", "tests/test_properties.py", *_CORE],
+    "distributed": ["tests/test_pins_distributed.py"],
+    # Exception classes only: no statement the operators above can change (0 sites).
+    "errors": ["tests/test_hostile.py"],
+    "events": ["tests/test_pins_events.py", "tests/test_controller.py", "tests/test_hostile.py"],
+    "files": [
+        "tests/test_pins_files.py",
+        "tests/test_hostile.py",
+        "tests/test_checkpoint.py",
+        "tests/test_training_checkpoint.py",
+    ],
+    "kinds": [
+        "tests/test_pins_kinds.py",
+        "tests/test_layers.py",
+        "tests/test_convert.py",
+        "tests/test_correlation.py",
+    ],
+    "layers": [
+        "tests/test_layers.py",
+        "tests/test_properties.py",
+        "tests/test_correlation.py",
+        "tests/test_accounting.py",
+        *_CORE,
+    ],
+    "optimizers": [
+        "tests/test_pins_optimizers.py",
+        "tests/test_controller.py",
+        *_CORE,
+        "tests/test_training_checkpoint.py",
+    ],
+    "rules": ["tests/test_controller.py", *_CORE],
+    "selection": ["tests/test_controller.py", *_CORE],
+    "snapshots": [
+        "tests/test_pins_snapshots.py",
+        "tests/test_controller.py",
+        "tests/test_core_behaviours.py",
+    ],
     "switching": [
         "tests/test_controller.py",
         *_CORE,
         "tests/test_bad_inputs.py",
         "tests/test_budget.py",
     ],
-    "rules": ["tests/test_controller.py", *_CORE],
-    "selection": ["tests/test_controller.py", *_CORE],
+    "trainability": [
+        "tests/test_pins_trainability.py",
+        "tests/test_frozen.py",
+        "tests/test_controller.py",
+        "tests/test_core_behaviours.py",
+    ],
+    "training_state": [
+        "tests/test_pins_training_state.py",
+        "tests/test_training_checkpoint.py",
+        "tests/test_hostile.py",
+    ],
+    "validation": [
+        "tests/test_hostile.py",
+        "tests/test_checkpoint.py",
+        "tests/test_training_checkpoint.py",
+    ],
 }
 
 # (module, source line, mutation) of mutants that cannot change behaviour, each with why;
@@ -72,7 +150,7 @@ EQUIVALENT: frozenset[tuple[str, str, str]] = frozenset(
         # A no-op cast: `.to(dtype)` of a tensor already of that dtype returns it unchanged.
         ("layers", "out = y.to(dtype) if y.dtype != dtype else y", "NotEq -> Eq"),
         # With no slot left the mask is never read; the next set_slots refreshes it.
-        ("layers", "self._refresh_mask()", "Expr deleted"),
+        ("layers", "self.cascade_weight = None\nself._refresh_mask()", "Expr deleted"),
         # A format number written and read by the same code; old formats have their own test.
         ("controller", "STATE_VERSION = 2", "constant 2 changed"),
         # Single-process runs pass reduce=None, the layer's default; the multi-process test
@@ -86,6 +164,19 @@ EQUIVALENT: frozenset[tuple[str, str, str]] = frozenset(
         ("layers", "dtype = a[0].dtype if isinstance(a, list) else a.dtype", "constant 0 changed"),
         # A layer has at least one neuron (zero-width layers are refused), so c is never 0.
         ("correlation", "n_local = e.numel() // c if c else 0", "constant 0 changed"),
+        # A wrapped layer has at least one neuron (zero-width layers are refused), so the
+        # count tensor is never empty and the fallback is never taken.
+        (
+            "accounting",
+            "max_per_neuron=int(counts.max()) if counts.numel() else 0",
+            "constant 0 changed",
+        ),
+        # `None` falls through to `return group`, which is None: the early return is a shortcut.
+        (
+            "distributed",
+            'otherwise the group its processes share."""\nif group is None:\nreturn None',
+            "Return deleted",
+        ),
         # A type alias used only in annotations (postponed by `from __future__ import annotations`).
         ("rules", "Layers = dict[str, DendriticLayer]", "Assign deleted"),
     }
@@ -196,9 +287,13 @@ def mutate(source: str, index: int) -> str:
     return ast.unparse(ast.fix_missing_locations(tree))
 
 
-def mutants(module: str, per_module: int, seed: int) -> list[Mutant]:
-    source = (SRC / "perforate" / f"{module}.py").read_text()
-    all_sites = sites(ast.parse(source))
+def _source(module: str, tree: Path = SRC) -> str:
+    return (tree / "perforate" / f"{module}.py").read_text()
+
+
+def mutants(module: str, per_module: int, seed: int, tree: Path = SRC) -> list[Mutant]:
+    """A seeded sample of `per_module` of the module's mutation sites."""
+    all_sites = sites(ast.parse(_source(module, tree)))
     chosen = sorted(
         random.Random(f"{seed}:{module}").sample(
             range(len(all_sites)), min(per_module, len(all_sites))
@@ -207,20 +302,50 @@ def mutants(module: str, per_module: int, seed: int) -> list[Mutant]:
     return [Mutant(module, i, all_sites[i][0].lineno, all_sites[i][1]) for i in chosen]
 
 
-def is_equivalent(m: Mutant) -> bool:
-    """Whether `m` is listed in EQUIVALENT (matched by its source line, not its number)."""
-    line = (SRC / "perforate" / f"{m.module}.py").read_text().splitlines()[m.line - 1]
-    return any(
-        mod == m.module and code in line and m.description == desc for mod, code, desc in EQUIVALENT
-    )
+def is_equivalent(m: Mutant, tree: Path = SRC) -> bool:
+    """Whether `m` is listed in EQUIVALENT, matched by its source line, not its number (an
+    entry of several lines, joined by newlines, names the lines before it too)."""
+    lines = [line.strip() for line in _source(m.module, tree).splitlines()]
+    for mod, code, desc in EQUIVALENT:
+        if mod != m.module or desc != m.description:
+            continue
+        want = [c.strip() for c in code.split("\n")]
+        first = m.line - len(want)
+        if first < 0:
+            continue
+        have = lines[first : m.line]
+        if all(w in h for w, h in zip(want[:-1], have[:-1], strict=True)) and want[-1] in have[-1]:
+            return True
+    return False
 
 
-def _run_child(mutant: Mutant, workdir: Path, timeout: int) -> str:
-    """Fork; the child imports the mutated tree and runs the tests. 'killed'/'survived'."""
-    tree = workdir / "src"
-    target = tree / "perforate" / f"{mutant.module}.py"
-    original = (SRC / "perforate" / f"{mutant.module}.py").read_text()
-    target.write_text(mutate(original, mutant.index))
+def _pytest_args(module: str, deselect: list[str], stop_first: bool) -> list[str]:
+    return [
+        *(["-x"] if stop_first else []),
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "-p",
+        "no:randomly",
+        *[f"--deselect={d}" for d in deselect],
+        *[str(ROOT / t) for t in TESTS[module]],
+    ]
+
+
+class _Failures:
+    """A pytest plugin that remembers the node ids of failing tests (for the baseline)."""
+
+    def __init__(self) -> None:
+        self.failed: list[str] = []
+
+    def pytest_runtest_logreport(self, report) -> None:
+        if report.failed:
+            self.failed.append(report.nodeid)
+
+
+def _fork_pytest(tree: Path, args: list[str], timeout: float, report: Path | None) -> str:
+    """Run pytest on `args` in a forked child importing `tree`; 'passed', 'failed' or
+    'timeout'. With `report`, the failing node ids are written there as JSON."""
     pid = os.fork()
     if pid == 0:  # child
         code = 1
@@ -230,19 +355,13 @@ def _run_child(mutant: Mutant, workdir: Path, timeout: int) -> str:
             os.dup2(devnull, 2)
             sys.path.insert(0, str(tree))
             os.environ["PYTHONPATH"] = str(tree)
+            os.chdir(ROOT)
             import pytest
 
-            code = pytest.main(
-                [
-                    "-x",
-                    "-q",
-                    "-p",
-                    "no:cacheprovider",
-                    "-p",
-                    "no:randomly",
-                    *[str(ROOT / t) for t in TESTS[mutant.module]],
-                ]
-            )
+            plugin = _Failures()
+            code = pytest.main(args, plugins=[plugin])
+            if report is not None:
+                report.write_text(json.dumps({"code": int(code), "failed": plugin.failed}))
         finally:
             os._exit(int(code))
     start = time.monotonic()
@@ -253,85 +372,163 @@ def _run_child(mutant: Mutant, workdir: Path, timeout: int) -> str:
         if time.monotonic() - start > timeout:
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
-            target.write_text(original)
-            return "killed (timeout)"
-        time.sleep(0.05)
-    target.write_text(original)
-    return "survived" if os.waitstatus_to_exitcode(status) == 0 else "killed"
+            return "timeout"
+        time.sleep(0.02)
+    return "passed" if os.waitstatus_to_exitcode(status) == 0 else "failed"
+
+
+# Per pool worker: its private copy of the source tree.
+_WORKDIR: list[Path] = []
+
+
+def _init_worker(dirs) -> None:
+    _WORKDIR.append(Path(dirs.get()))
+
+
+def _baseline(module: str) -> tuple[str, list[str], int, float]:
+    """The module's tests on the unmutated tree: (module, failing node ids, exit code, s)."""
+    tree = _WORKDIR[0] / "src"
+    report = _WORKDIR[0] / "baseline.json"
+    report.unlink(missing_ok=True)
+    start = time.monotonic()
+    _fork_pytest(tree, _pytest_args(module, [], stop_first=False), 1800, report)
+    seconds = time.monotonic() - start
+    got = json.loads(report.read_text()) if report.exists() else {"code": -1, "failed": []}
+    return module, got["failed"], got["code"], seconds
+
+
+def _run_mutant(job: tuple[Mutant, list[str], float]) -> tuple[Mutant, str, float]:
+    """Mutate one module of this worker's tree, run its tests, put the module back."""
+    mutant, deselect, timeout = job
+    tree = _WORKDIR[0] / "src"
+    target = tree / "perforate" / f"{mutant.module}.py"
+    original = target.read_text()
+    target.write_text(mutate(original, mutant.index))
+    start = time.monotonic()
+    try:
+        outcome = _fork_pytest(tree, _pytest_args(mutant.module, deselect, True), timeout, None)
+    finally:
+        target.write_text(original)
+    result = {"passed": "survived", "failed": "killed", "timeout": "killed (timeout)"}[outcome]
+    return mutant, result, time.monotonic() - start
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--modules", nargs="*", default=list(TESTS))
-    parser.add_argument("--per-module", type=int, default=40)
+    parser.add_argument("--modules", nargs="*", default=LIBRARY)
+    parser.add_argument("--per-module", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--timeout", type=int, default=120)
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        help="seconds per mutant (default: 5x the module's baseline, at least 30)",
+    )
     parser.add_argument("--out", default=str(ROOT / "docs" / "mutation.json"))
     args = parser.parse_args()
+    missing = sorted(set(LIBRARY) - set(TESTS))
+    unknown = sorted(set(args.modules) - set(TESTS))
+    if missing or unknown:
+        print(f"modules without tests in TESTS: {missing or unknown}", file=sys.stderr)
+        return 2
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ["PERFORATE_TEST_THREADS"] = "1"
-    import torch  # noqa: F401  (imported once, inherited by every fork)
+    # Imported once, inherited by every fork: what the tests import that is not perforate.
+    import hypothesis  # noqa: F401
+    import numpy  # noqa: F401
+    import pytest  # noqa: F401
+    import safetensors.torch  # noqa: F401
+    import torch  # noqa: F401
 
-    todo = [
-        m
-        for mod in args.modules
-        for m in mutants(mod, args.per_module, args.seed)
-        if not is_equivalent(m)
-    ]
-    results: dict[Mutant, str] = {}
-    workdirs = []
-    for _ in range(args.workers):
-        d = Path(tempfile.mkdtemp(prefix="perforate-mutation-"))
-        shutil.copytree(SRC, d / "src", ignore=shutil.ignore_patterns("*.egg-info", "__pycache__"))
-        workdirs.append(d)
+    root = Path(tempfile.mkdtemp(prefix="perforate-mutation-"))
+    # One snapshot of the sources, taken now: other edits during the run do not leak in.
+    snapshot = root / "snapshot"
+    shutil.copytree(SRC, snapshot, ignore=shutil.ignore_patterns("*.egg-info", "__pycache__"))
+    dirs = multiprocessing.get_context("fork").Queue()
+    for w in range(args.workers):
+        shutil.copytree(snapshot, root / f"w{w}" / "src")
+        dirs.put(str(root / f"w{w}"))
     start = time.monotonic()
-    # Workers: fork one driver per workdir, each takes every n-th mutant.
-    readers = []
-    for w, d in enumerate(workdirs):
-        r, wfd = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            os.close(r)
-            out = []
-            for m in todo[w :: args.workers]:
-                out.append([asdict(m), _run_child(m, d, args.timeout)])
-            os.write(wfd, json.dumps(out).encode())
-            os._exit(0)
-        os.close(wfd)
-        readers.append((pid, r))
-    for pid, r in readers:
-        chunks = []
-        while chunk := os.read(r, 1 << 16):
-            chunks.append(chunk)
-        os.waitpid(pid, 0)
-        for m, outcome in json.loads(b"".join(chunks)):
-            results[Mutant(**m)] = outcome
-    for d in workdirs:
-        shutil.rmtree(d)
-    summary = {}
+    chosen = {mod: mutants(mod, args.per_module, args.seed, snapshot) for mod in args.modules}
+    n_sites = {mod: len(sites(ast.parse(_source(mod, snapshot)))) for mod in args.modules}
+    summary: dict[str, dict] = {}
+    with multiprocessing.get_context("fork").Pool(
+        args.workers, initializer=_init_worker, initargs=(dirs,)
+    ) as pool:
+        base = {}
+        for mod, failed, code, seconds in pool.imap_unordered(_baseline, args.modules):
+            base[mod] = (failed, code, seconds)
+            if code not in (0, 1):  # 1: some tests failed; anything else: no usable run
+                print(
+                    f"{mod}: its tests do not run unmutated (pytest exit {code}); skipped",
+                    flush=True,
+                )
+            elif failed:
+                print(
+                    f"{mod}: {len(failed)} test(s) fail unmutated, left out: {failed}", flush=True
+                )
+        jobs = []
+        for mod in args.modules:
+            failed, code, seconds = base[mod]
+            if code not in (0, 1):
+                continue
+            timeout = args.timeout or max(30.0, 5 * seconds)
+            jobs += [(m, failed, timeout) for m in chosen[mod] if not is_equivalent(m, snapshot)]
+        results: dict[Mutant, tuple[str, float]] = {}
+        for m, outcome, seconds in pool.imap_unordered(_run_mutant, jobs):
+            results[m] = (outcome, seconds)
+            if outcome == "survived":
+                print(f"  survived: {m.module} line {m.line}: {m.description}", flush=True)
+    shutil.rmtree(root, ignore_errors=True)
     for mod in args.modules:
-        rows = [(m, o) for m, o in results.items() if m.module == mod]
-        killed = sum(o.startswith("killed") for _, o in rows)
+        failed, code, base_seconds = base[mod]
+        rows = sorted(
+            ((m, o) for m, o in results.items() if m.module == mod), key=lambda x: x[0].line
+        )
+        killed = sum(o.startswith("killed") for _, (o, _) in rows)
         summary[mod] = {
+            "sites": n_sites[mod],
+            "sampled": len(chosen[mod]),
+            "equivalent": len(chosen[mod]) - len(rows) if code in (0, 1) else 0,
             "mutants": len(rows),
             "killed": killed,
-            "score": round(100 * killed / max(len(rows), 1), 1),
+            "score": round(100 * killed / len(rows), 1) if rows else None,
             "survivors": [
-                f"line {m.line}: {m.description}"
-                for m, o in sorted(rows, key=lambda x: x[0].line)
-                if o == "survived"
+                f"line {m.line}: {m.description}" for m, (o, _) in rows if o == "survived"
             ],
+            "timeouts": sum(o == "killed (timeout)" for _, (o, _) in rows),
+            "tests": TESTS[mod],
+            "baseline_seconds": round(base_seconds, 1),
+            "worker_seconds": round(sum(s for _, (_, s) in rows), 1),
         }
-        print(f"{mod:<12} {killed:>3}/{len(rows):<3} killed  {summary[mod]['score']:5.1f}%")
+        if failed:
+            summary[mod]["failing_unmutated"] = failed
+        if code not in (0, 1):
+            summary[mod]["skipped"] = f"tests do not run unmutated (pytest exit {code})"
+        elif not summary[mod]["sites"]:
+            summary[mod]["note"] = "no mutation sites"
+        score = summary[mod]["score"]
+        shown = "  n/a" if score is None else f"{score:5.1f}%"
+        print(f"{mod:<19} {killed:>3}/{len(rows):<3} killed  {shown}", flush=True)
     minutes = (time.monotonic() - start) / 60
-    print(f"{len(results)} mutants in {minutes:.1f} min")
+    total = sum(v["mutants"] for v in summary.values())
+    total_killed = sum(v["killed"] for v in summary.values())
+    print(f"{total} mutants in {minutes:.1f} min ({args.workers} workers)")
     Path(args.out).write_text(
         json.dumps(
             {
                 "per_module": args.per_module,
                 "seed": args.seed,
+                "workers": args.workers,
                 "minutes": round(minutes, 1),
+                "mutants": total,
+                "killed": total_killed,
+                "score": round(100 * total_killed / max(total, 1), 1),
+                "lowest_module_score": min(
+                    (v["score"] for v in summary.values() if v["score"] is not None),
+                    default=None,
+                ),
                 "modules": summary,
             },
             indent=1,
