@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 from torch import nn
@@ -193,3 +195,109 @@ def test_e109_no_statistics_anywhere_names_every_layer_and_the_backward_call(gen
     text = str(caught.value)
     assert "at any layer (['trunk', 'head', 'spare'])" in text
     assert "loss.backward()" in text and "torch.no_grad()" in text
+
+
+# --- 5. end_epoch is all or nothing -------------------------------------------------------
+SCORES = [0.5, 0.6, 0.6, 0.6, 0.7, 0.7, 0.8, 0.8, 0.8, 0.8]
+
+
+def run(scores, checkpoint_path=None, fail=None, **options):
+    """A seeded run; `fail(epoch_index)` may raise before each end_epoch's own work is
+    done (it is called again after the failure, when it should not raise)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 2))
+    ctl = Perforator(model, QUICK, optimizer=sgd, checkpoint_path=checkpoint_path, **options)
+    gen = torch.Generator().manual_seed(7)
+    events, failures = [], []
+    for i, s in enumerate(scores):
+        step(model, ctl, gen)
+        try:
+            if fail is not None:
+                fail(i)
+            events.append(ctl.end_epoch(s))
+        except Exception as exc:
+            failures.append((i, ctl.epoch, len(ctl.history), type(exc).__name__, str(exc)))
+            if fail is not None:
+                fail(None)  # the cause is fixed; the same call again
+            events.append(ctl.end_epoch(s))
+        if ctl.done:
+            break
+    return ctl, model, events, failures
+
+
+def same_run(a, b):
+    (ca, ma, ea, _), (cb, mb, eb, _) = a, b
+    assert ea == eb and ca.epoch == cb.epoch and ca.phase == cb.phase
+    keep = ("epoch", "cycle", "phase", "score", "best_score", "event", "dendrites")
+    assert [[getattr(r, k) for k in keep] for r in ca.history] == [
+        [getattr(r, k) for k in keep] for r in cb.history
+    ]
+    sa, sb = ma.state_dict(), mb.state_dict()
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    ra = {n: p.requires_grad for n, p in ma.named_parameters()}
+    assert ra == {n: p.requires_grad for n, p in mb.named_parameters()}
+
+
+def test_e115_a_checkpoint_folder_that_is_a_file_is_refused_before_anything_changes(tmp_path):
+    reference = run(SCORES, tmp_path / "ok" / "c.safetensors")
+    assert {Event.DENDRITE_PHASE, Event.INSTALLED} <= set(reference[2])
+    blocker = tmp_path / "runs"
+
+    def fail(i):
+        if i == 3:  # a file where the checkpoint's folder should be
+            shutil.rmtree(blocker)
+            blocker.write_text("not a folder")
+        elif i is None and blocker.is_file():
+            blocker.unlink()
+
+    ctl, model, events, failures = run(SCORES, blocker / "c.safetensors", fail)
+    assert [f[:4] for f in failures] == [(3, 3, 3, "CheckpointError")]
+    assert "is a file, not a folder" in failures[0][4] and "call end_epoch again" in failures[0][4]
+    same_run(reference, (ctl, model, events, failures))
+    assert (blocker / "c.safetensors").is_file()
+
+
+@pytest.mark.parametrize("where", [1, 2, 3, 4])  # continue, dendrite phase, install, continue
+def test_e115_a_failed_checkpoint_write_rolls_the_epoch_back_and_the_retry_matches(
+    where, tmp_path, monkeypatch
+):
+    from perforate import training_state
+
+    reference = run(SCORES, tmp_path / "a" / "c.safetensors")
+    real = training_state.save
+    broken = {"on": False}
+
+    def save(path, state):
+        if broken["on"]:
+            raise OSError(28, "No space left on device")  # after the path checks passed
+        return real(path, state)
+
+    def fail(i):
+        broken["on"] = i == where
+
+    monkeypatch.setattr(training_state, "save", save)
+    result = run(SCORES, tmp_path / "b" / "c.safetensors", fail)
+    failures = result[3]
+    assert [f[:4] for f in failures] == [(where, where, where, "OSError")]
+    same_run(reference, result)
+
+
+def test_e115_a_one_cycle_schedule_stepped_past_its_end_changes_nothing(gen):
+    import perforate
+
+    def one_cycle(opt):
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=2)
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 2))
+    ctl = Perforator(model, DendriteConfig(patience=5), optimizer=sgd, scheduler=one_cycle)
+    drive(ctl, model, [0.5, 0.55], gen)  # OneCycleLR's construction is its first step
+    step(model, ctl, gen)
+    lr = ctl.optimizer.param_groups[0]["lr"]
+    before = (ctl.epoch, len(ctl.history), ctl.scheduler.state_dict()["last_epoch"])
+    for _ in range(2):  # the retry says the same, not "no ctl.optimizer.step()"
+        with pytest.raises(perforate.ConfigError, match=r"scheduler raised.*total_steps"):
+            ctl.end_epoch(0.6)
+        assert (ctl.epoch, len(ctl.history), ctl.scheduler.state_dict()["last_epoch"]) == before
+        assert ctl.optimizer.param_groups[0]["lr"] == lr
+        assert ctl.direction_check.scores == [0.5, 0.55] and ctl.best_score == 0.55

@@ -24,6 +24,7 @@ is set (training_state.py turns `state_dict()` into a file).
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
@@ -35,7 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import distributed, training_state
+from . import distributed, files, training_state
 from .accounting import parameter_report, step_cost
 from .checkpoint import layer_set_mismatches, tensor_mismatches
 from .config import STRUCTURAL_SETTINGS, DendriteConfig
@@ -135,6 +136,7 @@ class Perforator:
         # A dendrite phase judged inside end_step: steps since the last judgement, whether
         # the loop calls end_step, and a verdict to act on at the next end_epoch.
         self._window = {"steps": 0, "stepping": False, "install_due": False, "correlation": {}}
+        self._undo_point: dict[str, Any] | None = None  # inside end_epoch: how to roll back
         self.group = distributed.resolve_group(process_group)
         self.world_size = distributed.world_size(self.group)
         self.rank = distributed.rank(self.group)
@@ -212,18 +214,33 @@ class Perforator:
         return window["install_due"] or (n > 0 and self.steps % n == 0)
 
     def end_epoch(self, score: float) -> Event:
-        """Report the validation score of the epoch just trained; returns what happened."""
+        """Report the validation score of the epoch just trained; returns what happened.
+
+        All or nothing: when anything raises (a checkpoint that cannot be written, a
+        scheduler stepped past its end), the controller and the model are as they were
+        before the call, so the same call can be made again once the cause is fixed."""
         if self.done:
             raise PhaseError("training is done (ctl.done is True); stop calling end_epoch")
         self._check_owner()
         score = self._checked_score(score)
-        steps = self.optimizers.take_steps()
-        if steps == 0:
+        if self.optimizers.steps_since_evaluation == 0:
             raise PhaseError(
                 "end_epoch was called without any ctl.optimizer.step() since the last call: "
                 "train between evaluations, and step the optimizer the controller owns "
                 "(ctl.optimizer, rebuilt at every restructure), not one made elsewhere"
             )
+        self._check_checkpoint_target()
+        self._undo_point = self._mark()
+        try:
+            return self._end_epoch(score)
+        except BaseException:
+            self._undo(self._undo_point)
+            raise
+        finally:
+            self._undo_point = None
+
+    def _end_epoch(self, score: float) -> Event:
+        steps = self.optimizers.take_steps()
         self.epoch += 1
         self.switching.spend(steps * self._step_cost())
         phase, cycle, lr = self.phase, self.cycle, self.optimizers.current_lr()
@@ -239,12 +256,95 @@ class Perforator:
             event = self._finish_by_cap()
         self._record(score, phase, cycle, lr, event, correlation)
         if event == Event.CONTINUE:
-            self.optimizers.step_scheduler(score)
+            self._step_scheduler(score)
         if self.checkpoint_path is not None and (
             self.epoch % self.checkpoint_every == 0 or self.done
         ):
             self.save_checkpoint(self.checkpoint_path)
         return event
+
+    def _step_scheduler(self, score: float) -> None:
+        try:
+            self.optimizers.step_scheduler(score)
+        except Exception as exc:
+            raise ConfigError(
+                f"the scheduler raised at end_epoch ({type(exc).__name__}: {exc}); the epoch "
+                "was not counted and nothing changed. The controller rebuilds the scheduler "
+                "at every restructure and steps it once per end_epoch of a phase: a schedule "
+                "of fixed length (OneCycleLR's total_steps) must cover the longest phase "
+                "(max_epochs), or use one without an end"
+            ) from exc
+
+    # --- all or nothing ------------------------------------------------------------------
+    def _check_checkpoint_target(self) -> None:
+        """Refuse, before anything changes, a checkpoint path that cannot be written."""
+        if self.checkpoint_path is None or self.rank != 0:
+            return
+        path = Path(self.checkpoint_path)
+        problem = None
+        if path.is_dir():
+            problem = "it is a directory"
+        else:
+            folder = path.parent
+            while not folder.exists() and folder != folder.parent:
+                folder = folder.parent  # missing folders are created on writing
+            if not folder.is_dir():
+                problem = f"{str(folder)!r} is a file, not a folder"
+            elif not os.access(folder, os.W_OK | os.X_OK):
+                problem = f"the folder {str(folder)!r} is not writable"
+        if problem is not None:
+            raise CheckpointError(
+                f"cannot write the checkpoint {str(path)!r}: {problem}. Nothing changed: fix "
+                "it (or set ctl.checkpoint_path) and call end_epoch again"
+            )
+        files.check_file_name(path, keep_previous=True)
+
+    def _mark(self) -> dict[str, Any]:
+        """What `_undo` needs to put the controller back as it is now; cheap (no model copy:
+        a restructure takes one in `_before_restructure`)."""
+        return {
+            "values": {
+                k: getattr(self, k)
+                for k in ("phase", "epoch", "steps", "cycle", "retries", "_best", "_accepted")
+            },
+            "window": {**self._window, "correlation": dict(self._window["correlation"])},
+            "switching": copy.deepcopy(self.switching.state_dict()),
+            "direction_check": self.direction_check.state_dict(),
+            "history": {**vars(self.recorder), "records": list(self.recorder.records)},
+            "optimizers": self.optimizers.mark(),
+            "stats": {
+                n: layer.candidates.statistics_state_dict()
+                for n, layer in self.layers.items()
+                if layer.candidates is not None
+            },
+            "generator": self._generator.get_state(),
+            "state": None,
+        }
+
+    def _before_restructure(self) -> None:
+        """The model is about to change (weights restored, candidates installed or
+        attached): inside end_epoch, keep the whole state once, to roll back to."""
+        point = self._undo_point
+        if point is not None and point["state"] is None:
+            state = self.state_dict()
+            for key in ("model", "layers"):
+                state[key] = _detached(state[key])
+            point["state"] = state
+
+    def _undo(self, point: dict[str, Any]) -> None:
+        if point["state"] is not None:
+            self._apply_state(point["state"])
+        for k, v in point["values"].items():
+            setattr(self, k, v)
+        self._window = point["window"]
+        self.switching.load_state_dict(point["switching"])
+        self.direction_check.load_state_dict(point["direction_check"])
+        vars(self.recorder).update(point["history"])
+        self.optimizers.undo(point["optimizers"])
+        for name, stats in point["stats"].items():
+            if self.layers[name].candidates is not None:
+                self.layers[name].candidates.load_statistics_state_dict(stats)
+        self._generator.set_state(point["generator"])
 
     def _checked_score(self, score: Any) -> float:
         if isinstance(score, (bool, str, bytes)) or (
@@ -287,6 +387,7 @@ class Perforator:
         return self.improvement.better(self._best.score, self._accepted.score)
 
     def _end_neuron_phase(self) -> Event:
+        self._before_restructure()
         if self._accepted is None:
             self.direction_check.check()
         if self._cycle_improved():
@@ -404,6 +505,7 @@ class Perforator:
                 return Event.CONTINUE
         window["install_due"] = False
         # Undo what the dendrite phase changed outside the candidates (norm running stats).
+        self._before_restructure()
         self._accepted.restore(self.model)
         summary = self.rule.install(self.layers)
         self.freeze.unfreeze()  # after the layers' own restore, which a tied weight fools
@@ -444,6 +546,7 @@ class Perforator:
         return self._finish()
 
     def _finish(self) -> Event:
+        self._before_restructure()
         grew = self.rule.grows and (self.cycle > 0 or self.phase == Phase.DENDRITE)
         if self.phase == Phase.DENDRITE:
             for layer in self.layers.values():

@@ -11,6 +11,7 @@ the parameters that train when it is built.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import Any
 
@@ -101,6 +102,39 @@ class OptimizerOwner:
             self.scheduler.step(score)
         else:
             self.scheduler.step()
+
+    def mark(self) -> dict[str, Any]:
+        """What `undo` needs to put back the step count, the scheduler and the optimizer's
+        hyperparameters (an `end_epoch` that fails is rolled back: controller.py)."""
+        hyper = None
+        if self.optimizer is not None:
+            hyper = [
+                copy.deepcopy({k: v for k, v in g.items() if k != "params"})
+                for g in self.optimizer.param_groups
+            ]
+        scheduler = None
+        if self.scheduler is not None:
+            try:
+                scheduler = copy.deepcopy(self.scheduler.state_dict())
+            except Exception:  # a state that cannot be copied: left as it is on undo
+                scheduler = None
+        return {
+            "steps": self.steps_since_evaluation,
+            "optimizer": self.optimizer,
+            "scheduler_object": self.scheduler,
+            "hyper": hyper,
+            "scheduler": scheduler,
+        }
+
+    def undo(self, mark: dict[str, Any]) -> None:
+        """Put back what `mark` saw, where the optimizer and scheduler are still those."""
+        self.steps_since_evaluation = mark["steps"]
+        if self.optimizer is not mark["optimizer"] or self.optimizer is None:
+            return  # rebuilt since: the controller restored them from its own state
+        for group, saved in zip(self.optimizer.param_groups, mark["hyper"], strict=True):
+            group.update(copy.deepcopy(saved))
+        if mark["scheduler"] is not None and self.scheduler is mark["scheduler_object"]:
+            self.scheduler.load_state_dict(copy.deepcopy(mark["scheduler"]))
 
     def current_lr(self) -> float | None:
         groups = self.optimizer.param_groups if self.optimizer is not None else []

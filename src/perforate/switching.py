@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
+import sys
 import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -319,6 +321,16 @@ def resolve_switching(config: DendriteConfig) -> Switching:
     return SWITCHING[config.switch_mode].from_config(config)
 
 
+def _user_stacklevel() -> int:
+    """The `stacklevel` that points a warning at the first caller outside this package
+    (the user's `ctl.end_epoch(...)` line, however deep the controller's calls)."""
+    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
 class DirectionCheck:
     """Warns once when every score of the first neuron phase was worse than the one
     before it: the usual sign of a loss reported with direction='maximize'."""
@@ -341,7 +353,7 @@ class DirectionCheck:
                 f"direction={self.direction!r}; if the score is a loss, set "
                 "direction='minimize' (an accuracy: 'maximize')",
                 PerforateWarning,
-                stacklevel=5,
+                stacklevel=_user_stacklevel(),
             )
 
     def state_dict(self) -> dict[str, Any]:
