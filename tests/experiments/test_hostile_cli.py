@@ -188,11 +188,19 @@ def test_e94_a_missing_extra_is_one_line_naming_the_pip_extra(monkeypatch, tmp_p
 def test_the_bundled_examples_are_listed_with_their_installed_paths(capsys):
     from pathlib import Path
 
+    from perforate.experiments.study import Study
     from perforate.experiments.train_config import read_experiment
 
     assert main(["examples"]) == 0
     paths = [Path(line) for line in capsys.readouterr().out.splitlines() if line.endswith(".toml")]
-    assert {p.name for p in paths} == {"digits_mlp.toml", "fashion_mnist_cnn.toml"}
+    assert {p.name for p in paths} == {
+        "digits_mlp.toml",
+        "fashion_mnist_cnn.toml",
+        "digits_study.toml",
+    }
     for path in paths:
         assert path.is_file() and "experiments/examples" in str(path)
-        read_experiment(path)  # each one is a valid `perforate train` file
+        if path.name.endswith("_study.toml"):
+            Study.from_toml(path)  # a valid `perforate compare` file
+        else:
+            read_experiment(path)  # a valid `perforate train` file

@@ -101,7 +101,9 @@ def _main(argv: list[str] | None = None) -> int:
     cmp_.add_argument("--arms", default=None, help="comma-separated arms to run now (default: all)")
     cmp_.add_argument("--list-arms", action="store_true", help="list the arms and what each is")
     cmp_.add_argument("-v", "--verbose", action="store_true", help="log every controller decision")
-    demo = sub.add_parser("demo", help="PB beside the width ladder and the restart control")
+    demo = sub.add_parser(
+        "demo", help="the bundled digits study: PB beside its controls and the width ladder"
+    )
     demo.add_argument("--out", default="runs/demo", help="where results and the figure go")
     demo.add_argument("--seeds", type=_count(1), default=5, help="number of seeds (default 5)")
     demo.add_argument("--hidden", type=_count(1), default=8, help="hidden width of the PB model")
@@ -153,9 +155,7 @@ def _main(argv: list[str] | None = None) -> int:
     if args.command == "compare":
         return _compare(args, parser)
     if args.command == "demo":
-        from .demo import run_demo
-
-        run_demo(args.out, seeds=range(args.seeds), hidden=args.hidden)
+        return _demo(args)
     elif args.command == "report":
         from .demo import report
 
@@ -196,6 +196,20 @@ def _main(argv: list[str] | None = None) -> int:
             DendriteConfig.markdown() if args.markdown else DendriteConfig.describe(),
             end="" if args.markdown else "\n",
         )
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    """The bundled digits study on the compare engine (examples/digits_study.toml)."""
+    from pathlib import Path
+
+    from .compare import compare
+    from .study import Study
+
+    study = Study.from_toml(Path(__file__).parent / "examples" / "digits_study.toml")
+    study.model["kwargs"]["hidden"] = args.hidden
+    study = Study(**{**vars(study)})  # validated again with the new width
+    compare(study, out=args.out, seeds=args.seeds, progress=sys.stderr.isatty())
     return 0
 
 

@@ -251,6 +251,8 @@ class Task:
             kwargs[self.width_arg] = width
         try:
             model = self.model_factory(**kwargs)
+        except ModuleNotFoundError:
+            raise
         except Exception as exc:
             raise TaskError(
                 f"model factory {self.model_name} failed with kwargs {kwargs}: "
@@ -268,8 +270,8 @@ class Task:
         if self._data is None:
             try:
                 made = self.data_factory(**self.data_kwargs)
-            except ConfigError:
-                raise
+            except (ConfigError, ModuleNotFoundError):
+                raise  # ours already say what to do; a missing extra is named by the CLI
             except Exception as exc:
                 raise TaskError(
                     f"data factory {self.data_name} failed with kwargs {self.data_kwargs}: "
