@@ -301,3 +301,29 @@ def test_e115_a_one_cycle_schedule_stepped_past_its_end_changes_nothing(gen):
         assert (ctl.epoch, len(ctl.history), ctl.scheduler.state_dict()["last_epoch"]) == before
         assert ctl.optimizer.param_groups[0]["lr"] == lr
         assert ctl.direction_check.scores == [0.5, 0.55] and ctl.best_score == 0.55
+
+
+# --- 6. copy.deepcopy of a controller -------------------------------------------------------
+@pytest.mark.parametrize("copied_at", [1, 3])  # a neuron phase, a dendrite phase
+def test_e116_a_deep_copy_of_a_controller_drives_its_own_model_exactly_as_the_original(
+    copied_at,
+):
+    import copy
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 2))
+    ctl = Perforator(model, QUICK, optimizer=sgd, seed=3)
+    gen = torch.Generator().manual_seed(7)
+    drive(ctl, model, SCORES[:copied_at], gen)
+    twin = copy.deepcopy(ctl)
+    assert twin.model is not model and twin.phase == ctl.phase
+    own = {id(p) for p in twin.model.parameters()}
+    assert all(id(p) in own for p in twin.parameters_in_use())
+    runs = []
+    for c in (ctl, twin):
+        g = torch.Generator().manual_seed(11)
+        runs.append(drive(c, c.model, SCORES[copied_at:8], g))
+    assert runs[0] == runs[1] and twin.epoch == ctl.epoch == 8  # steps counted in both
+    sa, sb = model.state_dict(), twin.model.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert [r.event for r in ctl.history] == [r.event for r in twin.history]

@@ -147,6 +147,11 @@ class Perforator:
         self._build_optimizer()
         self._claim()
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # copy.deepcopy(ctl): the copy holds its own model and optimizer and drives them.
+        self.__dict__.update(state)
+        self._claim()
+
     # --- public state ------------------------------------------------------------------
     @property
     def done(self) -> bool:

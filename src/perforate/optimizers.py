@@ -86,6 +86,16 @@ class OptimizerOwner:
         if self._scheduler_factory is not None:
             self.scheduler = self._scheduler_factory(optimizer)
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # A copy (copy.deepcopy) gets optimizers without hooks (torch drops them): count
+        # the steps of the copy's own optimizer again.
+        self.__dict__.update(state)
+        hooks = getattr(self._stepped, "_optimizer_step_post_hooks", {}).values()
+        if self._stepped is not None and not any(
+            getattr(h, "__self__", None) is self for h in hooks
+        ):
+            self._stepped.register_step_post_hook(self._count_step)
+
     def _count_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         if optimizer is self._stepped:  # an optimizer of an earlier phase may still step
             self.steps_since_evaluation += 1
