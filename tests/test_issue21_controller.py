@@ -327,3 +327,44 @@ def test_e116_a_deep_copy_of_a_controller_drives_its_own_model_exactly_as_the_or
     sa, sb = model.state_dict(), twin.model.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert [r.event for r in ctl.history] == [r.event for r in twin.history]
+
+
+# --- 7. resuming without the factories the run started with -----------------------------
+def step_lr(opt):
+    return torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+
+
+def adam(params):
+    return torch.optim.Adam(params, lr=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("dropped", "named"),
+    [
+        ({"scheduler"}, ["scheduler=..."]),
+        ({"candidate_optimizer"}, ["candidate_optimizer=..."]),
+        ({"scheduler", "candidate_optimizer"}, ["scheduler=...", "candidate_optimizer=..."]),
+    ],
+)
+def test_e117_a_resume_without_the_runs_scheduler_or_candidate_optimizer_is_refused(
+    dropped, named, tmp_path
+):
+    import perforate
+
+    factories = {"scheduler": step_lr, "candidate_optimizer": adam}
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 2))
+    ctl = Perforator(model, QUICK, optimizer=sgd, **factories)
+    drive(ctl, model, [0.5], torch.Generator().manual_seed(0))
+    path = ctl.save_checkpoint(tmp_path / "c.safetensors")
+    fresh = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 2))
+    before = {k: v.clone() for k, v in fresh.state_dict().items()}
+    kept = {k: v for k, v in factories.items() if k not in dropped}
+    with pytest.raises(perforate.CheckpointMismatchError) as caught:
+        Perforator.resume(path, fresh, optimizer=sgd, **kept)
+    text = str(caught.value)
+    assert all(n in text for n in named) and f"{len(named)} difference(s)" in text
+    assert not perforate.dendritic_layers(fresh)  # left as it was given
+    assert all(torch.equal(before[k], v) for k, v in fresh.state_dict().items())
+    resumed = Perforator.resume(path, fresh, optimizer=sgd, **factories)
+    assert resumed.scheduler.state_dict()["last_epoch"] == 1

@@ -729,6 +729,8 @@ class Perforator:
         unknown = [n for n in state["requires_grad"] if n not in params and not is_sized_on_load(n)]
         if unknown:
             problems.append(f"trainability saved for parameters not in the model: {unknown}")
+        if state["phase"] != Phase.DONE.value:  # a finished run builds no optimizer again
+            problems += self.optimizers.missing(state["optimizers"])
         if problems:
             raise CheckpointMismatchError(
                 f"the checkpoint does not match this model ({len(problems)} difference(s)):"

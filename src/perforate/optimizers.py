@@ -156,7 +156,27 @@ class OptimizerOwner:
             "optimizer": None if self.optimizer is None else self.optimizer.state_dict(),
             "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
             "steps_since_evaluation": self.steps_since_evaluation,
+            "has_scheduler": self._scheduler_factory is not None,
+            "has_candidate_optimizer": self._candidate_factory is not self._factory,
         }
+
+    def missing(self, state: dict[str, Any]) -> list[str]:
+        """The factories the saved run had and this owner lacks: a resume without them
+        would silently train on without a schedule, or the candidates with the neurons'
+        optimizer. (States written before 0.4 say only whether a scheduler was stepped.)"""
+        had_scheduler = state.get("has_scheduler", state.get("scheduler") is not None)
+        out = []
+        if had_scheduler and self._scheduler_factory is None:
+            out.append(
+                "the run was started with a scheduler and is resumed without one: pass "
+                "scheduler=... as at the start"
+            )
+        if state.get("has_candidate_optimizer") and self._candidate_factory is self._factory:
+            out.append(
+                "the run was started with a candidate_optimizer and is resumed without one: "
+                "pass candidate_optimizer=... as at the start"
+            )
+        return out
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore into the optimizer and scheduler `build` made for the same phase; the
