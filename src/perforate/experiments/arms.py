@@ -63,6 +63,9 @@ class Arm:
     overrides: Mapping[str, Any] = field(default_factory=dict)
     width: int | None = None
     grows: bool = False
+    # How the model is prepared (experiments.adapt): "default" trains it from scratch, or
+    # with [model] checkpoint freezes all but [model] trainable; "finetune"; "lora".
+    adapt: str = "default"
 
     def config(self, base: Mapping[str, Any]) -> DendriteConfig:
         """The study's `[dendrites]` settings with this arm's laid over them."""
@@ -76,7 +79,9 @@ class Arm:
         settings = {
             k: v for k, v in self.config(base).to_dict().items() if k not in AFTER_FIRST_PHASE
         }
-        text = json.dumps({"width": self.width, "settings": settings}, sort_keys=True)
+        text = json.dumps(
+            {"width": self.width, "adapt": self.adapt, "settings": settings}, sort_keys=True
+        )
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
     @property
@@ -91,6 +96,7 @@ class Arm:
             "overrides": dict(self.overrides),
             "width": self.width,
             "grows": self.grows,
+            "adapt": self.adapt,
         }
 
 
@@ -111,6 +117,15 @@ REGISTRY: dict[str, Arm] = {
             "GD dendrites: what the reference library's open build does (not perforated)",
             REFERENCE_GD,
             grows=True,
+        ),
+        Arm("head", "a trained model's trunk frozen, [model] trainable trains", PLAIN),
+        Arm("finetune", "a trained model, every weight trains", PLAIN, adapt="finetune"),
+        Arm(
+            "lora",
+            "a trained model's trunk frozen with LoRA adapters (peft) at the rank of one "
+            "dendrite per neuron; [model] trainable trains",
+            PLAIN,
+            adapt="lora",
         ),
         Arm(
             "pb_patient",
@@ -145,6 +160,8 @@ REGISTRY: dict[str, Arm] = {
 }
 
 DEFAULT_ARMS = ("plain", "restart", "pb")
+TRAINED_DEFAULT_ARMS = ("head", "restart", "pb", "finetune", "lora")
+NEEDS_CHECKPOINT = ("finetune", "lora")
 LADDER = "ladder"
 
 

@@ -32,6 +32,7 @@ from perforate import DendriteConfig, Event, Perforator, training_state
 from perforate.files import atomic_write
 from perforate.rules import resolve_rule
 
+from . import adapt
 from .arms import Arm
 from .task import Task, TaskError
 
@@ -160,14 +161,20 @@ def train_run(
     forked_at: int | None = None
 
     torch.manual_seed(spec.seed)
-    model = task.build_model(spec.arm.width).to(device)
+    model, overrides = adapt.prepare(
+        task.build_model(spec.arm.width), spec.arm.adapt, task.checkpoint, task.trainable
+    )
+    model = model.to(device)
+    config = spec.config
+    if overrides:  # e.g. LoRA: wrap only the head, not the adapters
+        config = DendriteConfig.from_dict({**config.to_dict(), **overrides})
     has_ckpt = ckpt.exists() or training_state.previous(ckpt).exists()
     if not has_ckpt and fork is not None:
         # The checkpoint is written last: its existence is what makes the fork happen.
         info = json.loads(fork.info.read_text())
         _write_log(log_path, {"seconds": info["seconds"], "test": info["test"]})
         atomic_write(run_dir / "forked.json", json.dumps({"epoch": info["epoch"]}).encode())
-        fork_checkpoint(fork, spec.config, resolve_rule(spec.config).name, ckpt)
+        fork_checkpoint(fork, config, resolve_rule(config).name, ckpt)
         has_ckpt = True
     if has_ckpt:
         ctl = Perforator.resume(ckpt, model, **factories)
@@ -176,7 +183,7 @@ def train_run(
         if (run_dir / "forked.json").exists():
             forked_at = int(json.loads((run_dir / "forked.json").read_text())["epoch"])
     else:
-        ctl = Perforator(model, spec.config, seed=spec.seed, checkpoint_path=ckpt, **factories)
+        ctl = Perforator(model, config, seed=spec.seed, checkpoint_path=ckpt, **factories)
         epochs = {"seconds": [], "test": []}
         ctl.save_checkpoint(ckpt)  # epoch 0: a fork point even if the first phase is 1 epoch
     if forked_at is not None:

@@ -22,7 +22,7 @@ from typing import Any
 from perforate import ConfigError, DendriteConfig
 
 from . import datasets
-from .arms import DEFAULT_ARMS, LADDER, REGISTRY, Arm, resolve_arms
+from .arms import DEFAULT_ARMS, LADDER, REGISTRY, TRAINED_DEFAULT_ARMS, Arm, resolve_arms
 from .task import LOSSES, METRICS, Task, TaskError, resolve_callable, resolve_loss, resolve_metric
 
 if sys.version_info >= (3, 11):
@@ -117,6 +117,19 @@ SCHEMA: dict[str, dict[str, Key]] = {
             "the current folder",
         ),
         "kwargs": Key(False, _table, "keyword arguments for the factory (default: none)"),
+        "checkpoint": Key(
+            False,
+            _text,
+            "weights of a trained model to grow into (safetensors, or a torch.save state "
+            "dict read weights-only), relative to the study file; keys matching the model "
+            "in name and shape load",
+        ),
+        "trainable": Key(
+            False,
+            _names,
+            'with checkpoint: fnmatch patterns of the parameters that train (e.g. ["fc.*"], '
+            "a new head); the rest (the trunk) is frozen, except by finetune and lora",
+        ),
         "width": Key(
             False,
             _text,
@@ -182,7 +195,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "arms": Key(
             False,
             _names,
-            f"arms to run (default {', '.join(DEFAULT_ARMS)}, plus ladder with a width); "
+            f"arms to run (default {', '.join(DEFAULT_ARMS)}, plus ladder with a width; with "
+            f"a checkpoint {', '.join(TRAINED_DEFAULT_ARMS)}); "
             f"choose from {', '.join([*REGISTRY, LADDER])}",
         ),
         "seeds": Key(False, _seeds, 'number of paired seeds (default 3), or "auto"'),
@@ -299,6 +313,17 @@ class Study:
             arms = self.arms()
         except ConfigError as exc:
             raise StudyError(f"{where}: [compare] arms: {exc}") from exc
+        needs = [a.name for a in arms if a.adapt != "default"]
+        if needs and not self.model.get("checkpoint"):
+            raise StudyError(
+                f"{where}: arm(s) {needs} adapt a trained model: set [model] checkpoint "
+                "(and trainable)"
+            )
+        if self.model.get("checkpoint") and not self.model.get("trainable"):
+            raise StudyError(
+                f"{where}: [model] checkpoint needs trainable = [patterns] naming what trains "
+                'on the frozen trunk (e.g. ["fc.*"] for a new head)'
+            )
         if ref not in {a.name for a in arms}:
             raise StudyError(
                 f"{where}: [compare] reference {ref!r} is not among the arms "
@@ -324,7 +349,18 @@ class Study:
 
     # --- derived values ----------------------------------------------------------------
     @property
+    def checkpoint(self) -> str | None:
+        """The trained model's file, resolved beside the study file."""
+        path = self.model.get("checkpoint")
+        if path is None:
+            return None
+        base = self.source.parent if self.source is not None else Path.cwd()
+        return str((base / path).resolve())
+
+    @property
     def arm_names(self) -> list[str]:
+        if self.model.get("checkpoint"):
+            return list(self.compare.get("arms", TRAINED_DEFAULT_ARMS))
         default = [*DEFAULT_ARMS, *([LADDER] if self.model.get("width") else [])]
         return list(self.compare.get("arms", default))
 
@@ -397,6 +433,8 @@ class Study:
             model_kwargs=dict(self.model.get("kwargs", {})),
             data_kwargs=dict(self.data.get("kwargs", {})),
             width_arg=width,
+            checkpoint=self.checkpoint,
+            trainable=list(self.model.get("trainable", [])) or None,
             loss=resolve_loss(self.task.get("loss", "cross_entropy"), search),
             metric=metric,
             direction=direction,
@@ -413,7 +451,15 @@ class Study:
 
     def identity(self) -> dict[str, Any]:
         train = {k: v for k, v in self.train.items() if k not in ("threads",)}
+        weights = None
+        if self.checkpoint is not None and Path(self.checkpoint).is_file():
+            digest = hashlib.sha256()
+            with open(self.checkpoint, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(block)
+            weights = digest.hexdigest()[:16]  # a retrained checkpoint is another study
         return {
+            "checkpoint_sha256": weights,
             "model": self.model,
             "data": self.data,
             "task": self.task,

@@ -231,6 +231,8 @@ class Task:
     loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = cross_entropy
     metric: Metric = METRICS["accuracy"]
     direction: str = "maximize"
+    checkpoint: str | None = None  # a trained model's weights (experiments.adapt)
+    trainable: list[str] | None = None
     model_name: str = "model"
     data_name: str = "data"
     _data: Data | None = field(default=None, repr=False)
