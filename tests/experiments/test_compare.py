@@ -170,3 +170,19 @@ def test_seeds_auto_reports_how_it_stopped(tmp_path):
     assert report["level"] == pytest.approx(0.95)  # one look: nothing to spend
     assert seq["stopped"].startswith("stopped at")
     assert report["seeds"] == [0, 1, 2]
+
+
+def test_two_worker_processes_equal_one(tmp_path):
+    arms = 'arms = ["plain", "restart", "ladder"]\nladder = [2]'
+    one = compare(
+        write_study(tmp_path / "a", compare=arms), out=tmp_path / "a" / "o", seeds=2, log_line=None
+    )
+    two = compare(
+        write_study(tmp_path / "b", compare=arms),
+        out=tmp_path / "b" / "o",
+        seeds=2,
+        jobs=2,
+        log_line=None,
+    )
+    strip = lambda r: {k: v for k, v in without_timing(r).items() if k != "study"}  # noqa: E731
+    assert strip(one) == strip(two)

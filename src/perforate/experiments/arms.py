@@ -67,6 +67,10 @@ class Arm:
     # with [model] checkpoint freezes all but [model] trainable; "finetune"; "lora".
     adapt: str = "default"
 
+    def __post_init__(self) -> None:
+        # A plain dict: arms travel to worker processes (a mappingproxy does not pickle).
+        object.__setattr__(self, "overrides", dict(self.overrides))
+
     def config(self, base: Mapping[str, Any]) -> DendriteConfig:
         """The study's `[dendrites]` settings with this arm's laid over them."""
         try:
