@@ -7,6 +7,7 @@ validation accuracy; test accuracy is reported beside it, never used to choose.
 
     .venv/bin/python benchmarks/pb_settings.py [--seeds 5] [--shard 0/2]
     .venv/bin/python benchmarks/pb_settings.py --summary > docs/pb_settings.md
+    .venv/bin/python benchmarks/pb_settings.py --quick --out /tmp/s.jsonl   # seconds (CI)
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from perforate import DendriteConfig
 from perforate.experiments import datasets as data
 from perforate.experiments import loop as training
 from perforate.experiments import models
-from perforate.experiments.report import paired_difference
+from perforate.experiments.stats import paired
 
 RESULTS = Path(__file__).parent / "results" / "pb_settings.jsonl"
 LR = 1e-2
@@ -58,32 +59,42 @@ def grid() -> list[dict]:
     return out
 
 
+def paired_difference(a: dict, b: dict) -> tuple[float, float, int]:
+    """Mean of a - b over common seeds, the half-width of its 95% interval, the seeds."""
+    p = paired(a, b, "maximize")
+    return p.mean, (p.high - p.low) / 2, p.n
+
+
 def key(setting: dict, seed: int) -> str:
     return json.dumps({**setting, "seed": seed}, sort_keys=True)
 
 
-def done_keys() -> set[str]:
-    if not RESULTS.exists():
+def done_keys(results: Path = RESULTS) -> set[str]:
+    if not results.exists():
         return set()
-    return {key(r["setting"], r["seed"]) for r in map(json.loads, RESULTS.read_text().splitlines())}
+    return {key(r["setting"], r["seed"]) for r in map(json.loads, results.read_text().splitlines())}
 
 
-def run(seeds: int, shard: tuple[int, int]) -> None:
+def run(seeds: int, shard: tuple[int, int], results: Path = RESULTS, quick: bool = False) -> None:
+    """`quick`: the control and one setting, runs capped at 10 evaluations (for CI)."""
     torch.set_num_threads(1)
     splits = data.digits(seed=0)
-    done = done_keys()
-    jobs = [(s, seed) for seed in range(seeds) for s in grid()]
+    done = done_keys(results)
+    settings = grid()[:2] if quick else grid()
+    cap = {"max_epochs": 10} if quick else {}
+    jobs = [(s, seed) for seed in range(seeds) for s in settings]
     for i, (setting, seed) in enumerate(jobs):
         if i % shard[1] != shard[0] or key(setting, seed) in done:
             continue
         if setting["method"] == "restart":
-            config = DendriteConfig(method="restart")
+            config = DendriteConfig(method="restart", **cap)
         else:
             config = DendriteConfig(
                 objective=setting["objective"],
                 candidates_per_neuron=setting["pool"],
                 output_weight_init=setting["v0"],
                 candidate_init_scale=setting.get("init", 0.01),
+                **cap,
             )
         torch.manual_seed(seed)
         result = training.fit_classifier(
@@ -106,7 +117,7 @@ def run(seeds: int, shard: tuple[int, int]) -> None:
             "final_correlation": _last_correlation(result.history),
             "installed_output_std": _installed_std(result.history),
         }
-        with RESULTS.open("a") as fh:
+        with results.open("a") as fh:
             fh.write(json.dumps(row) + "\n")
         print(f"{setting} seed {seed}: val {result.val:.4f} test {result.test:.4f}", flush=True)
 
@@ -124,8 +135,8 @@ def _installed_std(history: list[dict]) -> float | None:
     return statistics.fmean(stds) if stds else None
 
 
-def summary() -> str:
-    rows = [json.loads(line) for line in RESULTS.read_text().splitlines()]
+def summary(results: Path = RESULTS) -> str:
+    rows = [json.loads(line) for line in results.read_text().splitlines()]
     groups: dict[str, list[dict]] = {}
     for r in rows:
         groups.setdefault(json.dumps(r["setting"], sort_keys=True), []).append(r)
@@ -197,9 +208,14 @@ if __name__ == "__main__":
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--shard", default="0/1")
     parser.add_argument("--summary", action="store_true")
+    parser.add_argument("--quick", action="store_true", help="two settings, one seed, short")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="the records file")
     args = parser.parse_args()
-    if args.summary:
-        print(summary(), end="")
+    if args.quick:
+        run(1, (0, 1), args.out, quick=True)
+        print(summary(args.out), end="")
+    elif args.summary:
+        print(summary(args.out), end="")
     else:
         i, n = map(int, args.shard.split("/"))
-        run(args.seeds, (i, n))
+        run(args.seeds, (i, n), args.out)

@@ -5,6 +5,7 @@ the ratio the arithmetic alone would give (FLOPs of what actually runs, counted 
 
     .venv/bin/python benchmarks/speed.py            # writes benchmarks/results/speed.json
     .venv/bin/python benchmarks/speed.py --table    # prints the markdown for docs/performance.md
+    .venv/bin/python benchmarks/speed.py --quick --out /tmp/speed.json   # seconds: CI's check
 """
 
 from __future__ import annotations
@@ -108,8 +109,14 @@ def grown(build, k: int) -> nn.Module:
     return model
 
 
-def bench_model(name: str) -> dict:
-    build, shape, repeats = SETUPS[name]
+def statistics_bytes(layer) -> int:
+    """Bytes of a layer's candidate statistics (the tensors of its `state_dict`)."""
+    state = layer.stats.state_dict()
+    return sum(t.numel() * t.element_size() for t in state.values() if torch.is_tensor(t))
+
+
+def bench_model(name: str, setups: dict = SETUPS) -> dict:
+    build, shape, repeats = setups[name]
     torch.manual_seed(0)
     x = torch.randn(*shape)
     y = torch.randint(0, 10, (shape[0],))
@@ -165,8 +172,7 @@ def bench_model(name: str) -> dict:
         # weight grads, 2 * P * F_wrapped.
         ideal = (2 * f_total + 2 * p * f_wrapped) / (3 * f_total)
         stats_bytes = sum(
-            sum(t.numel() * t.element_size() for t in layer.stats.state_tensors().values())
-            for layer in perforate.dendritic_layers(m).values()
+            statistics_bytes(layer) for layer in perforate.dendritic_layers(m).values()
         )
         out["dendrite"].append(
             {
@@ -181,9 +187,9 @@ def bench_model(name: str) -> dict:
     return out
 
 
-def bench_controller(epochs: int = 40) -> dict:
+def bench_controller(epochs: int = 40, build=models.resnet18, name: str = "ResNet-18") -> dict:
     torch.manual_seed(0)
-    model = models.resnet18()
+    model = build()
     ctl = perforate.Perforator(
         model, DendriteConfig(patience=1000), optimizer=lambda p: torch.optim.SGD(p, lr=1e-3)
     )
@@ -197,7 +203,7 @@ def bench_controller(epochs: int = 40) -> dict:
         (improving if i % 4 == 0 else plain).append(dt)
     allt = plain + improving
     return {
-        "model": "resnet18",
+        "model": name,
         "params": sum(p.numel() for p in model.parameters()),
         "median_ms": 1e3 * statistics.median(allt),
         "median_ms_no_new_best": 1e3 * statistics.median(plain),
@@ -205,7 +211,7 @@ def bench_controller(epochs: int = 40) -> dict:
     }
 
 
-def bench_inference(repeats: int = 200) -> list[dict]:
+def bench_inference(repeats: int = 200, compile_too: bool = True) -> list[dict]:
     out = []
     x = torch.randn(1024, 784)
     for k in (1, 2):
@@ -217,8 +223,10 @@ def bench_inference(repeats: int = 200) -> list[dict]:
             tp = time_steps(lambda m=perf: m(x), repeats)
             ts = time_steps(lambda m=same_flops: m(x), repeats)
             r = ratio_to(lambda m=same_flops: m(x), lambda m=perf: m(x), repeats)
-            cp, cs = torch.compile(perf), torch.compile(same_flops)
-            rc = ratio_to(lambda m=cs: m(x), lambda m=cp: m(x), repeats)
+            rc = math.nan
+            if compile_too:
+                cp, cs = torch.compile(perf), torch.compile(same_flops)
+                rc = ratio_to(lambda m=cs: m(x), lambda m=cp: m(x), repeats)
         out.append(
             {
                 "model": f"mlp 784-64-10, k={k}",
@@ -235,21 +243,38 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--table", action="store_true")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="every measurement once on a small MLP, no torch.compile (seconds; for CI)",
+    )
+    parser.add_argument("--out", type=Path, default=RESULTS, help="where the JSON goes")
     args = parser.parse_args()
     if args.table:
-        print(table(json.loads(RESULTS.read_text())))
+        print(table(json.loads(args.out.read_text())))
         return
     torch.set_num_threads(args.threads)
+    if args.quick:
+        setups = {"mlp": (lambda: models.mlp(32, 8, 10), (16, 32), 2)}
+        models_, controller = (
+            [bench_model("mlp", setups)],
+            bench_controller(6, lambda: models.mlp(32, 8, 10), "MLP 32-8-10"),
+        )
+        inference = bench_inference(2, compile_too=False)
+    else:
+        models_ = [bench_model(n) for n in SETUPS]
+        controller, inference = bench_controller(), bench_inference()
     result = {
         "torch": torch.__version__,
         "machine": platform.machine(),
         "threads": args.threads,
-        "models": [bench_model(n) for n in SETUPS],
-        "controller": bench_controller(),
-        "inference": bench_inference(),
+        "quick": args.quick,
+        "models": models_,
+        "controller": controller,
+        "inference": inference,
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=1))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1))
     print(table(result))
 
 
@@ -275,7 +300,8 @@ def table(r: dict) -> str:
     c = r["controller"]
     lines += [
         "",
-        f"Controller, `end_epoch` on ResNet-18 ({c['params']:,} parameters), nothing "
+        f"Controller, `end_epoch` on {c['model'].replace('resnet18', 'ResNet-18')} "
+        f"({c['params']:,} parameters), nothing "
         f"written: median {c['median_ms']:.2f} ms ({c['median_ms_no_new_best']:.2f} ms "
         f"without a new best, {c['median_ms_new_best']:.2f} ms when the best state is "
         "copied).",
