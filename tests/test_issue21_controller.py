@@ -368,3 +368,41 @@ def test_e117_a_resume_without_the_runs_scheduler_or_candidate_optimizer_is_refu
     assert all(torch.equal(before[k], v) for k, v in fresh.state_dict().items())
     resumed = Perforator.resume(path, fresh, optimizer=sgd, **factories)
     assert resumed.scheduler.state_dict()["last_epoch"] == 1
+
+
+# --- 8. steps a GradScaler skipped ---------------------------------------------------------
+def test_e118_steps_a_grad_scaler_skipped_are_not_blamed_on_another_optimizer(gen, caplog):
+    import logging
+
+    import perforate
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 2))
+    ctl = Perforator(model, DendriteConfig(patience=5), optimizer=sgd)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(8, 4, generator=gen)
+    for _ in range(2):  # 1e36 * 2^16 overflows float32: inf gradients, both steps skipped
+        ctl.optimizer.zero_grad()
+        scaler.scale(model(x).pow(2).mean() * 1e36).backward()
+        scaler.step(ctl.optimizer)
+        scaler.update()
+    assert scaler.get_scale() == 2.0**14
+    with caplog.at_level(logging.WARNING, logger="perforate"):
+        assert ctl.end_epoch(0.5) == Event.CONTINUE
+    assert ctl.epoch == 1 and "every step was skipped on non-finite gradients" in caplog.text
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    # An optimizer made elsewhere is still named as such ...
+    other = torch.optim.SGD(model.parameters(), lr=0.1)
+    other.zero_grad()
+    model(x).pow(2).mean().backward()
+    other.step()
+    with pytest.raises(perforate.PhaseError, match="parameters changed: an optimizer made"):
+        ctl.end_epoch(0.5)
+    # ... and no training at all (gradients cleared) is not blamed on one.
+    step(model, ctl, gen)
+    ctl.end_epoch(0.5)
+    ctl.optimizer.zero_grad(set_to_none=True)
+    with pytest.raises(perforate.PhaseError) as caught:
+        ctl.end_epoch(0.5)
+    assert "GradScaler" in str(caught.value) and "parameters changed" not in str(caught.value)

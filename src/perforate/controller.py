@@ -229,11 +229,7 @@ class Perforator:
         self._check_owner()
         score = self._checked_score(score)
         if self.optimizers.steps_since_evaluation == 0:
-            raise PhaseError(
-                "end_epoch was called without any ctl.optimizer.step() since the last call: "
-                "train between evaluations, and step the optimizer the controller owns "
-                "(ctl.optimizer, rebuilt at every restructure), not one made elsewhere"
-            )
+            self._no_steps()
         self._check_checkpoint_target()
         self._undo_point = self._mark()
         try:
@@ -266,7 +262,37 @@ class Perforator:
             self.epoch % self.checkpoint_every == 0 or self.done
         ):
             self.save_checkpoint(self.checkpoint_path)
+        self.optimizers.note_versions()  # after this evaluation's restores and installs
         return event
+
+    def _no_steps(self) -> None:
+        """No step counted since the last evaluation: say why, or go on when a GradScaler
+        skipped them all (non-finite gradients: the model is unchanged, the score valid)."""
+        reason = self.optimizers.no_steps_reason()
+        if reason == "skipped":
+            log.warning(
+                "epoch %d: no optimizer step took effect since the last evaluation: every "
+                "step was skipped on non-finite gradients (a GradScaler does so while it "
+                "lowers its scale; a loss that is inf or NaN does it every time); the "
+                "epoch counts, with the model unchanged",
+                self.epoch + 1,
+            )
+            return
+        if reason == "elsewhere":
+            raise PhaseError(
+                "end_epoch was called without any ctl.optimizer.step() since the last call, "
+                "yet the parameters changed: an optimizer made elsewhere stepped them. Step "
+                "the optimizer the controller owns (ctl.optimizer, rebuilt at every "
+                "restructure), not one made elsewhere"
+            )
+        raise PhaseError(
+            "end_epoch was called without any ctl.optimizer.step() since the last call: "
+            "train between evaluations, and step the optimizer the controller owns "
+            "(ctl.optimizer, rebuilt at every restructure), not one made elsewhere. Under "
+            "AMP, a GradScaler skips the steps whose gradients are inf "
+            "or NaN: if it skipped them all, keep the gradients until end_epoch (zero them "
+            "before backward, not after the step) so the controller can tell"
+        )
 
     def _step_scheduler(self, score: float) -> None:
         try:

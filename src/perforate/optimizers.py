@@ -64,6 +64,7 @@ class OptimizerOwner:
         self.wrapped: nn.Module | None = None
         self.steps_since_evaluation = 0
         self._stepped: torch.optim.Optimizer | None = None
+        self._versions: list[int | None] = []
 
     def build(self, model: nn.Module, params: list[nn.Parameter], candidates: bool) -> None:
         """A fresh optimizer over `params` (candidate factory if `candidates`)."""
@@ -82,6 +83,7 @@ class OptimizerOwner:
         self._stepped = inner
         inner.register_step_post_hook(self._count_step)
         self.optimizer = optimizer
+        self.note_versions()
         self.wrapped = model if self._wrapper is None else self._wrapper(model)
         if self._scheduler_factory is not None:
             self.scheduler = self._scheduler_factory(optimizer)
@@ -99,6 +101,31 @@ class OptimizerOwner:
     def _count_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         if optimizer is self._stepped:  # an optimizer of an earlier phase may still step
             self.steps_since_evaluation += 1
+
+    def params(self) -> list[torch.Tensor]:
+        if self.optimizer is None:
+            return []
+        return [p for g in self.optimizer.param_groups for p in g["params"]]
+
+    def note_versions(self) -> None:
+        """Remember the in-place version of every parameter trained now (call it after an
+        evaluation's own changes): `no_steps_reason` tells from it whether anything updated
+        them since."""
+        self._versions = [getattr(p, "_version", None) for p in self.params()]
+
+    def no_steps_reason(self) -> str:
+        """Why no step was counted since the last evaluation: "elsewhere" (the parameters
+        changed: another optimizer stepped them), "skipped" (they did not, and their
+        gradients are not finite: a GradScaler skipped every step) or "none" (no sign of
+        training, or gradients already cleared)."""
+        params = self.params()
+        versions = [getattr(p, "_version", None) for p in params]
+        if getattr(self, "_versions", None) != versions:
+            return "elsewhere"
+        grads = [p.grad for p in params if p.grad is not None]
+        if grads and not all(bool(torch.isfinite(g).all()) for g in grads):
+            return "skipped"
+        return "none"
 
     def take_steps(self) -> int:
         """Steps taken since the last call."""
