@@ -79,6 +79,7 @@ TESTS = {
     "convert": [
         "tests/test_convert.py",
         "tests/test_architectures.py",
+        "tests/test_to_plain.py",
         "tests/test_checkpoint.py",
         "tests/test_rules.py",
     ],
@@ -112,7 +113,12 @@ TESTS = {
         *_CORE,
         "tests/test_training_checkpoint.py",
     ],
-    "rules": ["tests/test_controller.py", *_CORE],
+    "rules": [
+        "tests/test_pins_rules.py",
+        "tests/test_controller.py",
+        *_CORE,
+        "tests/test_candidate_variants.py",
+    ],
     "selection": ["tests/test_controller.py", *_CORE],
     "snapshots": [
         "tests/test_pins_snapshots.py",
@@ -137,6 +143,7 @@ TESTS = {
         "tests/test_hostile.py",
     ],
     "validation": [
+        "tests/test_pins_validation.py",
         "tests/test_hostile.py",
         "tests/test_checkpoint.py",
         "tests/test_training_checkpoint.py",
@@ -177,6 +184,15 @@ EQUIVALENT: frozenset[tuple[str, str, str]] = frozenset(
             'otherwise the group its processes share."""\nif group is None:\nreturn None',
             "Return deleted",
         ),
+        # ClosedFormPool.__init__ runs right after CandidatePool.__init__ set `reduce` to
+        # None: the check cannot fire (share_statistics refuses a reducer; tested).
+        (
+            "candidate_variants",
+            "if self.reduce is not None:\nraise PhaseError(",
+            "Raise deleted",
+        ),
+        # cxx is the (F, F) input covariance: square, so shape[0] == shape[1].
+        ("candidate_variants", "f = cxx.shape[0]", "constant 0 changed"),
         # A type alias used only in annotations (postponed by `from __future__ import annotations`).
         ("rules", "Layers = dict[str, DendriticLayer]", "Assign deleted"),
     }

@@ -1,0 +1,139 @@
+"""Candidate variants, pinned by hand: the ridge start's exact weights, output-error
+statistics over uneven batches, convolutions, non-finite errors, refusals."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import perforate
+from perforate import DendriteConfig, PhaseError
+from perforate.candidate_variants import OutputError, OutputErrorPool, OutputErrorStats
+from perforate.kinds import kind_of
+from perforate.rules import ClosedFormRule, SparseRule
+
+
+def _layer(base: nn.Module, **cfg) -> perforate.DendriticLayer:
+    return perforate.DendriticLayer(base, kind_of(base), DendriteConfig(**cfg))
+
+
+def test_a_sparse_pool_shows_its_fan_in():
+    pool = SparseRule(fan_in=3).make_pool(_layer(nn.Linear(6, 2)), torch.Generator())
+    assert "fan_in=3" in repr(pool)
+
+
+def test_variants_that_do_not_run_distributed_say_so():
+    gen = torch.Generator().manual_seed(0)
+    layer = _layer(nn.Linear(4, 2))
+    for pool in (
+        ClosedFormRule(pool_size=2).make_pool(layer, gen),
+        OutputErrorPool.from_pool(layer.draw_candidates(2, generator=gen)),
+    ):
+        pool.share_statistics(None, 1)  # one process: fine
+        with pytest.raises(PhaseError, match=r"do(es)? not run distributed yet"):
+            pool.share_statistics(lambda t: None, 2)
+
+
+def test_the_ridge_start_by_hand_on_nearly_collinear_inputs():
+    # x2 = x1 + tiny noise: without the ridge the solve would split the weight wildly
+    # between them; 1e-3 times the mean input variance keeps it even.
+    gen = torch.Generator().manual_seed(1)
+    x1 = torch.randn(200, 1, generator=gen, dtype=torch.float64)
+    x = torch.cat([x1, x1 + 1e-4 * torch.randn(200, 1, generator=gen, dtype=torch.float64)], 1)
+    x = x * 2.0 + 1.0
+    e = torch.cat([x[:, :1] * 3.0, -x[:, 1:]], 1) + 0.1  # (N, C=2)
+    pool = ClosedFormRule(pool_size=3, warmup=1).make_pool(_layer(nn.Linear(2, 2)), gen)
+    pool.cf_n.fill_(200)
+    pool.cf_sum_x.copy_(x.sum(0))
+    pool.cf_sum_e.copy_(e.sum(0))
+    pool.cf_xx.copy_(x.T @ x)
+    pool.cf_xe.copy_(x.T @ e)
+    pool.start_from_regression()
+    # The reference: covariances, ridge, solve, unit output std, slopes 0.5 * 8^(i/2).
+    mx, me = x.mean(0), e.mean(0)
+    cxx = (x - mx).T @ (x - mx) / 200
+    cxe = (x - mx).T @ (e - me) / 200
+    lam = 1e-3 * float(cxx.diagonal().mean())
+    w = torch.linalg.solve(cxx + lam * torch.eye(2, dtype=torch.float64), cxe)
+    std = torch.sqrt(((x - mx) @ w).pow(2).mean(0))
+    unit = w / std
+    for i, slope in enumerate([0.5, 0.5 * 8**0.5, 4.0]):
+        for c in range(2):
+            row = i * 2 + c
+            want = slope * unit[:, c]
+            got = pool.bank.weight[row].double()
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+            assert float(pool.bank.bias[row]) == pytest.approx(-float(want @ mx), rel=1e-4)
+    assert pool.cf_started
+    assert abs(float(unit[0, 0]) - float(unit[1, 0])) < 0.05  # the ridge shares it evenly
+
+
+def test_output_error_statistics_merge_uneven_batches_and_skip_empty_and_bad_ones():
+    g = torch.Generator().manual_seed(2)
+    v = torch.rand(6, 2, 1, generator=g, dtype=torch.float64)
+    e = torch.randn(6, 3, generator=g, dtype=torch.float64)
+    stats = OutputErrorStats(2, 1, 3, "cpu")
+    assert stats.fold_output_error(v[:0], e[:0]) is None  # empty: nothing folded
+    stats.fold_output_error(v[:1], e[:1])  # a single pattern counts
+    assert int(stats.count) == 1
+    bad = e[1:2].clone()
+    bad[0, 1] = float("inf")
+    *_, ok = stats.fold_output_error(v[1:2], bad)
+    assert not bool(ok) and int(stats.skipped) == 1 and int(stats.count) == 1
+    stats.fold_output_error(v[1:], e[1:])
+    vc, ec = v - v.mean(0), e - e.mean(0)
+    assert int(stats.count) == 6
+    torch.testing.assert_close(stats.mean_v, v.mean(0))
+    torch.testing.assert_close(stats.mean_e, e.mean(0))
+    torch.testing.assert_close(stats.m_ve, torch.einsum("npc,no->pco", vc, ec))
+    torch.testing.assert_close(stats.m_vv, (vc * vc).sum(0))
+    torch.testing.assert_close(stats.m_ee, (ec * ec).sum(0))
+
+
+def test_a_non_finite_output_error_gives_no_gradient_and_is_counted():
+    layer = _layer(nn.Linear(3, 2))
+    pool = OutputErrorPool.from_pool(layer.draw_candidates(2, generator=torch.Generator()))
+    pool.source = OutputError()
+    pool.source.error = torch.tensor([[1.0, float("nan")], [0.5, 2.0], [0.0, 1.0]])
+    v = pool.outputs(torch.randn(3, 3), None)
+    grad = pool.objective_gradient(v, torch.zeros(3, 2))
+    assert grad.shape == v.shape and bool((grad == 0).all())
+    assert int(pool.stats.skipped) == 1 and int(pool.stats.count) == 0
+
+
+def _conv_pool(pool_size: int, channels: int) -> OutputErrorPool:
+    layer = _layer(nn.Conv1d(2, channels, 1))
+    draw = layer.draw_candidates(pool_size, generator=torch.Generator().manual_seed(0))
+    pool = OutputErrorPool.from_pool(draw)
+    pool.source = OutputError()
+    return pool
+
+
+def test_output_error_in_a_convolution_of_one_sample_one_candidate_one_channel():
+    pool = _conv_pool(1, 1)
+    x = torch.randn(1, 2, 5)
+    pool.source.error = torch.tensor([[0.5, -1.0]])
+    v = pool.outputs(x, None)  # (B=1, P=1, C=1, 5)
+    grad = pool.objective_gradient(v, torch.zeros(1, 1, 5))
+    assert grad.shape == v.shape and int(pool.stats.count) == 5  # 5 positions folded
+
+
+def test_output_error_in_a_convolution_equals_its_positions_as_patterns():
+    # Each position is a pattern carrying its sample's output error.
+    conv, flat = _conv_pool(2, 3), _layer(nn.Linear(2, 3))
+    flat_pool = OutputErrorPool.from_pool(flat.draw_candidates(2, generator=torch.Generator()))
+    flat_pool.source = OutputError()
+    x = torch.randn(2, 2, 4, generator=torch.Generator().manual_seed(3))
+    err = torch.tensor([[1.0, -0.5], [0.25, 2.0]])
+    conv.source.error = err
+    v = conv.outputs(x, None)  # (2, 2, 3, 4)
+    grad = conv.objective_gradient(v, torch.zeros(2, 3, 4))
+    v_rows = v.permute(0, 3, 1, 2).reshape(8, 2, 3)
+    flat_pool.source.error = err.repeat_interleave(4, 0)
+    want = flat_pool.objective_gradient(v_rows, torch.zeros(8, 3))
+    torch.testing.assert_close(grad.permute(0, 3, 1, 2).reshape(8, 2, 3), want)
+    torch.testing.assert_close(conv.stats.m_ve, flat_pool.stats.m_ve)
+    conv.source.error = torch.zeros(2, 3, 2)  # an output per position, not per sample
+    with pytest.raises(PhaseError, match="one output per sample"):
+        conv.objective_gradient(v, torch.zeros(2, 3, 4))

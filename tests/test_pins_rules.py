@@ -1,0 +1,72 @@
+"""Training rules' defaults and the restart control's quiet ending."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+import perforate
+from perforate import DendriteConfig, Event, Perforator
+from perforate.kinds import kind_of
+from perforate.rules import ClosedFormRule, RestartRule, SparseRule, resolve_rule
+
+
+def test_rule_defaults_agree_with_the_config_defaults():
+    cfg = DendriteConfig()
+    sparse = SparseRule()
+    assert (sparse.pool_size, sparse.fan_in) == (4, 8)
+    assert (sparse.pool_size, sparse.fan_in) == (cfg.candidates_per_neuron, cfg.dendrite_fan_in)
+    closed = ClosedFormRule()
+    assert (
+        (closed.pool_size, closed.warmup)
+        == (4, 20)
+        == (
+            cfg.candidates_per_neuron,
+            cfg.closed_form_batches,
+        )
+    )
+    assert not RestartRule.grows
+    from_cfg = resolve_rule(
+        DendriteConfig(method="sparse", dendrite_fan_in=3, candidates_per_neuron=2)
+    )
+    assert (from_cfg.pool_size, from_cfg.fan_in) == (2, 3)
+
+
+def test_a_sparse_pool_masks_each_candidate_to_its_fan_in():
+    layer = perforate.DendriticLayer(nn.Linear(6, 2), kind_of(nn.Linear(6, 2)), DendriteConfig())
+    pool = SparseRule(pool_size=3, fan_in=2).make_pool(layer, torch.Generator().manual_seed(0))
+    assert tuple(pool.mask.shape) == (6, 6) and pool.mask.sum(1).tolist() == [2] * 6
+
+
+def test_closed_form_refuses_a_convolution_but_takes_linears():
+    lin = perforate.add_dendrites(nn.Sequential(nn.Linear(2, 2)), DendriteConfig())
+    ClosedFormRule().bind(lin, perforate.dendritic_layers(lin))  # no error
+    conv = perforate.add_dendrites(nn.Sequential(nn.Conv1d(2, 2, 1), nn.Linear(2, 2)))
+    try:
+        ClosedFormRule().bind(conv, perforate.dendritic_layers(conv))
+    except perforate.ConfigError as exc:
+        assert "['0'] are convolutions" in str(exc)
+    else:
+        raise AssertionError("a convolution was accepted")
+
+
+def test_the_restart_control_ends_without_the_no_dendrites_warning(caplog):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(2, 3), nn.Tanh(), nn.Linear(3, 1))
+    cfg = DendriteConfig(
+        method="restart", switch_mode="patience", patience=1, cycle_patience=1, max_retries=0
+    )
+    ctl = Perforator(model, cfg, optimizer=lambda p: torch.optim.SGD(p, lr=0.1), seed=0)
+    events = []
+    with caplog.at_level(logging.WARNING, logger="perforate"):
+        for score in [0.5, 0.5, 0.5, 0.5, 0.5, 0.5]:
+            ctl.optimizer.zero_grad()
+            model(torch.randn(4, 2)).pow(2).mean().backward()
+            ctl.optimizer.step()
+            events.append(ctl.end_epoch(score))
+            if ctl.done:
+                break
+    assert events[-1] == Event.DONE and ctl.dendrites_kept == 0
+    assert "ended with no dendrites" not in caplog.text
