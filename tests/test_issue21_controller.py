@@ -406,3 +406,32 @@ def test_e118_steps_a_grad_scaler_skipped_are_not_blamed_on_another_optimizer(ge
     with pytest.raises(perforate.PhaseError) as caught:
         ctl.end_epoch(0.5)
     assert "GradScaler" in str(caught.value) and "parameters changed" not in str(caught.value)
+
+
+# --- 9. an optimizer factory that ignores its argument ----------------------------------------
+def test_e119_a_factory_that_ignores_its_params_is_refused_before_candidates_train(gen):
+    import perforate
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 2))
+    captured = list(model.parameters())  # the plain model's, taken before wrapping
+
+    def ignoring(params):
+        return torch.optim.SGD(captured, lr=0.1)
+
+    ctl = Perforator(model, QUICK, optimizer=ignoring)  # a neuron phase: the same tensors
+    drive(ctl, model, [0.5], gen)
+    step(model, ctl, gen)
+    with pytest.raises(perforate.ConfigError) as caught:
+        ctl.end_epoch(0.4)  # the dendrite phase would train candidates it does not hold
+    text = str(caught.value)
+    assert "optimizer factory built an optimizer without 4 of the 4 parameters" in text
+    assert "0.candidates.bank.weight" in text and "lambda params" in text
+    assert ctl.phase == Phase.NEURON and ctl.epoch == 1  # nothing changed (all or nothing)
+    assert all(layer.candidates is None for layer in ctl.layers.values())
+    # A factory over the model's parameters at call time holds the candidates: accepted.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 2))
+    ctl = Perforator(model, QUICK, optimizer=lambda p: torch.optim.SGD(model.parameters(), lr=0.1))
+    assert drive(ctl, model, [0.5, 0.4], gen) == [Event.CONTINUE, Event.DENDRITE_PHASE]
+

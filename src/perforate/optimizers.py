@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import CheckpointMismatchError, PhaseError
+from .errors import CheckpointMismatchError, ConfigError, PhaseError
 
 OptimizerFactory = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
@@ -80,6 +80,7 @@ class OptimizerOwner:
         inner = optimizer
         while isinstance(getattr(inner, "optimizer", None), torch.optim.Optimizer):
             inner = inner.optimizer
+        _check_holds(model, inner, params, "candidate_optimizer" if candidates else "optimizer")
         self._stepped = inner
         inner.register_step_post_hook(self._count_step)
         self.optimizer = optimizer
@@ -220,3 +221,27 @@ class OptimizerOwner:
         if state["scheduler"] is not None and self.scheduler is not None:
             self.scheduler.load_state_dict(state["scheduler"])
         self.steps_since_evaluation = int(state["steps_since_evaluation"])
+
+
+def _check_holds(
+    model: nn.Module, optimizer: torch.optim.Optimizer, params: list[nn.Parameter], name: str
+) -> None:
+    """A factory must optimise the parameters it is given: one that ignores them (builds
+    over `model.parameters()` captured earlier, or over a part of the model) would leave
+    new candidates or dendrite output weights untrained, and they would be installed
+    as if trained."""
+    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    missing = [p for p in params if id(p) not in held]
+    if not missing:
+        return
+    names = {id(p): n for n, p in model.named_parameters()}
+    shown = [names.get(id(p), f"a {tuple(p.shape)} tensor") for p in missing[:5]]
+    more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+    raise ConfigError(
+        f"the {name} factory built an optimizer without {len(missing)} of the "
+        f"{len(params)} parameters it was given ({', '.join(shown)}{more}): the factory "
+        "must optimise its argument, e.g. lambda params: torch.optim.Adam(params, lr=1e-3), "
+        "not parameters taken from the model earlier (the controller rebuilds it at every "
+        "restructure with what trains now); freeze (requires_grad_(False)) what should not "
+        "train"
+    )
