@@ -49,7 +49,7 @@ def test_empty_or_too_small_splits(tmp_path, capsys):
     study = write_study(tmp_path / "u")
     study.write_text(study.read_text().replace('kind = "classes"', 'kind = "classes", rows = 2'))
     line = run(capsys, study, "--out", tmp_path / "o")
-    assert "the val split is empty" in line and "train 1 / val 0 / test 1" in line
+    assert "the validation split is empty" in line and "train 1 / validation 0 / test 1" in line
     study.write_text(study.read_text().replace("rows = 2", "rows = 40"))
     line = run(capsys, study, "--out", tmp_path / "o2")
     assert "smaller than one batch" in line and "batch size 32" in line

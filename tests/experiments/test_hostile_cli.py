@@ -60,7 +60,7 @@ def test_e77_train_values_are_checked_naming_file_section_and_key(tmp_path, caps
 
 def test_e78_a_missing_required_key_is_named(tmp_path, capsys):
     path = toml(tmp_path, data="kwargs = {}")
-    fails(capsys, ["train", str(path)], "[data] needs name")
+    fails(capsys, ["train", str(path)], "[data] needs exactly one of name")
 
 
 def test_e79_an_unknown_dataset_lists_the_choices(tmp_path, capsys):

@@ -91,9 +91,9 @@ def test_example_configs_are_valid():
 def test_docs_train_file_page_is_generated_from_the_schema():
     from perforate.experiments.train_config import SCHEMA, schema_markdown
 
-    page = (Path(__file__).parents[2] / "docs" / "train_file.md").read_text()
+    page = (Path(__file__).parents[2] / "docs" / "study_file.md").read_text()
     assert page == schema_markdown(), (
-        "regenerate: perforate config --train-file > docs/train_file.md"
+        "regenerate: perforate config --study-file > docs/study_file.md"
     )
     for section, keys in SCHEMA.items():
         assert f"## [{section}]" in page and all(f"| `{k}` |" in page for k in keys)

@@ -111,6 +111,12 @@ def _main(argv: list[str] | None = None) -> int:
         "train", help="train from a TOML file (`perforate examples` lists the bundled ones)"
     )
     train.add_argument("config_file")
+    train.add_argument(
+        "--arm", default="pb", help="the arm to run (default pb: [dendrites] as it is)"
+    )
+    train.add_argument(
+        "--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N"
+    )
     resume = train.add_mutually_exclusive_group()
     resume.add_argument(
         "--resume",
@@ -143,7 +149,7 @@ def _main(argv: list[str] | None = None) -> int:
     cfg.add_argument(
         "--train-file",
         action="store_true",
-        help="the format of `perforate train` files instead, as docs/train_file.md",
+        help="the same as --study-file: train and compare read one format",
     )
     arch = sub.add_parser("architecture", help="the library's import graph, as Markdown")
     arch.add_argument(
@@ -166,7 +172,10 @@ def _main(argv: list[str] | None = None) -> int:
         from .train_config import run_experiment
 
         run_experiment(
-            args.config_file, resume="if-present" if args.resume_if_present else args.resume
+            args.config_file,
+            resume="if-present" if args.resume_if_present else args.resume,
+            device=args.device,
+            arm=args.arm,
         )
     elif args.command == "architecture":
         from .architecture import markdown, write_section
@@ -183,12 +192,8 @@ def _main(argv: list[str] | None = None) -> int:
             first = path.read_text().splitlines()[0].lstrip("# ").strip()
             print(f"{path}\n    {first}")
         print("Copy one and edit it; `perforate config` lists every [dendrites] setting.")
-    elif args.command == "config" and args.study_file:
-        from .study import schema_markdown as study_markdown
-
-        print(study_markdown(), end="")
-    elif args.command == "config" and args.train_file:
-        from .train_config import schema_markdown
+    elif args.command == "config" and (args.study_file or args.train_file):
+        from .study import schema_markdown
 
         print(schema_markdown(), end="")
     elif args.command == "config":

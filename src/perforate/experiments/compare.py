@@ -25,8 +25,8 @@ from . import stats
 from .arms import Arm
 from .engine import Layout, Runner, chains, run_chains, shard
 from .ledger import Ledger
+from .runs import preflight
 from .study import Study, StudyError
-from .task import Task
 from .verdict import ALPHA, LEVEL, Comparison, judge_family, study_verdict
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ def compare(
     if seeds == "auto" and count > 1:
         raise StudyError("--seeds auto decides after each look: run it without --shard")
     task = study.build_task()
-    task.data().check_sizes(int(study.train.get("batch_size", 64)))
+    study.load_data(task)
     preflight(task, every)
     fingerprint = study.fingerprint()
     root.mkdir(parents=True, exist_ok=True)
@@ -132,16 +132,6 @@ def compare(
     say(report["verdict"]["sentence"])
     say(f"report: {root / 'compare.md'}  figure: {root / 'compare.png'}")
     return report
-
-
-def preflight(task: Task, arms: Sequence[Arm]) -> None:
-    """Build and prepare the model once per (width, preparation) before any run, so a
-    factory that rejects a width, a checkpoint that does not fit or a `trainable` that
-    matches nothing is one error before anything is written."""
-    from .adapt import prepare
-
-    for width, how in sorted({(a.width or 0, a.adapt) for a in arms}):
-        prepare(task.build_model(width or None), how, task.checkpoint, task.trainable)
 
 
 def _run_with_progress(runner, todo, ledger, jobs, threads, say, progress) -> None:

@@ -20,7 +20,7 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -134,6 +134,14 @@ def fork_checkpoint(point: ForkPoint, config: DendriteConfig, rule_name: str, to
     training_state.save(to, state)
 
 
+def preflight(task: Task, arms: Sequence[Arm]) -> None:
+    """Build and prepare the model once per (width, preparation) before any run, so a
+    factory that rejects a width, a checkpoint that does not fit or a `trainable` that
+    matches nothing is one error before anything is written."""
+    for width, how in sorted({(a.width or 0, a.adapt) for a in arms}):
+        adapt.prepare(task.build_model(width or None), how, task.checkpoint, task.trainable)
+
+
 def train_run(
     spec: RunSpec,
     task: Task,
@@ -141,6 +149,9 @@ def train_run(
     fork: ForkPoint | None = None,
     make_fork: ForkPoint | None = None,
     model_path: Path | None = None,
+    on_start: Callable[[Perforator], None] | None = None,
+    on_epoch: Callable[[Perforator, Event, float], None] | None = None,
+    keep_history: bool = False,
 ) -> dict[str, Any]:
     """Train one run to its end and return its record (see the module docstring).
 
@@ -168,7 +179,7 @@ def train_run(
     config = spec.config
     if overrides:  # e.g. LoRA: wrap only the head, not the adapters
         config = DendriteConfig.from_dict({**config.to_dict(), **overrides})
-    has_ckpt = ckpt.exists() or training_state.previous(ckpt).exists()
+    has_ckpt = ckpt.is_file() or training_state.previous(ckpt).is_file()
     if not has_ckpt and fork is not None:
         # The checkpoint is written last: its existence is what makes the fork happen.
         info = json.loads(fork.info.read_text())
@@ -193,6 +204,8 @@ def train_run(
         _finish_fork(make_fork, ctl, epochs)  # killed between end_epoch and this
         first_phase_open = False
 
+    if on_start is not None:
+        on_start(ctl)
     own_start = time.perf_counter()
     while not ctl.done:
         if first_phase_open:
@@ -228,6 +241,8 @@ def train_run(
         if first_phase_open and event != Event.CONTINUE:
             _finish_fork(make_fork, ctl, epochs)
             first_phase_open = False
+        if on_epoch is not None:
+            on_epoch(ctl, event, val)
     wall_seconds = time.perf_counter() - own_start
 
     report = perforate.parameter_report(model)
@@ -265,6 +280,7 @@ def train_run(
         ],
         "phases": [[h["phase"][0], h["event"]] for h in history],
         "model": None if model_path is None else str(model_path),
+        **({"history": history} if keep_history else {}),
     }
 
 

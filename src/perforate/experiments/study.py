@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from perforate import ConfigError, DendriteConfig
+from perforate import ConfigError, DendriteConfig, PerforateError
 
 from . import datasets
 from .arms import DEFAULT_ARMS, LADDER, REGISTRY, TRAINED_DEFAULT_ARMS, Arm, resolve_arms
@@ -39,28 +39,50 @@ OPTIMIZERS = ("Adam", "AdamW", "SGD")
 MAX_SEED = 2**63 - 1
 
 
+def _short(v: Any) -> str:
+    text = repr(v)
+    return text if len(text) <= 40 else f"{text[:20]}...({len(text)} characters)"
+
+
 def _int(low: int, high: int = MAX_SEED) -> Callable[[Any], str | None]:
     def check(v: Any) -> str | None:
         ok = isinstance(v, int) and not isinstance(v, bool) and low <= v <= high
-        return None if ok else f"must be an integer from {low} to {high}, got {v!r}"
+        top = "2^63 - 1" if high == MAX_SEED else str(high)
+        return None if ok else f"must be an integer from {low} to {top}, got {_short(v)}"
 
     return check
 
 
-def _number(low: float, high: float, low_open: bool = True) -> Callable[[Any], str | None]:
-    def check(v: Any) -> str | None:
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            return f"must be a number, got {v!r}"
-        try:
-            f = float(v)
-        except OverflowError:
-            return f"must be a number from {low} to {high}, got an integer of {len(str(v))} digits"
-        above = f > low if low_open else f >= low
-        ok = math.isfinite(f) and above and f <= high
-        bound = ">" if low_open else ">="
-        return None if ok else f"must be a number {bound} {low} and <= {high}, got {v!r}"
+def _as_float(v: Any) -> float | None:
+    """`v` as a finite float, or None: a bool, a string, NaN, an infinity, or an integer
+    too large for a float (TOML integers may have 400 digits) is no number here."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    try:
+        value = float(v)
+    except OverflowError:
+        return None
+    return value if math.isfinite(value) else None
 
-    return check
+
+def _positive_number(v: Any) -> str | None:
+    value = _as_float(v)
+    ok = value is not None and value > 0
+    return None if ok else f"must be a finite number > 0, got {_short(v)}"
+
+
+def _non_negative_number(v: Any) -> str | None:
+    value = _as_float(v)
+    ok = value is not None and value >= 0
+    return None if ok else f"must be a finite number >= 0, got {_short(v)}"
+
+
+def _weight_decay(v: Any) -> str | None:
+    # Above 1 the decay outweighs the gradient at any learning rate (and 1e308 overflows
+    # the float32 parameters): a typo, not a setting.
+    value = _as_float(v)
+    ok = value is not None and 0 <= value <= 1
+    return None if ok else f"must be a number from 0 to 1 (typically 1e-5 to 0.1), got {_short(v)}"
 
 
 def _text(v: Any) -> str | None:
@@ -173,12 +195,16 @@ SCHEMA: dict[str, dict[str, Key]] = {
     },
     "train": {
         "optimizer": Key(False, _choice(OPTIMIZERS), "Adam, AdamW or SGD (default Adam)"),
-        "lr": Key(False, _number(0, 10), "learning rate (default 0.001)"),
+        "lr": Key(False, _positive_number, "learning rate, finite > 0 (default 0.001)"),
         "candidate_lr": Key(
-            False, _number(0, 10), "learning rate of candidate dendrites (default 5 x lr)"
+            False, _positive_number, "learning rate of candidate dendrites (default 5 x lr)"
         ),
-        "weight_decay": Key(False, _number(0, 1, low_open=False), "0 to 1 (default: none)"),
-        "batch_size": Key(False, _int(1, 10**7), "training batch size (default 64)"),
+        "weight_decay": Key(
+            False, _weight_decay, "number from 0 to 1 (default: the optimizer's own)"
+        ),
+        "batch_size": Key(
+            False, _int(1), "training batch size, at most the training split's (default 64)"
+        ),
         "eval_batch_size": Key(False, _int(1, 10**7), "batch size when scoring (default 1024)"),
         "max_epochs": Key(
             False, _int(1, 10**7), "most evaluations per run (default: [dendrites] max_epochs)"
@@ -188,8 +214,10 @@ SCHEMA: dict[str, dict[str, Key]] = {
             _choice(("off", "bf16")),
             'mixed precision: "off" (default) or "bf16" (autocast; on CUDA or CPU)',
         ),
-        "threads": Key(False, _int(1, 1024), "torch threads per run on the CPU (default 1)"),
-        "seed": Key(False, _int(0), "seed of a `perforate train` run (default 0)"),
+        "threads": Key(
+            False, _int(1, 1024), "torch threads per run on the CPU, 1 to 1024 (default 1)"
+        ),
+        "seed": Key(False, _int(0), "seed of a `perforate train` run, 0 to 2^63 - 1 (default 0)"),
     },
     "compare": {
         "arms": Key(
@@ -206,7 +234,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         ),
         "rope": Key(
             False,
-            _number(0, 1e12, low_open=False),
+            _non_negative_number,
             "the smallest difference in the metric you care about (default 0.005 for "
             "accuracy, else 0): differences inside it count as equivalent",
         ),
@@ -441,6 +469,14 @@ class Study:
             model_name=model_name,
             data_name=data_name,
         )
+
+    def load_data(self, task: Task) -> None:
+        """Load the task's data now and check its splits, naming the file and [data]."""
+        try:
+            task.data().check_sizes(int(self.train.get("batch_size", 64)))
+        except PerforateError as exc:
+            where = self.source if self.source is not None else "study"
+            raise StudyError(f"{where}: [data] {exc}") from exc
 
     def fingerprint(self) -> str:
         """What fixes the runs' results (not the arms or seeds chosen): a ledger written

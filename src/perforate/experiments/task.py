@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from perforate import ConfigError
+from perforate import ConfigError, PerforateError
 
 from .imports import import_object
 
@@ -203,11 +203,12 @@ class Data:
 
     def check_sizes(self, batch_size: int) -> None:
         """Refuse empty splits and a training split smaller than one batch, naming sizes."""
+        names = {"train": "train", "val": "validation", "test": "test"}
         rows = {s: getattr(self, s).rows for s in SPLITS}
-        sizes = " / ".join(f"{s} {'?' if r is None else f'{r:,}'}" for s, r in rows.items())
+        sizes = " / ".join(f"{names[s]} {'?' if r is None else f'{r:,}'}" for s, r in rows.items())
         for split, r in rows.items():
             if r == 0:
-                raise TaskError(f"the {split} split is empty ({sizes} rows)")
+                raise TaskError(f"the {names[split]} split is empty ({sizes} rows)")
         train = rows["train"]
         if train is not None and isinstance(self.train.source, tuple) and train < batch_size:
             raise TaskError(
@@ -272,7 +273,7 @@ class Task:
         if self._data is None:
             try:
                 made = self.data_factory(**self.data_kwargs)
-            except (ConfigError, ModuleNotFoundError):
+            except (PerforateError, ModuleNotFoundError):
                 raise  # ours already say what to do; a missing extra is named by the CLI
             except Exception as exc:
                 raise TaskError(
