@@ -435,3 +435,108 @@ def test_e119_a_factory_that_ignores_its_params_is_refused_before_candidates_tra
     ctl = Perforator(model, QUICK, optimizer=lambda p: torch.optim.SGD(model.parameters(), lr=0.1))
     assert drive(ctl, model, [0.5, 0.4], gen) == [Event.CONTINUE, Event.DENDRITE_PHASE]
 
+
+# --- 10. the direction trap -------------------------------------------------------------------
+def regression_data(n, g):
+    x = torch.randn(n, 3, generator=g)
+    y = torch.sin(x[:, :1]) + 0.5 * x[:, 1:2] - 0.3 * x[:, 2:3] ** 2
+    return x, y + 0.3 * torch.randn(n, 1, generator=g)
+
+
+def fit(direction, metric, seed=2, max_epochs=25):
+    """A user's loop: a 3-16-1 MLP trained with MSE, `metric(model, x, y)` as the score."""
+    g = torch.Generator().manual_seed(seed)
+    (xt, yt), (xv, yv) = regression_data(256, g), regression_data(128, g)
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(3, 16), nn.Tanh(), nn.Linear(16, 1))
+    ctl = Perforator(
+        model,
+        DendriteConfig(direction=direction, max_epochs=max_epochs),
+        optimizer=lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9),
+        seed=0,
+    )
+    while not ctl.done:
+        for i in range(0, 256, 16):
+            ctl.optimizer.zero_grad()
+            nn.functional.mse_loss(model(xt[i : i + 16]), yt[i : i + 16]).backward()
+            ctl.optimizer.step()
+        with torch.no_grad():
+            ctl.end_epoch(metric(model, xv, yv))
+    with torch.no_grad():
+        return ctl, nn.functional.mse_loss(model(xv), yv).item()
+
+
+def mse(model, x, y):
+    return nn.functional.mse_loss(model(x), y).item()
+
+
+def sign_accuracy(model, x, y):
+    return ((model(x) > 0) == (y > 0)).float().mean().item()
+
+
+def test_e120_an_mse_under_maximize_warns_early_and_the_end_does_not_blame_dendrites(caplog):
+    import logging
+
+    import perforate
+
+    with caplog.at_level(logging.WARNING, logger="perforate"):
+        with pytest.warns(perforate.PerforateWarning) as caught:
+            wrong, kept = fit("maximize", mse)
+    first = wrong.direction_check.scores
+    assert len(first) == 11 and first[0] == max(first)  # patience 10: the best is the first
+    assert not all(b < a for a, b in zip(first, first[1:], strict=False))  # the old check
+    assert wrong.direction_check.worsening() >= 0.7
+    text = str(caught[0].message)
+    assert "direction='maximize'" in text and "set direction='minimize'" in text
+    assert caught[0].filename == __file__  # the user's own end_epoch line
+    records = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert text in records  # logged too, for runs that only log
+    assert any("best score was the first epoch's" in r and "check `direction`" in r for r in records)
+    assert not any("no cycle with dendrites beat" in r for r in records)
+    # The same run under minimize: no warning, and a better model than the one kept above.
+    with caplog.at_level(logging.WARNING, logger="perforate"):
+        caplog.clear()
+        right, best = fit("minimize", mse)
+    assert not right.direction_check.suspicious and "direction" not in caplog.text
+    assert best < kept / 2 and kept == first[0]
+
+
+def test_e120_an_accuracy_that_plateaus_early_under_maximize_raises_no_alarm(caplog):
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="perforate"):
+        ctl, _ = fit("maximize", sign_accuracy, max_epochs=20)  # PerforateWarning = error
+    first = ctl.direction_check.scores
+    assert max(first) - first[0] > 0.05 and not ctl.direction_check.suspicious
+    assert "direction" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("direction", "scores", "warns"),
+    [
+        # a noisy falling loss under maximize: 84% of pairs worse, the old check missed it
+        ("maximize", [0.42, 0.36, 0.23, 0.20, 0.18, 0.16, 0.13, 0.13, 0.14, 0.14, 0.13], True),
+        # a rising accuracy under minimize
+        ("minimize", [0.50, 0.61, 0.70, 0.69, 0.75, 0.78, 0.77, 0.80, 0.81, 0.80, 0.82], True),
+        # an accuracy whose first epoch happens to be the best of a noisy plateau (59%)
+        ("maximize", [0.91, 0.905, 0.908, 0.903, 0.906, 0.907, 0.904, 0.909, 0.905, 0.906], False),
+        # an accuracy that rises, then plateaus: the best is late
+        ("maximize", [0.60, 0.80, 0.85, 0.86, 0.86, 0.855, 0.86, 0.858, 0.857, 0.859], False),
+        # a loss falling then rising back to its start: the last epochs are not worse
+        ("maximize", [0.50, 0.30, 0.20, 0.18, 0.20, 0.30, 0.45, 0.50, 0.52, 0.55], False),
+    ],
+)
+def test_e120_the_direction_check_judges_the_trend_not_each_step(direction, scores, warns):
+    import warnings
+
+    from perforate.switching import DirectionCheck, Improvement
+
+    check = DirectionCheck(Improvement(maximize=direction == "maximize"), direction)
+    for s in scores:
+        check.add(s)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert check.check() is warns
+    assert len(caught) == int(warns)
+    best = check.improvement.best(scores)  # the run's best when no cycle beat the phase
+    assert (check.closing_note(best) is not None) == (best == scores[0])

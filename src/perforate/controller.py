@@ -585,12 +585,19 @@ class Perforator:
             self.freeze.unfreeze()
         self._accepted.restore(self.model)
         self.phase = Phase.DONE
+        check = self.direction_check
+        if self.cycle == 0 and not check.checked:  # the run ends inside its first phase
+            check.check()
+        note = check.closing_note(self._accepted.score)
         if grew and self.dendrites_kept == 0:
             log.warning(
-                "the run ended with no dendrites: no cycle with dendrites beat the best "
-                "score without them, so the model is the plain network's best state "
-                "(ctl.dendrites_kept == 0)"
+                "the run ended with no dendrites (ctl.dendrites_kept == 0), and %s",
+                note
+                or "no cycle with dendrites beat the best score without them, so the model "
+                "is the plain network's best state",
             )
+        elif note is not None:
+            log.warning("the run ended; %s", note)
         return Event.DONE
 
     # --- helpers -------------------------------------------------------------------------

@@ -8,7 +8,7 @@ continues its counts. New policies (a time budget, a parameter budget) are new c
 
 from __future__ import annotations
 
-import itertools
+import logging
 import math
 import os
 import sys
@@ -19,6 +19,8 @@ from typing import Any
 
 from .config import DendriteConfig
 from .errors import PerforateWarning
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -332,32 +334,96 @@ def _user_stacklevel() -> int:
 
 
 class DirectionCheck:
-    """Warns once when every score of the first neuron phase was worse than the one
-    before it: the usual sign of a loss reported with direction='maximize'."""
+    """Warns once, at the end of the first neuron phase, when its scores behave like a
+    loss under direction='maximize' (or an accuracy under 'minimize').
+
+    Why from the trajectory: `end_epoch` gets a bare number, with no metric name to infer
+    the direction from (as Keras' mode="auto" does), and asking for it explicitly (as
+    Lightning's EarlyStopping does with its default mode="min") does not stop a wrong
+    choice. A wrong direction leaves a clear trace: the phase's best score is its first
+    (every later epoch looks worse, so it ends after `patience` evaluations), the scores
+    move steadily the "wrong" way (most pairs of epochs, not only neighbours: noise does
+    not hide it), and the last ones sit far from the first. An accuracy that plateaus
+    early has its best later on and no such trend. Thresholds: docs/controller.md.
+    """
+
+    #: Share of ordered pairs (i < j) of first-phase scores where the later one is worse.
+    TREND = 0.7
+    #: How far the last scores must have moved from the first, as a share of the range.
+    MOVED = 0.5
 
     def __init__(self, improvement: Improvement, direction: str) -> None:
         self.improvement = improvement
         self.direction = direction
         self.scores: list[float] = []
+        self.suspicious = False  # the verdict of `check`
+        self.checked = False
 
     def add(self, score: float) -> None:
         self.scores.append(score)
 
-    def check(self) -> None:
-        scores = self.scores
-        pairs = list(itertools.pairwise(scores))
-        if len(scores) >= 3 and all(self.improvement.better(a, b, margin=False) for a, b in pairs):
-            warnings.warn(
-                f"every validation score of the first neuron phase was worse than the one "
-                f"before it ({scores[0]:.4g} -> {scores[-1]:.4g}) with "
-                f"direction={self.direction!r}; if the score is a loss, set "
-                "direction='minimize' (an accuracy: 'maximize')",
-                PerforateWarning,
-                stacklevel=_user_stacklevel(),
+    def worsening(self) -> float:
+        """The share of pairs (i < j) whose later score is worse (a Kendall-like trend)."""
+        s, better = self.scores, self.improvement.better
+        pairs = [(s[i], s[j]) for i in range(len(s)) for j in range(i + 1, len(s))]
+        return sum(better(a, b, margin=False) for a, b in pairs) / max(1, len(pairs))
+
+    def looks_wrong(self) -> bool:
+        s = self.scores
+        if len(s) < 3:
+            return False
+        best = s.index(self.improvement.best(s))
+        tail = s[-max(1, len(s) // 3) :]
+        moved = abs(s[0] - sum(tail) / len(tail))
+        spread = max(s) - min(s)
+        tail_worse = all(self.improvement.better(s[0], t, margin=False) for t in tail)
+        return (
+            best <= max(1, len(s) // 10)  # the best is the first epoch's, or next to it
+            and self.worsening() >= self.TREND
+            and tail_worse
+            and spread > 0
+            and moved >= self.MOVED * spread
+        )
+
+    def check(self) -> bool:
+        """Judge the first neuron phase (once); True, with a warning, when the scores look
+        like the wrong direction."""
+        self.checked = True
+        self.suspicious = self.looks_wrong()
+        if self.suspicious:
+            s = self.scores
+            other = "minimize" if self.direction == "maximize" else "maximize"
+            kind = "a loss or an error" if self.direction == "maximize" else "an accuracy"
+            message = (
+                f"the validation score moved the wrong way for direction={self.direction!r} "
+                f"through the first neuron phase ({s[0]:.4g} -> {s[-1]:.4g}): the best was "
+                f"the first epoch's and {self.worsening():.0%} of the pairs of its "
+                f"{len(s)} evaluations got worse. If the score is {kind} (MSE, "
+                f"cross-entropy, ...), set direction={other!r}: the run keeps the state it "
+                "finds best, here the first epoch's"
             )
+            log.warning(message)
+            warnings.warn(message, PerforateWarning, stacklevel=_user_stacklevel())
+        return self.suspicious
+
+    def closing_note(self, best: float) -> str | None:
+        """When the run ends with the first epoch's score still best: a clause to say
+        instead of blaming the dendrites (the direction may be what went wrong)."""
+        s = self.scores
+        if not s or best != s[0] or not (self.suspicious or len(s) >= 3):
+            return None
+        return (
+            f"its best score was the first epoch's ({s[0]:.4g}, direction="
+            f"{self.direction!r}): no later epoch, with or without dendrites, scored "
+            "better, so this is no verdict on the dendrites. If the score is a loss or an "
+            "error (an accuracy under 'minimize'), check `direction`: the run would have "
+            "kept its worst model"
+        )
 
     def state_dict(self) -> dict[str, Any]:
-        return {"scores": list(self.scores)}
+        return {"scores": list(self.scores), "suspicious": self.suspicious, "checked": self.checked}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.scores = [float(s) for s in state["scores"]]
+        self.suspicious = bool(state.get("suspicious", False))  # both absent before 0.4
+        self.checked = bool(state.get("checked", False))
