@@ -341,7 +341,7 @@ class Perforator:
             "window": {**self._window, "correlation": dict(self._window["correlation"])},
             "switching": copy.deepcopy(self.switching.state_dict()),
             "direction_check": self.direction_check.state_dict(),
-            "history": {**vars(self.recorder), "records": list(self.recorder.records)},
+            "history": self.recorder.mark(),
             "optimizers": self.optimizers.mark(),
             "stats": {
                 n: layer.candidates.statistics_state_dict()
@@ -370,7 +370,7 @@ class Perforator:
         self._window = point["window"]
         self.switching.load_state_dict(point["switching"])
         self.direction_check.load_state_dict(point["direction_check"])
-        vars(self.recorder).update(point["history"])
+        self.recorder.undo(point["history"])
         self.optimizers.undo(point["optimizers"])
         for name, stats in point["stats"].items():
             if self.layers[name].candidates is not None:

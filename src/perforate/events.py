@@ -135,6 +135,13 @@ class History:
         self._install, self._skipped, self._last_time = {}, 0, now
         return row
 
+    def mark(self) -> dict[str, Any]:
+        """What `undo` needs to forget everything recorded or noted since (cheap)."""
+        return {**vars(self), "records": list(self.records), "_install": dict(self._install)}
+
+    def undo(self, mark: dict[str, Any]) -> None:
+        vars(self).update(mark)
+
     def state_dict(self) -> dict[str, Any]:
         return {"records": [r.to_dict() for r in self.records]}
 
