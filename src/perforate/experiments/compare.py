@@ -319,6 +319,13 @@ def build_report(
         f"{len(w['runs'])} seeds, {w['params_mean']:,.0f} parameters"
     )
     verdict = study_verdict(comparisons, grows, winner, winner_text, reference).to_dict()
+    kept = [
+        f"{r['name']} kept dendrites in {r['dendrites_kept']} of {len(r['runs'])} runs"
+        for r in rows
+        if r["grows"]
+    ]
+    if kept:  # a dendrite arm that never kept one is the plain network: say so
+        verdict["sentence"] += f" ({'; '.join(kept)}.)"
     verdict.update(winner_seed=best_run["seed"], winner_model=best_run["model"])
     plain = next((t for t in timing_rows if t["name"] == "plain"), None)
     unit = plain["seconds_mean"] if plain else math.nan
