@@ -544,3 +544,39 @@ def test_e120_the_direction_check_judges_the_trend_not_each_step(direction, scor
     assert len(caught) == int(warns)
     best = check.improvement.best(scores)  # the run's best when no cycle beat the phase
     assert (check.closing_note(best) is not None) == (best == scores[0])
+
+
+# --- 11. progress from the Python API ---------------------------------------------------------
+def test_e121_show_progress_prints_the_decisions_to_stderr_and_only_after_it_is_called(capsys, gen):
+    import logging
+
+    import perforate
+
+    logger = logging.getLogger("perforate")
+    level = logger.level
+    assert any(isinstance(h, logging.NullHandler) for h in logger.handlers)
+
+    def a_run():
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 2))
+        ctl = Perforator(model, QUICK.replace(max_cycles=1), optimizer=sgd)
+        drive(ctl, model, [0.5, 0.4, 0.4, 0.6, 0.5], gen)
+        assert ctl.done
+
+    a_run()
+    assert capsys.readouterr().err == ""  # quiet by default
+    try:
+        handler = perforate.show_progress()
+        assert perforate.show_progress() is handler  # idempotent: one handler
+        assert [h for h in logger.handlers if isinstance(h, logging.StreamHandler)] == [handler]
+        a_run()
+        err = capsys.readouterr().err.splitlines()
+        assert "perforate: epoch 2: dendrite phase of cycle 0: candidates attached" in err
+        assert any(line.startswith("perforate: epoch 3: installed ") for line in err)
+        assert any("the run ends: max_cycles=1 reached" in line for line in err)
+        assert perforate.show_progress(logging.WARNING) is handler
+        a_run()
+        assert "dendrite phase" not in capsys.readouterr().err  # INFO no longer shown
+    finally:
+        logger.removeHandler(perforate.show_progress())
+        logger.setLevel(level)
