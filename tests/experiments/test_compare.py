@@ -186,3 +186,13 @@ def test_two_worker_processes_equal_one(tmp_path):
     )
     strip = lambda r: {k: v for k, v in without_timing(r).items() if k != "study"}  # noqa: E731
     assert strip(one) == strip(two)
+
+
+def test_bf16_autocast_on_the_cpu_and_device_auto(tmp_path):
+    study = write_study(tmp_path / "u", compare='arms = ["plain", "restart", "pb"]')
+    study.write_text(study.read_text().replace("max_epochs = 40", 'max_epochs = 40\namp = "bf16"'))
+    report = compare(study, out=tmp_path / "o", seeds=1, device="auto", log_line=None)
+    runs = [r for a in report["arms"] for r in a["runs"]]
+    assert all(math.isfinite(r["val"]) and math.isfinite(r["test"]) for r in runs)
+    recs = records(tmp_path / "o")
+    assert {r["device"] for r in recs} == {"cuda" if torch.cuda.is_available() else "cpu"}
