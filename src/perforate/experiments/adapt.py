@@ -8,7 +8,7 @@ arm adds. Three ways to prepare the model, one per kind of arm:
     finetune      everything trains
     lora          the trunk is frozen and LoRA adapters (the `peft` library) are added to
                   its Linear layers, at the rank whose parameters come closest to what one
-                  dendrite per neuron would add; `trainable` trains too
+                  dendrite per neuron would add (`lora:R`: rank R); `trainable` trains too
 
 Checkpoints are safetensors files (a plain state dict, or a `perforate.save` file of the
 plain model) or `torch.save` state dicts read with `weights_only=True`; nothing else is
@@ -166,8 +166,9 @@ def prepare(
     load_matching(model, read_weights(checkpoint), checkpoint)
     if how == "finetune":
         return model, {}
-    if how == "lora":
-        model = add_lora(model, trainable)
+    if how.partition(":")[0] == "lora":  # "lora:R": rank R instead of the matched one
+        rank = int(how.partition(":")[2]) if ":" in how else None
+        model = add_lora(model, trainable, rank)
         return model, {"include": head_modules(model, trainable)}
     freeze_trunk(model, trainable)
     return model, {}

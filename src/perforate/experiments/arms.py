@@ -143,6 +143,18 @@ REGISTRY: dict[str, Arm] = {
             {"method": "restart", "switch_mode": "patience"},
         ),
         Arm(
+            "pb_learn",
+            "PB whose installed dendrites keep learning (still perforated)",
+            {"dendrites_learn": True},
+            grows=True,
+        ),
+        Arm(
+            "pb_selective",
+            "PB installing only where the best candidate's |r| >= 0.1",
+            {"install_threshold": 0.1},
+            grows=True,
+        ),
+        Arm(
             "pb_sparse",
             "PB, each dendrite sees dendrite_fan_in inputs",
             {"method": "sparse"},
@@ -179,12 +191,15 @@ def default_ladder(base: int) -> list[int]:
 
 
 def resolve_arms(
-    names: Sequence[str], base_width: int | None, ladder: Sequence[int] | None
+    names: Sequence[str | Arm], base_width: int | None, ladder: Sequence[int] | None
 ) -> list[Arm]:
-    """The arms a study names, `ladder` expanded into one plain arm per width."""
+    """The arms a study names, `ladder` expanded into one plain arm per width; an `Arm`
+    given in Python (a study's own arm, e.g. settings that follow its model) as it is."""
     arms: list[Arm] = []
     for name in names:
-        if name == LADDER:
+        if isinstance(name, Arm):
+            arms.append(name)
+        elif name == LADDER:
             if base_width is None:
                 raise ConfigError(
                     "arm 'ladder' needs the factory's width argument: set [model] width = "

@@ -166,6 +166,7 @@ def train_run(
     autocast = autocast_for(spec)
     batch = int(spec.train.get("batch_size", 64))
     eval_batch = int(spec.train.get("eval_batch_size", 1024))
+    task = task.for_seed(spec.seed)  # data drawn for this seed, its checkpoint
     data = task.data()
     data.check_sizes(batch)
     prefix_seconds = 0.0
@@ -279,6 +280,7 @@ def train_run(
             )
         ],
         "phases": [[h["phase"][0], h["event"]] for h in history],
+        "best": [h["best_score"] for h in history],  # the controller's: its accept decisions
         "model": None if model_path is None else str(model_path),
         **({"history": history} if keep_history else {}),
     }

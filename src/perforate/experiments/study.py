@@ -115,6 +115,16 @@ def _names(v: Any) -> str | None:
     return None if ok else f"must be a non-empty list of names, got {v!r}"
 
 
+def _arms(v: Any) -> str | None:
+    """Arm names; in Python also `Arm` objects (a study's own arms)."""
+    ok = (
+        isinstance(v, list)
+        and v
+        and all(isinstance(x, Arm) or (isinstance(x, str) and x) for x in v)
+    )
+    return None if ok else f"must be a non-empty list of names, got {v!r}"
+
+
 def _widths(v: Any) -> str | None:
     ok = isinstance(v, list) and v and all(_int(1, 10**7)(x) is None for x in v)
     return None if ok else f"must be a non-empty list of integers >= 1, got {v!r}"
@@ -172,6 +182,12 @@ SCHEMA: dict[str, dict[str, Key]] = {
             "(x, y) pair of tensors, a torch Dataset of (x, y) items or a DataLoader",
         ),
         "kwargs": Key(False, _table, "keyword arguments for the loader or factory"),
+        "per_seed": Key(
+            False,
+            _text,
+            "name of the loader's or factory's argument that receives the run's seed: each "
+            "seed gets its own draw (a subset, a few-shot sample), shared by its arms",
+        ),
     },
     "task": {
         "loss": Key(
@@ -222,7 +238,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
     "compare": {
         "arms": Key(
             False,
-            _names,
+            _arms,
             f"arms to run (default {', '.join(DEFAULT_ARMS)}, plus ladder with a width; with "
             f"a checkpoint {', '.join(TRAINED_DEFAULT_ARMS)}); "
             f"choose from {', '.join([*REGISTRY, LADDER])}",
@@ -387,6 +403,10 @@ class Study:
 
     @property
     def arm_names(self) -> list[str]:
+        return [a.name if isinstance(a, Arm) else a for a in self._arm_specs]
+
+    @property
+    def _arm_specs(self) -> list[str | Arm]:
         if self.model.get("checkpoint"):
             return list(self.compare.get("arms", TRAINED_DEFAULT_ARMS))
         default = [*DEFAULT_ARMS, *([LADDER] if self.model.get("width") else [])]
@@ -402,7 +422,7 @@ class Study:
         return None if width is None else int(self.model["kwargs"][width])
 
     def arms(self, only: list[str] | None = None) -> list[Arm]:
-        arms = resolve_arms(self.arm_names, self.base_width, self.compare.get("ladder"))
+        arms = resolve_arms(self._arm_specs, self.base_width, self.compare.get("ladder"))
         if only is not None:
             known = {a.name for a in arms} | {LADDER}
             unknown = [n for n in only if n not in known]
@@ -460,6 +480,7 @@ class Study:
             data_factory=data_fn,
             model_kwargs=dict(self.model.get("kwargs", {})),
             data_kwargs=dict(self.data.get("kwargs", {})),
+            data_seed_arg=self.data.get("per_seed"),
             width_arg=width,
             checkpoint=self.checkpoint,
             trainable=list(self.model.get("trainable", [])) or None,
@@ -517,8 +538,11 @@ class Study:
         )
 
 
-def _name_of(obj: Any) -> str:
-    """Callables given in Python appear in fingerprints and files by their import path."""
+def _name_of(obj: Any) -> Any:
+    """Callables given in Python appear in fingerprints and files by their import path,
+    a study's own arms by what they are."""
+    if isinstance(obj, Arm):
+        return obj.describe()
     return f"{getattr(obj, '__module__', '?')}:{getattr(obj, '__qualname__', repr(obj))}"
 
 

@@ -12,6 +12,7 @@ once, and a run resumed from a checkpoint that holds that RNG, see the same batc
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from collections.abc import Callable, Iterator, Mapping
@@ -233,10 +234,21 @@ class Task:
     metric: Metric = METRICS["accuracy"]
     direction: str = "maximize"
     checkpoint: str | None = None  # a trained model's weights (experiments.adapt)
+    # The data factory's argument that receives the run's seed (`for_seed`); None: none.
+    data_seed_arg: str | None = None
+    # A checkpoint path holding "{seed}" (one trained model per seed, `for_seed`);
+    # `checkpoint` is then seed 0's, for the checks made before any run.
+    checkpoint_per_seed: str | None = None
     trainable: list[str] | None = None
     model_name: str = "model"
     data_name: str = "data"
     _data: Data | None = field(default=None, repr=False)
+    _seeded: dict[int, Task] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.checkpoint is not None and "{seed}" in self.checkpoint:
+            self.checkpoint_per_seed = self.checkpoint
+            self.checkpoint = self.checkpoint.replace("{seed}", "0")
 
     @property
     def base_width(self) -> int | None:
@@ -268,8 +280,30 @@ class Task:
             )
         return model
 
+    def for_seed(self, seed: int) -> Task:
+        """The task as the runs of `seed` see it: the data drawn for that seed
+        (`data_seed_arg`) and that seed's checkpoint ("{seed}" in its path, e.g. one
+        trained model per seed); the task itself where neither applies. Made once per
+        seed and process."""
+        pattern = self.checkpoint_per_seed
+        if self.data_seed_arg is None and pattern is None:
+            return self
+        if seed not in self._seeded:
+            kwargs = dict(self.data_kwargs)
+            if self.data_seed_arg is not None:
+                kwargs[self.data_seed_arg] = seed
+            path = self.checkpoint if pattern is None else pattern.replace("{seed}", str(seed))
+            self._seeded[seed] = dataclasses.replace(
+                self, data_kwargs=kwargs, data_seed_arg=None, checkpoint=path,
+                checkpoint_per_seed=None, _data=None, _seeded={},
+            )  # fmt: skip
+        return self._seeded[seed]
+
     def data(self) -> Data:
-        """The splits, made once per process."""
+        """The splits, made once per process (those of seed 0 where each seed draws its
+        own: what the study's checks look at)."""
+        if self.data_seed_arg is not None:
+            return self.for_seed(0).data()
         if self._data is None:
             try:
                 made = self.data_factory(**self.data_kwargs)

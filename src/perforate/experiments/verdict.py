@@ -9,7 +9,10 @@ better than what it is compared with):
 - equivalent: the whole interval lies inside [-rope, +rope] (needs rope > 0);
 - inconclusive: anything else (more seeds narrow the interval).
 
-The study's verdict is built from these structured values only, never from text.
+Whether a dendrite arm pays is `pays` over the verdicts of what it must beat and what it
+must match (the study's verdict, and the benchmark regimes, use it). The study's verdict
+is built from these structured values only, never from text. COST_LIMIT is the most wall
+time, in plain runs, at which the benchmarks' goal counts a paying arm.
 """
 
 from __future__ import annotations
@@ -24,6 +27,18 @@ from .stats import Paired
 ALPHA = 0.05
 LEVEL = 0.95
 VERDICTS = ("better", "worse", "equivalent", "inconclusive")
+COST_LIMIT = 3.0
+
+
+def pays(beat: Sequence[str], match: Sequence[str] = ()) -> str:
+    """ "yes" when every verdict in `beat` is better and none in `match` is worse or
+    inconclusive; "no" when one in `beat` is worse or equivalent, or one in `match` is
+    worse; "unclear" otherwise (an interval still crosses the rope, or nothing to beat)."""
+    if any(v == "worse" for v in match) or any(v in ("worse", "equivalent") for v in beat):
+        return "no"
+    if beat and all(v == "better" for v in beat) and "inconclusive" not in match:
+        return "yes"
+    return "unclear"
 
 
 def decide(p: Paired, p_adjusted: float, rope: float) -> tuple[str, str]:
@@ -102,24 +117,18 @@ def study_verdict(
     dendrite_arms = [a for a, g in grows.items() if g and a != reference]
     if not dendrite_arms:
         return StudyVerdict("not tested", winner, f"{winner_text}; no dendrite arm was run.")
-    pays, unclear = [], []
+    paying, unclear = [], []
     for arm in dendrite_arms:
         test = by.get((arm, "test"))
         ladder = by.get((arm, "equal_params"))
-        if test is None:
-            unclear.append(arm)
-            continue
-        beaten_by_ladder = ladder is not None and ladder.verdict == "worse"
-        if test.verdict == "better" and not beaten_by_ladder:
-            if ladder is not None and ladder.verdict == "inconclusive":
-                unclear.append(arm)
-            else:
-                pays.append(arm)
-        elif test.verdict == "inconclusive" and not beaten_by_ladder:
-            unclear.append(arm)
-    if pays:
+        state = pays(
+            [test.verdict] if test is not None else [],
+            [ladder.verdict] if ladder is not None else [],
+        )
+        {"yes": paying, "unclear": unclear}.get(state, []).append(arm)
+    if paying:
         state = "yes"
-        tail = f"dendrites pay here ({', '.join(pays)} beat {reference}"
+        tail = f"dendrites pay here ({', '.join(paying)} beat {reference}"
         tail += " and are not below the width ladder at equal parameters)."
     elif unclear:
         state = "unclear"
