@@ -58,7 +58,15 @@ TESTS = {
     "candidate_variants": [
         "tests/test_candidate_variants.py",
     ],
-    "candidates": ["tests/test_correlation.py", "tests/test_layers.py", *_CORE],
+    "candidates": [
+        "tests/test_pins_candidates.py",
+        "tests/test_correlation.py",
+        "tests/test_layers.py",
+        "tests/test_pins_candidate_variants.py",
+        # The draw made on the generator's device and copied (a generator posing as cpu:0).
+        "tests/test_cross_device.py::test_e105_candidates_drawn_for_another_device_equal_the_direct_draw",
+        *_CORE,
+    ],
     "checkpoint": [
         "tests/test_pins_checkpoint.py",
         "tests/test_checkpoint.py",
@@ -101,6 +109,7 @@ TESTS = {
         "tests/test_correlation.py",
     ],
     "layers": [
+        "tests/test_pins_layers.py",
         "tests/test_layers.py",
         "tests/test_properties.py",
         "tests/test_correlation.py",

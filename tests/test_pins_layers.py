@@ -1,0 +1,35 @@
+"""The dendritic layer at the edges the wider tests skip: exactly one and two slots."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from helpers import grow, reference_forward
+from perforate import DendriteConfig, DendriticLayer
+from perforate.kinds import KINDS
+
+
+@pytest.mark.parametrize("cycles", [1, 2])
+@pytest.mark.parametrize("base", ["linear", "conv1d"])
+def test_one_and_two_slots_with_cascade_match_the_reference(cycles, base, gen):
+    module = nn.Linear(4, 3) if base == "linear" else nn.Conv1d(2, 3, 3, padding=1)
+    x = (
+        torch.randn(5, 4, dtype=torch.float64)
+        if base == "linear"
+        else torch.randn(2, 2, 6, dtype=torch.float64)
+    )
+    layer = DendriticLayer(module.double(), KINDS[type(module).__name__], DendriteConfig())
+    grow(layer, cycles=cycles, gen=gen)
+    assert layer.slots == cycles and layer.cascade_weight is not None
+    if cycles == 2:
+        assert float(layer.cascade_weight[1, 0].abs().sum()) > 0  # slot 1 hears slot 0
+    y_ref, acts_ref, _ = reference_forward(layer, x)
+    torch.testing.assert_close(layer(x), y_ref, rtol=1e-12, atol=1e-12)
+    a = layer.installed_activations(x)
+    ax = layer.kind.group_axis()
+    for c, acts in acts_ref.items():
+        for j, a_ref in enumerate(acts):
+            got = a.select(ax, j)[..., c] if ax == -2 else a[:, j, c]
+            torch.testing.assert_close(got, a_ref, rtol=1e-12, atol=1e-12)
