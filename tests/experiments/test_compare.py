@@ -196,3 +196,18 @@ def test_bf16_autocast_on_the_cpu_and_device_auto(tmp_path):
     assert all(math.isfinite(r["val"]) and math.isfinite(r["test"]) for r in runs)
     recs = records(tmp_path / "o")
     assert {r["device"] for r in recs} == {"cuda" if torch.cuda.is_available() else "cpu"}
+
+
+def test_a_chain_run_by_another_process_is_skipped(tmp_path):
+    import fcntl
+
+    from perforate.experiments.engine import Layout, Runner, chains
+    from perforate.experiments.study import Study
+
+    study = Study.from_toml(write_study(tmp_path / "u", compare='arms = ["plain", "restart"]'))
+    runner = Runner(study, tmp_path / "o", "cpu", "restart", study.fingerprint())
+    (chain,) = chains(study, study.arms(), [0], fork=True)
+    with Layout(tmp_path / "o").lock(chain) as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # as a second process running the same chain
+        assert runner.run_chain(chain) == []
+    assert [r["arm"] for r in runner.run_chain(chain)] == ["plain", "restart"]

@@ -11,6 +11,7 @@ continues from its own checkpoint.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import multiprocessing
@@ -79,6 +80,12 @@ class Layout:
     def model(self, arm: str, seed: int) -> Path:
         return self.root / "models" / arm / f"seed{seed}.safetensors"
 
+    def lock(self, chain: Chain) -> Any:
+        """An open file whose flock marks the chain as being run."""
+        folder = self.root / "work" / "locks"
+        folder.mkdir(parents=True, exist_ok=True)
+        return open(folder / f"{chain.key}-seed{chain.seed}.lock", "a")
+
     def fork(self, chain: Chain) -> ForkPoint:
         folder = self.root / "work" / "forks" / chain.key / f"seed{chain.seed}"
         folder.mkdir(parents=True, exist_ok=True)
@@ -102,7 +109,28 @@ class Runner:
         task: Task | None = None,
         device: torch.device | None = None,
     ) -> list[dict[str, Any]]:
-        """Run what is missing of one chain; append each record to the ledger."""
+        """Run what is missing of one chain; append each record to the ledger. A chain
+        another process is running (the same command started twice) is skipped."""
+        lock = Layout(self.root).lock(chain)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            log.warning("%s is being run by another process; skipped here", chain.name)
+            return []
+        try:
+            return self._run_chain(chain, on_record, task, device)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+            lock.close()
+
+    def _run_chain(
+        self,
+        chain: Chain,
+        on_record: Callable[[dict[str, Any]], None] | None,
+        task: Task | None,
+        device: torch.device | None,
+    ) -> list[dict[str, Any]]:
         layout = Layout(self.root)
         ledger = Ledger(layout.ledger, {"fingerprint": self.fingerprint})
         done = ledger.done()
