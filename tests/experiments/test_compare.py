@@ -211,3 +211,38 @@ def test_a_chain_run_by_another_process_is_skipped(tmp_path):
         fcntl.flock(held, fcntl.LOCK_EX)  # as a second process running the same chain
         assert runner.run_chain(chain) == []
     assert [r["arm"] for r in runner.run_chain(chain)] == ["plain", "restart"]
+
+
+LOADERS = """
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from mydata import table
+
+
+def loaders(kind: str = "classes"):
+    s = table(kind=kind)
+    return {
+        "train": DataLoader(TensorDataset(*s["train"]), batch_size=32, shuffle=True),
+        "val": TensorDataset(*s["val"]),
+        "test": s["test"],
+    }
+"""
+
+
+def test_datasets_and_dataloaders_as_given_fork_exactly(tmp_path):
+    reports = {}
+    for fork in ("true", "false"):
+        study = write_study(
+            tmp_path / fork, compare=f'arms = ["plain", "restart", "pb"]\nfork = {fork}'
+        )
+        (tmp_path / fork / "myloaders.py").write_text(LOADERS)
+        study.write_text(study.read_text().replace("mydata:table", "myloaders:loaders"))
+        reports[fork] = compare(study, out=tmp_path / fork / "o", seeds=1, log_line=None)
+    strip = lambda r: [  # noqa: E731
+        {k: v for k, v in run.items() if k not in ("forked_at", "model")}
+        for a in r["arms"]
+        for run in a["runs"]
+    ]
+    assert strip(reports["true"]) == strip(reports["false"])
+    assert any(run["forked_at"] for a in reports["true"]["arms"] for run in a["runs"])
