@@ -179,12 +179,22 @@ def question(study: Study, arms: Sequence[Arm], seeds: int | str) -> str:
     n = 3 if seeds == "auto" else int(seeds)
     others = [a.name for a in arms if a.name != study.reference]
     t = stats.detectable(n, 1.0)
-    return (
+    head = (
         f"Question: on {metric} ({study.direction}), does any of {', '.join(others)} beat "
         f"{study.reference} by more than {study.rope:g} (the rope)? Paired over "
-        f"{'3 or more (auto)' if seeds == 'auto' else n} seeds; with {n} seeds the 95% "
-        f"interval's half-width is {t:.2f} x the sd of the per-seed differences, so a "
-        f"verdict of 'equivalent' needs that sd below {study.rope / t:.3g}."
+        f"{'3 or more (auto)' if seeds == 'auto' else n} seeds"
+    )
+    if n < 3:
+        return head + f"; {n} seed(s) cannot decide a verdict: use 3 or more (5 to publish)."
+    tail = (
+        f"so a verdict of 'equivalent' needs that sd below {study.rope / t:.3g}."
+        if study.rope > 0
+        else "and with rope 0 'equivalent' cannot be concluded: set [compare] rope to the "
+        "smallest difference you care about."
+    )
+    return head + (
+        f"; with {n} seeds the 95% interval's half-width is {t:.2f} x the sd of the "
+        f"per-seed differences, {tail}"
     )
 
 
