@@ -10,7 +10,13 @@ from torch import nn
 import perforate
 from perforate import DendriteConfig, Event, Perforator
 from perforate.kinds import kind_of
-from perforate.rules import ClosedFormRule, RestartRule, SparseRule, resolve_rule
+from perforate.rules import (
+    ClosedFormRule,
+    OutputErrorRule,
+    RestartRule,
+    SparseRule,
+    resolve_rule,
+)
 
 
 def test_rule_defaults_agree_with_the_config_defaults():
@@ -70,3 +76,22 @@ def test_the_restart_control_ends_without_the_no_dendrites_warning(caplog):
                 break
     assert events[-1] == Event.DONE and ctl.dendrites_kept == 0
     assert "ended with no dendrites" not in caplog.text
+
+
+def test_output_error_rule_bound_again_leaves_the_first_model_alone():
+    rule = OutputErrorRule()
+    first = nn.Sequential(nn.Linear(2, 2))
+    second = nn.Sequential(nn.Linear(2, 2))
+    for model in (first, second):
+        perforate.add_dendrites(model, DendriteConfig())
+    rule.bind(first, perforate.dendritic_layers(first))
+    rule.bind(second, perforate.dendritic_layers(second))
+    assert not first._forward_hooks and not first._forward_pre_hooks  # removed
+    assert len(second._forward_hooks) == 1 and len(second._forward_pre_hooks) == 1
+    layer = perforate.dendritic_layers(second)["0"]
+    layer.start_dendrite_phase(rule.make_pool(layer, torch.Generator().manual_seed(0)))
+    x = torch.randn(3, 2, requires_grad=True)
+    first(x).sum().backward()
+    assert rule.source.error is None  # the first model no longer taps its output
+    second(x).sum().backward()
+    assert torch.equal(rule.source.error, torch.ones(3, 2))  # d(sum)/d(output)
