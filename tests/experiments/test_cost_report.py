@@ -1,28 +1,40 @@
-"""The run-cost page's arithmetic, on hand-made records."""
+"""The run-cost page's arithmetic, on a hand-made run record of the engine's ledger."""
 
 from __future__ import annotations
 
 import pytest
 
-from perforate.experiments.cost_report import best_so_far, breakdown, median_curve, segments
+from perforate.experiments.cost_report import (
+    best_so_far,
+    breakdown,
+    median_curve,
+    seconds_per_epoch,
+    segments,
+)
 
 # A PB run: first phase (3 evaluations), a dendrite phase (1), a kept cycle (2), a
-# dendrite phase (1), a cycle that does not beat the best (2, discarded).
+# dendrite phase (1), a cycle that does not beat the best (2, thrown away). Per
+# evaluation the curve holds cumulative seconds, validation and test scores; `best` is
+# the controller's best score after it (it moves at the end of a kept cycle only).
+SECONDS = [1.0, 1.0, 1.0, 4.0, 2.0, 2.0, 4.0, 3.0, 3.0]
+VAL = [0.50, 0.60, 0.55, 0.60, 0.70, 0.65, 0.70, 0.70, 0.69]
+TEST = [0.40, 0.50, 0.45, 0.50, 0.62, 0.61, 0.62, 0.66, 0.60]
 ROW = {
     "phases": [
-        ["n", 0.50, "continue"],
-        ["n", 0.60, "continue"],
-        ["n", 0.55, "dendrite_phase"],
-        ["d", 0.60, "installed"],
-        ["n", 0.70, "continue"],
-        ["n", 0.65, "dendrite_phase"],
-        ["d", 0.70, "installed"],
-        ["n", 0.70, "continue"],
-        ["n", 0.69, "done"],
+        ["n", "continue"],
+        ["n", "continue"],
+        ["n", "dendrite_phase"],
+        ["d", "installed"],
+        ["n", "continue"],
+        ["n", "dendrite_phase"],
+        ["d", "installed"],
+        ["n", "continue"],
+        ["n", "done"],
     ],
-    "epoch_seconds": [1.0, 1.0, 1.0, 4.0, 2.0, 2.0, 4.0, 3.0, 3.0],
-    "eval_seconds": [0.1] * 9,
-    "test_by_epoch": [0.40, 0.50, 0.45, 0.50, 0.62, 0.61, 0.62, 0.66, 0.60],
+    "curve": [
+        [sum(SECONDS[: i + 1]), v, t] for i, (v, t) in enumerate(zip(VAL, TEST, strict=True))
+    ],
+    "best": [0.50, 0.60, 0.60, 0.60, 0.70, 0.70, 0.70, 0.70, 0.70],
 }
 
 
@@ -36,24 +48,44 @@ def test_segments_split_at_every_event():
     ]
 
 
+def test_seconds_per_epoch_undo_the_cumulative_curve():
+    assert seconds_per_epoch(ROW) == pytest.approx(SECONDS)
+
+
 def test_breakdown_by_hand():
     parts = breakdown(ROW)
-    assert parts["first neuron phase"] == pytest.approx(3 * 0.9)
-    assert parts["kept: dendrite"] == pytest.approx(3.9)
-    assert parts["kept: neuron"] == pytest.approx(2 * 1.9)
-    # 0.70 does not beat the accepted 0.70: its dendrite phase and neuron phase are waste.
-    assert parts["discarded cycles"] == pytest.approx(3.9 + 2 * 2.9)
-    assert parts["evaluation"] == pytest.approx(0.9)
-    assert sum(parts.values()) == pytest.approx(sum(ROW["epoch_seconds"]))
-    assert breakdown({**ROW, "epoch_seconds": []}) is None
+    assert parts["first neuron phase"] == pytest.approx(3.0)
+    # The controller's best moved from 0.60 to 0.70 at the second neuron phase's end:
+    # kept, with the dendrite phase before it.
+    assert parts["kept: dendrite"] == pytest.approx(4.0)
+    assert parts["kept: neuron"] == pytest.approx(4.0)
+    # The best stayed 0.70 at the last phase's end: it and its dendrite phase were waste.
+    assert parts["discarded cycles"] == pytest.approx(4.0 + 6.0)
+    assert sum(parts.values()) == pytest.approx(sum(SECONDS))
+
+
+def test_breakdown_follows_the_controllers_decision_not_the_scores():
+    """A cycle whose best score is higher but not by the controller's margin is thrown
+    away: the recorded best does not move, whatever the raw scores say."""
+    row = {**ROW, "best": [0.50, 0.60, 0.60, 0.60, 0.60, 0.60, 0.60, 0.60, 0.60]}
+    parts = breakdown(row)
+    assert parts["kept: neuron"] == 0.0 and parts["kept: dendrite"] == 0.0
+    assert parts["discarded cycles"] == pytest.approx(4.0 + 4.0 + 4.0 + 6.0)
+    # Without `best` (records of an engine before it was recorded) a retry event is the
+    # only sign of a thrown-away cycle.
+    old = {k: v for k, v in ROW.items() if k != "best"}
+    assert breakdown(old)["discarded cycles"] == 0.0
 
 
 def test_best_so_far_follows_the_best_validation_not_the_best_test():
-    times, accs = best_so_far(ROW)
+    times, scores = best_so_far(ROW)
     assert times == pytest.approx([1, 2, 3, 7, 9, 11, 15, 18, 21])
     # The test score is taken where validation was best, so a later test peak (0.66 at a
     # validation tie) is not picked up.
-    assert accs == [0.40, 0.50, 0.50, 0.50, 0.62, 0.62, 0.62, 0.62, 0.62]
+    assert scores == [0.40, 0.50, 0.50, 0.50, 0.62, 0.62, 0.62, 0.62, 0.62]
+    # Minimizing: the lowest validation score leads.
+    _, low = best_so_far({"curve": [[1, 0.5, 0.1], [2, 0.4, 0.2], [3, 0.45, 0.3]]}, "minimize")
+    assert low == [0.1, 0.2, 0.2]
 
 
 def test_median_curve_waits_for_every_run_and_holds_final_values():

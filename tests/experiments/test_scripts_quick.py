@@ -53,6 +53,23 @@ def _wheel_smoke(tmp: Path, stdout: str) -> None:
     assert stdout.startswith("quick ok: perforate ")
 
 
+def _compare_cost(tmp: Path, stdout: str) -> None:
+    assert "| digits | forked | 3 |" in stdout and "| digits | not forked | 3 |" in stdout
+    assert {p.name for p in tmp.iterdir()} >= {"digits-True-1", "digits-False-1"}
+
+
+def _convert_results(tmp: Path, stdout: str) -> None:
+    """The sample of old records (2 seeds of digits_mlp: 5 widths of plain, 11 methods)
+    lands in the engine's ledger under the engine's arm names, and reports."""
+    lines = (tmp / "digits_mlp" / "runs.jsonl").read_text().splitlines()
+    header, runs = json.loads(lines[0]), [json.loads(x) for x in lines[1:]]
+    assert header["kind"] == "perforate.ledger" and len(runs) == 2 * 16
+    arms = {r["arm"] for r in runs}
+    assert {"plain", "ladder@4", "ladder@64", "pb_patient", "pb_cycle_patience"} <= arms
+    assert "pb_epochs" not in arms and all(r["converted_from"] == "digits_mlp.jsonl" for r in runs)
+    assert "\ndigits_mlp: On this model and data, " in stdout
+
+
 def _run_suites(tmp: Path, stdout: str) -> None:
     ledgers = list(tmp.rglob("*.jsonl"))
     assert ledgers, "the quick suite wrote no records"
@@ -69,6 +86,14 @@ QUICK: dict[str, tuple[list[str], Callable[[Path, str], None]]] = {
         _pb_settings,
     ),
     "tools/wheel_smoke.py": (_python("tools/wheel_smoke.py", "--quick"), _wheel_smoke),
+    "tools/convert_results.py": (
+        _python("tools/convert_results.py", "--quick", "--out", "{tmp}"),
+        _convert_results,
+    ),
+    "benchmarks/compare_cost.py": (
+        _python("benchmarks/compare_cost.py", "--quick", "--out", "{tmp}"),
+        _compare_cost,
+    ),
     "benchmarks/run_suites.sh": (
         [
             "env",

@@ -133,7 +133,9 @@ def _main(argv: list[str] | None = None) -> int:
     bench = sub.add_parser("bench", help="run a benchmark suite, or write its report")
     bench.add_argument("--suite", help="suite name (see --list)")
     bench.add_argument("--seeds", type=_count(1), default=None, help="seeds (default: the suite's)")
-    bench.add_argument("--shard", default="0/1", help="i/n: run every n-th job from the i-th")
+    bench.add_argument(
+        "--shard", default="0/1", help="i/n: run every n-th chain of runs from the i-th"
+    )
     bench.add_argument("--results", default="benchmarks/results", help="results directory")
     bench.add_argument("--docs", default="docs", help="where --report writes")
     bench.add_argument("--list", action="store_true", help="list the suites")
@@ -272,68 +274,36 @@ def _compare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     return 0
 
 
-TRANSFER_SUITES = ("transfer", "transfer_quick")
-COMPRESSION_SUITES = ("compression", "compression_quick")
-
-
 def _bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """The built-in suites (suites.py) on the compare engine, and their report."""
     from pathlib import Path
 
-    from .bench import SUITES, quick_suite, run_suite
+    from .suites import SUITES, run_suite
 
     if args.list:
         for s in SUITES.values():
-            print(
-                f"{s.name:<14} {s.dataset:<14} {s.model}; ladder {s.ladder}, "
-                f"PB widths {s.pb_widths}, {s.seeds} seeds"
-            )
-        print(
-            f"{'transfer':<14} {'fashion_mnist':<14} MLP 784-64-64, classes 0-4 -> 5-9 with "
-            "10/30/100/300 labels per class; head, restart, fine-tuning, LoRA, wider, PB, GD, "
-            "PB with fan-in 8, LoRA at its budget"
-        )
-        print(
-            f"{'compression':<14} {'fashion_mnist':<14} MLP 784-H-10 students of a 784-256-10 "
-            "teacher: plain and distilled ladders, restart, PB, PB on the distillation loss"
-        )
+            studies = ", ".join(step.study.name for step in s.steps(Path(args.results)))
+            print(f"{s.name:<18} {s.regime:<12} {s.about} [{studies}]")
         return 0
+    if not (args.suite or args.report):
+        parser.error("bench needs --suite NAME, --report or --list")
     if args.suite:
-        suites = [*SUITES, "quick", *TRANSFER_SUITES, *COMPRESSION_SUITES]
-        if args.suite not in suites:
-            parser.error(f"unknown suite {args.suite!r}; choose from {', '.join(suites)}")
+        if args.suite not in SUITES:
+            parser.error(f"unknown suite {args.suite!r}; choose from {', '.join(SUITES)}")
         try:
             i, n = (int(v) for v in args.shard.split("/"))
         except ValueError:
             parser.error(f"--shard {args.shard!r}: write i/n, e.g. 0/2")
         if not 0 <= i < n:
             parser.error(f"--shard {args.shard}: need 0 <= i < n")
-        if args.suite in TRANSFER_SUITES:
-            import dataclasses
-
-            from .transfer import TransferSuite, quick_transfer, run_transfer
-
-            transfer = TransferSuite() if args.suite == "transfer" else quick_transfer()
-            if args.seeds is not None:
-                transfer = dataclasses.replace(transfer, seeds=args.seeds)
-            run_transfer(transfer, results_dir=Path(args.results), shard=(i, n))
-        elif args.suite in COMPRESSION_SUITES:
-            import dataclasses
-
-            from .compression import CompressionSuite, quick_compression, run_compression
-
-            squeeze = CompressionSuite() if args.suite == "compression" else quick_compression()
-            if args.seeds is not None:
-                squeeze = dataclasses.replace(squeeze, seeds=args.seeds)
-            run_compression(squeeze, results_dir=Path(args.results), shard=(i, n))
-        else:
-            suite = SUITES[args.suite] if args.suite in SUITES else quick_suite()
-            run_suite(suite, seeds=args.seeds, results_dir=Path(args.results), shard=(i, n))
+        run_suite(args.suite, Path(args.results), seeds=args.seeds, shard=(i, n))
     if args.report:
-        from .bench_report import write_report
+        from .bench_report import load, write_report
+        from .cost_report import write_cost_report
 
-        print(write_report(Path(args.results), Path(args.docs)))
-    if not (args.suite or args.report):
-        parser.error("bench needs --suite NAME, --report or --list")
+        studied = load(Path(args.results))
+        print(write_report(studied, Path(args.results), Path(args.docs)))
+        print(write_cost_report(studied, Path(args.docs)))
     return 0
 
 

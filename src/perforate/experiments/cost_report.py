@@ -1,43 +1,39 @@
-"""Where a run's time goes, and which method gives the best model for a given time.
+"""docs/run_cost.md: where a run's time goes, and which arm gives the best model for a time.
 
-From the benchmark records (`benchmarks/results/*.jsonl`, one per run with per-evaluation
-wall seconds) this writes `docs/run_cost.md` and two figures per suite:
+From the ledgers' run records (per evaluation: cumulative wall seconds, validation and
+test scores, phase and event, the controller's best score), per study:
 
-- the time breakdown: first neuron phase (the plain run), later neuron phases and
-  dendrite phases of the cycles that were kept, cycles that were thrown away (a retry or
-  a last cycle that did not beat the best), and the validation passes;
-- accuracy against time: per method, the median over seeds of the test accuracy at the
-  best validation score so far, against cumulative wall seconds ("given T seconds, which
-  method gives the best model?").
+- the time breakdown: the first neuron phase (the plain run), the neuron and dendrite
+  phases of the cycles the controller kept, and the cycles it threw away (a retry, or a
+  last cycle that did not beat the best). A cycle was kept when the controller's best
+  score moved at its end (`best`, recorded per evaluation);
+- accuracy against time: per arm, the median over seeds of the test score at the best
+  validation score so far, against cumulative wall seconds.
 """
 
 from __future__ import annotations
 
 import bisect
+import math
 import statistics
 from pathlib import Path
 from typing import Any
 
-from perforate import DendriteConfig
-from perforate.switching import Improvement
+from . import stats
+from .bench_report import Studied, cell, family, pts, vs
+from .verdict import COST_LIMIT
 
-from .report import group_by, mean_sd, paired_difference, save_figure
-
-COMMAND = "perforate bench --report"
-PARTS = ("first neuron phase", "kept: neuron", "kept: dendrite", "discarded cycles", "evaluation")
-CURVE_METHODS = ("plain", "restart", "pb", "pb_patient", "gd", "pb_epochs")
-# Whether a cycle beat the accepted score, as the controller decides it (with the default
-# margin: no suite changes improvement_rel or improvement_abs).
-ACCEPTS = Improvement.from_config(DendriteConfig())
+PARTS = ("first neuron phase", "kept: neuron", "kept: dendrite", "discarded cycles")
+CURVE_ARMS = ("plain", "restart", "pb", "pb_cycle_patience", "gd", "pb_patient")
+OLD_SCHEDULE = "pb_patient"  # switch_mode='patience': the default before 0.3
 
 
 def segments(phases: list[list[Any]]) -> list[tuple[str, list[int]]]:
-    """Split a run's evaluations into phases: [(letter, [row indices])] in order.
-
-    A phase ends at a row whose event is not 'continue'; the letter is 'n' or 'd'."""
+    """A run's evaluations split into phases, [(letter, [indices])]: a phase ends at an
+    evaluation whose event is not 'continue'."""
     out: list[tuple[str, list[int]]] = []
     current: list[int] = []
-    for i, (letter, _score, event) in enumerate(phases):
+    for i, (letter, event) in enumerate(phases):
         current.append(i)
         if event != "continue":
             out.append((letter, current))
@@ -47,204 +43,186 @@ def segments(phases: list[list[Any]]) -> list[tuple[str, list[int]]]:
     return out
 
 
-def breakdown(row: dict[str, Any]) -> dict[str, float] | None:
-    """Seconds per part of `PARTS` for one recorded run (None for records without
-    per-evaluation times)."""
-    secs, evals, phases = row.get("epoch_seconds"), row.get("eval_seconds"), row["phases"]
-    if not secs or len(secs) != len(phases):
-        return None
+def seconds_per_epoch(record: dict[str, Any]) -> list[float]:
+    times = [row[0] for row in record["curve"]]
+    return [t - s for s, t in zip([0.0, *times], times, strict=False)]
+
+
+def breakdown(record: dict[str, Any]) -> dict[str, float]:
+    """Seconds per part of `PARTS` for one run."""
+    secs, phases = seconds_per_epoch(record), record["phases"]
+    best = record.get("best")
     parts = dict.fromkeys(PARTS, 0.0)
-    parts["evaluation"] = sum(evals)
-    train = [s - e for s, e in zip(secs, evals, strict=True)]
-    segs = segments(phases)
-    accepted = None
-    pending_dendrite = 0.0
-    for k, (letter, idx) in enumerate(segs):
-        seconds = sum(train[i] for i in idx)
+    pending, held = 0.0, None
+    for k, (letter, idx) in enumerate(segments(phases)):
+        seconds = sum(secs[i] for i in idx)
         if letter == "d":
-            pending_dendrite += seconds
+            pending += seconds
             continue
-        best = max(phases[i][1] for i in idx)
+        end = idx[-1]
         if k == 0:
             parts["first neuron phase"] += seconds
-            accepted = best
-        elif ACCEPTS.better(best, accepted):
+        elif (best[end] != held) if best else phases[end][1] != "retry":
             parts["kept: neuron"] += seconds
-            parts["kept: dendrite"] += pending_dendrite
-            accepted = best
+            parts["kept: dendrite"] += pending
         else:
-            parts["discarded cycles"] += seconds + pending_dendrite
-        pending_dendrite = 0.0
-    parts["discarded cycles"] += pending_dendrite  # a dendrite phase the run ended in
+            parts["discarded cycles"] += seconds + pending
+        held, pending = (best[end] if best else None), 0.0
+    parts["discarded cycles"] += pending  # a dendrite phase the run ended in
     return parts
 
 
-def best_so_far(row: dict[str, Any]) -> tuple[list[float], list[float]] | None:
-    """(cumulative seconds, test accuracy at the best validation score so far)."""
-    secs, tests, phases = row.get("epoch_seconds"), row.get("test_by_epoch"), row["phases"]
-    if not secs or not tests or len(tests) != len(phases):
-        return None
-    times, accs, t, best_val, best_test = [], [], 0.0, -1.0, 0.0
-    for s, test, (_, val, _) in zip(secs, tests, phases, strict=True):
-        t += s
-        if val > best_val:
+def best_so_far(record: dict[str, Any], direction: str = "maximize") -> tuple[list, list]:
+    """(cumulative seconds, test score at the best validation score so far)."""
+    times, scores, best_val, best_test = [], [], None, math.nan
+    sign = 1 if direction == "maximize" else -1
+    for t, val, test in record["curve"]:
+        if best_val is None or sign * val > sign * best_val:
             best_val, best_test = val, test
         times.append(t)
-        accs.append(best_test)
-    return times, accs
+        scores.append(best_test)
+    return times, scores
 
 
-def _at(curve: tuple[list[float], list[float]], t: float) -> float | None:
-    times, accs = curve
-    i = bisect.bisect_right(times, t) - 1
-    return accs[i] if i >= 0 else None
-
-
-def median_curve(curves: list[tuple[list[float], list[float]]], grid: list[float]) -> list:
-    """Median over runs at each grid time (None until every run has its first point;
-    a finished run keeps its final accuracy)."""
+def median_curve(curves: list[tuple[list, list]], grid: list[float]) -> list[float | None]:
+    """Median over runs at each grid time (None until every run has its first point; a
+    finished run keeps its final score)."""
     out = []
     for t in grid:
-        values = [_at(c, t) for c in curves]
+        values = []
+        for times, scores in curves:
+            i = bisect.bisect_right(times, t) - 1
+            values.append(scores[i] if i >= 0 else None)
         out.append(None if any(v is None for v in values) else statistics.median(values))
     return out
 
 
-def cost_section(name: str, rows: list[dict[str, Any]]) -> tuple[str, list[str]]:
-    """The page's section for one suite, and its one-line verdict."""
-    groups = group_by(rows, "method", "width")
-    widths = sorted({w for (m, w) in groups if m == "pb"})
-    first = rows[0]
-    lines = [f"## {name}: {first['dataset']}, {first['model']}", ""]
-    lines.append(f"![{name} time](figures/cost_{name}.png)  ")
-    lines.append(f"*Figure: `{COMMAND}` from `benchmarks/results/{name}.jsonl`.*")
-    lines.append("")
-    lines.append(
-        "| method | width | seeds | time vs plain (median, range) | epochs | "
-        + " | ".join(PARTS)
-        + " | test % | test vs pb_epochs (paired, 95% CI) |"
+def _share(parts: list[dict[str, float]], part: str) -> str:
+    if not parts:
+        return "-"
+    return f"{100 * statistics.median(p[part] / max(sum(p.values()), 1e-12) for p in parts):.0f}%"
+
+
+def cost_section(s: Studied) -> tuple[list[str], str | None]:
+    """The page's section for one study, and its one-line verdict."""
+    old = s.by_seed(OLD_SCHEDULE)
+    names = [a["name"] for a in s.report["arms"] if not a["name"].startswith("ladder@")]
+    others = [n for n in names if n not in (OLD_SCHEDULE, "plain")]
+    direction, rope = s.report["direction"], s.report["rope"]
+    against = family(
+        [(n, OLD_SCHEDULE, stats.paired(s.by_seed(n), old, direction)) for n in others if old],
+        "test",
+        rope,
     )
-    lines.append("|---|---|---|---|---|" + "---|" * len(PARTS) + "---|---|")
-    verdicts = []
-    for width in widths:
-        plain = {r["seed"]: r["seconds"] for r in groups.get(("plain", width), [])}
-        old = {r["seed"]: r["test"] for r in groups.get(("pb_epochs", width), [])}
-        for method in CURVE_METHODS + tuple(
-            sorted({m for (m, w) in groups if w == width} - set(CURVE_METHODS))
-        ):
-            rs = groups.get((method, width))
-            if not rs:
-                continue
-            ratios = sorted(r["seconds"] / plain[r["seed"]] for r in rs if r["seed"] in plain)
-            ratio = statistics.median(ratios) if ratios else None
-            shares = [b for b in (breakdown(r) for r in rs) if b is not None]
-            part_cells = []
-            for part in PARTS:
-                if not shares:
-                    part_cells.append("-")
-                    continue
-                frac = statistics.median(b[part] / max(sum(b.values()), 1e-12) for b in shares)
-                part_cells.append(f"{100 * frac:.0f}%")
-            test = mean_sd([100 * r["test"] for r in rs])
-            vs = "-"
-            if old and method != "pb_epochs" and method != "plain":
-                d, half, n = paired_difference({r["seed"]: r["test"] for r in rs}, old)
-                vs = f"{100 * d:+.2f} ± {100 * half:.2f} (n={n})"
-                if method == "pb":
-                    below = d + half < 0
-                    verdicts.append(
-                        f"**{name}** w{width}: PB {ratio:.1f}x the plain run "
-                        f"({'within' if ratio <= 3 else 'over'} 3x; the old schedule "
-                        f"{_median_ratio(groups, 'pb_epochs', width, plain)}), test "
-                        f"{100 * d:+.2f} ± {100 * half:.2f} points against the old schedule "
-                        f"({'below' if below else 'not below'} it beyond seed noise)."
-                    )
-            span = f"{ratio:.1f}x ({ratios[0]:.1f}-{ratios[-1]:.1f})" if ratios else "-"
-            lines.append(
-                f"| {method} | {width} | {len(rs)} | {span} | "
-                f"{statistics.fmean(r['epochs'] for r in rs):.0f} | {' | '.join(part_cells)} | "
-                f"{test[0]:.2f} ± {test[1]:.2f} | {vs} |"
-            )
-    lines.append("")
-    return "\n".join(lines), verdicts
+    by = {c["arm"]: c for c in against}
+    cols = ["arm", "width", "seeds", "time vs plain", "epochs", *PARTS, "test %"]
+    cols.append(f"test vs {OLD_SCHEDULE} (paired)")
+    lines = [
+        f"## {s.name}: {s.suite.about}",
+        "",
+        f"![{s.name} time](figures/cost_{s.name}.png)  ",
+        f"*Figure: `perforate bench --report` from `benchmarks/results/{s.name}/runs.jsonl`.*",
+        "",
+        "| " + " | ".join(cols) + " |",
+        "|" + "---|" * len(cols),
+    ]
+    for name in names:
+        row = s.arm(name)
+        runs = [r for r in s.records if r["arm"] == name]
+        parts = [breakdown(r) for r in runs]
+        c = by.get(name)
+        lines.append(
+            f"| {name} | {row['width']} | {len(runs)} | {s.cost(name):.1f}x | "
+            f"{row['epochs_mean']:.0f} | {' | '.join(_share(parts, p) for p in PARTS)} | "
+            f"{pts(row['test_mean'], False)} ± {pts(row['test_sd'], False)} | "
+            f"{cell(c)} |"
+        )
+    verdict = None
+    if "pb" in by:
+        cost = s.cost("pb")
+        within = "within" if cost <= COST_LIMIT else "over"
+        verdict = (
+            f"**{s.name}**: PB {cost:.1f}x the plain run ({within} {COST_LIMIT:g}x; the old "
+            f"schedule {s.cost(OLD_SCHEDULE):.1f}x), test {vs(by['pb'])}."
+        )
+    return [*lines, ""], verdict
 
 
-def _median_ratio(groups, method, width, plain) -> str:
-    rs = groups.get((method, width), [])
-    ratios = [r["seconds"] / plain[r["seed"]] for r in rs if r["seed"] in plain]
-    return f"{statistics.median(ratios):.1f}x" if ratios else "not recorded"
-
-
-def plot_cost(name: str, rows: list[dict[str, Any]], path: Path) -> None:
-    """Left: accuracy against time per method; right: the time breakdown per method."""
+def plot_cost(s: Studied, path: Path) -> None:
+    """Left: test score against time per arm; right: where the time goes per arm."""
     from matplotlib.figure import Figure  # no pyplot: the process's backend is left alone
 
-    groups = group_by(rows, "method", "width")
-    width = min(w for (m, w) in groups if m == "pb")
     fig = Figure(figsize=(11, 4.2))
     ax, bx = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 2]})
-    methods = [m for m in CURVE_METHODS if (m, width) in groups]
-    for i, method in enumerate(methods):
-        curves = [c for c in (best_so_far(r) for r in groups[(method, width)]) if c]
+    arms = [a for a in CURVE_ARMS if any(r["arm"] == a for r in s.records)]
+    for i, arm in enumerate(arms):
+        curves = [best_so_far(r, s.report["direction"]) for r in s.records if r["arm"] == arm]
+        curves = [c for c in curves if c[0] and c[0][0] > 0]
         if not curves:
             continue
-        end = max(c[0][-1] for c in curves)
-        start = min(c[0][0] for c in curves)
+        start, end = min(c[0][0] for c in curves), max(c[0][-1] for c in curves)
         grid = [start * (end / start) ** (k / 199) for k in range(200)]
-        med = median_curve(curves, grid)
-        pts = [(t, 100 * v) for t, v in zip(grid, med, strict=True) if v is not None]
-        if pts:
-            ax.plot(*zip(*pts, strict=True), color=f"C{i}", label=method)
+        points = [
+            (t, 100 * v)
+            for t, v in zip(grid, median_curve(curves, grid), strict=True)
+            if v is not None
+        ]
+        if points:
+            ax.plot(*zip(*points, strict=True), color=f"C{i}", label=arm)
     ax.set_xscale("log")
     ax.set_xlabel("wall seconds (one thread)")
     ax.set_ylabel("test % at best validation so far (median of seeds)")
-    ax.set_title(f"{name}, width {width}: accuracy against time", fontsize=9)
+    ax.set_title(f"{s.name}: accuracy against time", fontsize=9)
     ax.legend(fontsize=7)
-    bottoms = [0.0] * len(methods)
+    bottoms = [0.0] * len(arms)
     for j, part in enumerate(PARTS):
         heights = []
-        for method in methods:
-            shares = [b for b in (breakdown(r) for r in groups[(method, width)]) if b]
-            heights.append(statistics.median(b[part] for b in shares) if shares else 0.0)
-        bx.bar(methods, heights, bottom=bottoms, color=f"C{j}", label=part)
+        for arm in arms:
+            shares = [breakdown(r)[part] for r in s.records if r["arm"] == arm]
+            heights.append(statistics.median(shares) if shares else 0.0)
+        bx.bar(arms, heights, bottom=bottoms, color=f"C{j}", label=part)
         bottoms = [b + h for b, h in zip(bottoms, heights, strict=True)]
     bx.set_ylabel("median seconds")
     bx.set_title("where the time goes", fontsize=9)
     bx.tick_params(axis="x", labelsize=7, rotation=30)
     bx.legend(fontsize=6)
-    save_figure(fig, path)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
 
 
-def write_cost_report(runs: dict[str, list[dict[str, Any]]], docs_dir: Path) -> Path:
+def write_cost_report(studied: list[Studied], docs: Path) -> Path:
+    from perforate.files import atomic_write
+
     sections, verdicts = [], []
-    for name, rows in runs.items():
-        if not any(r["method"] == "pb" for r in rows):
+    for s in studied:
+        if s.arm("pb") is None or s.arm("plain") is None:
             continue
-        plot_cost(name, rows, docs_dir / "figures" / f"cost_{name}.png")
-        text, verdict = cost_section(name, rows)
-        sections.append(text)
-        verdicts += verdict
+        plot_cost(s, docs / "figures" / f"cost_{s.name}.png")
+        text, verdict = cost_section(s)
+        sections += text
+        verdicts += [verdict] if verdict else []
     head = [
         "# What a run costs",
         "",
-        f"Generated by `{COMMAND}` from the run records in `benchmarks/results/`. Do not "
-        "edit by hand.",
+        "Generated by `perforate bench --report` from the ledgers in `benchmarks/results/`. "
+        "Do not edit by hand.",
         "",
-        "Each run's wall time (one thread; test-set scoring for the tables excluded) split "
-        "into: the first neuron phase (a plain run with early stopping), the neuron and "
-        "dendrite phases of cycles that were kept, the cycles thrown away (a retry, or a "
-        "last cycle that did not beat the best), and the validation passes. 'time vs "
-        "plain' is the median over seeds of the run's time over the plain run of the same "
-        "width and seed. `pb` is the default schedule (`switch_mode='budget'`); "
-        "`pb_epochs` the schedule that was the default before 0.3 (`switch_mode="
-        "'patience'`: patience-10 neuron phases, dendrite phases of whole epochs). "
-        "Figures: accuracy against time (left) and where the time goes (right).",
+        "Each run's wall time (one thread; training, validation and the controller, per "
+        "evaluation; the test-set scoring for the tables excluded) split into: the first "
+        "neuron phase (a plain run with early stopping), the neuron and dendrite phases of "
+        "cycles the controller kept, and the cycles it threw away (a retry, or a last "
+        "cycle that did not beat the best). 'time vs plain' is the mean wall time over "
+        "the plain run's of the same study. `pb` is the default schedule "
+        "(`switch_mode='budget'`); `pb_patient` the schedule that was the default before "
+        "0.3 (`switch_mode='patience'`). Figures: accuracy against time (left) and where "
+        "the time goes (right).",
         "",
         "## Verdicts",
         "",
         *[f"- {v}" for v in verdicts],
         "",
     ]
-    out = docs_dir / "run_cost.md"
-    out.write_text("\n".join(head + sections) + "\n")
+    out = docs / "run_cost.md"
+    atomic_write(out, ("\n".join(head + sections) + "\n").encode())
     return out

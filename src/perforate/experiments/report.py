@@ -1,67 +1,19 @@
-"""Tables and plots from run results (lists of `RunRecord.to_dict()` records)."""
+"""Tables and the figure of `perforate train`'s run folders (`perforate report`): lists
+of run records with their history."""
 
 from __future__ import annotations
 
-import itertools
-import math
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-# Two-sided 95% quantiles of Student's t, df 1..30 (beyond: normal).
-_T95 = [
-    12.706,
-    4.303,
-    3.182,
-    2.776,
-    2.571,
-    2.447,
-    2.365,
-    2.306,
-    2.262,
-    2.228,
-    2.201,
-    2.179,
-    2.160,
-    2.145,
-    2.131,
-    2.120,
-    2.110,
-    2.101,
-    2.093,
-    2.086,
-    2.080,
-    2.074,
-    2.069,
-    2.064,
-    2.060,
-    2.056,
-    2.052,
-    2.048,
-    2.045,
-    2.042,
-]
-
-
-def t95(df: int) -> float:
-    return _T95[df - 1] if 1 <= df <= len(_T95) else 1.96
+from .stats import paired
 
 
 def mean_sd(values: Sequence[float]) -> tuple[float, float]:
     m = statistics.fmean(values)
     return m, (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
-def paired_difference(a: dict[int, float], b: dict[int, float]) -> tuple[float, float, int]:
-    """Mean of a[s] - b[s] over common seeds and the half-width of its 95% interval."""
-    seeds = sorted(set(a) & set(b))
-    diffs = [a[s] - b[s] for s in seeds]
-    if not diffs:
-        return float("nan"), float("nan"), 0
-    m, sd = mean_sd(diffs)
-    half = t95(len(diffs) - 1) * sd / math.sqrt(len(diffs)) if len(diffs) > 1 else float("nan")
-    return m, half, len(diffs)
 
 
 def group(runs: Sequence[dict[str, Any]], key: str = "label") -> dict[str, list[dict[str, Any]]]:
@@ -86,8 +38,8 @@ def summary_table(runs: Sequence[dict[str, Any]], control: str | None = None) ->
         params = statistics.fmean(r["base_params"] + r["dendrite_params"] for r in rs)
         dpn = statistics.fmean(r["dendrites_per_neuron"] for r in rs)
         if ctrl and label != control:
-            d, half, _ = paired_difference({r["seed"]: r["test"] for r in rs}, ctrl)
-            vs = f"{100 * d:+.2f} ± {100 * half:.2f}"
+            p = paired({r["seed"]: r["test"] for r in rs}, ctrl, "maximize")
+            vs = f"{100 * p.mean:+.2f} ± {100 * (p.high - p.mean):.2f}"
         else:
             vs = "-"
         lines.append(
@@ -226,25 +178,3 @@ def run_title(run_dir: str | Path, runs: Sequence[dict[str, Any]]) -> str:
         f"{Path(run_dir).name}: {', '.join(data) or 'unknown data'}, {len(runs)} runs, "
         f"{seeds} seed{'s' if seeds != 1 else ''}"
     )
-
-
-def ladder_at(ladder: list[tuple[float, float]], params: float) -> float | None:
-    """Plain-ladder test accuracy interpolated at `params` (log scale); None outside."""
-    pts = sorted(ladder)
-    if not pts or params < pts[0][0] or params > pts[-1][0]:
-        return None
-    for (p0, a0), (p1, a1) in itertools.pairwise(pts):
-        if p0 <= params <= p1:
-            if p1 == p0:
-                return a0
-            t = (math.log(params) - math.log(p0)) / (math.log(p1) - math.log(p0))
-            return a0 + t * (a1 - a0)
-    return pts[-1][1]
-
-
-def group_by(rows: list[dict[str, Any]], *keys: str) -> dict[tuple, list[dict[str, Any]]]:
-    """Records grouped by the values of `keys`, in first-seen order."""
-    out: dict[tuple, list[dict[str, Any]]] = {}
-    for r in rows:
-        out.setdefault(tuple(r[k] for k in keys), []).append(r)
-    return out

@@ -232,7 +232,7 @@ def scratch_arms(model: nn.Module, patience: int, candidates: bool = True) -> li
         grown(
             "pb_cycle_patience",
             "PB with neuron phases after an install as patient as the first one "
-            f"(cycle_patience = patience = {patience})",
+            "(cycle_patience = the suite's patience)",
             {"cycle_patience": patience},
         )
     )
@@ -382,8 +382,8 @@ def compression(root: Path, name: str, dataset: str, inputs: int, ladder: Sequen
     teach = study(f"{name}_teacher", model(teacher), {"name": dataset}, ["plain"], seeds,
                   train={"lr": 1e-3, "batch_size": 128}, dendrites=settings,
                   compare={"reference": "plain"})  # fmt: skip
-    data = {"factory": distilled, "per_seed": "seed",
-            "kwargs": {"teacher": str(root / teach.name), "dataset": dataset, "hidden": teacher}}  # fmt: skip
+    logits = {"teacher": str(root / teach.name), "dataset": dataset, "hidden": teacher}
+    data = {"factory": distilled, "per_seed": "seed", "kwargs": logits}
     students = study(f"{name}_kd", model(width), data, ["plain", "ladder", "restart", "pb"],
                      seeds, train={"batch_size": 128}, dendrites=settings,
                      task={"loss": Distillation(4.0, 0.5)},
