@@ -1,6 +1,7 @@
-"""The application around the library: one training loop, training from a config file,
-the demo, the benchmark suites and their reports, datasets, reference models and the
-command line. It imports `perforate`; `perforate` never imports it.
+"""The application around the library: `perforate compare` and its engine, the benchmark
+suites as studies on it and their reports, `perforate train`, datasets, reference models
+and the command line. It imports `perforate`; `perforate` never imports it.
 
-Needs the `[bench]` extra (scikit-learn, matplotlib, mnist1d) for datasets and figures.
+Needs the `[bench]` extra (scikit-learn, matplotlib, mnist1d, scipy, tqdm) for datasets,
+statistics and figures.
 """

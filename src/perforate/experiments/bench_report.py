@@ -24,7 +24,7 @@ from .compare import build_report
 from .ledger import Ledger
 from .study import Study
 from .suites import CANDIDATES, LABELS, SUITES, Suite
-from .verdict import ALPHA, COST_LIMIT, decide, pays
+from .verdict import ALPHA, COST_LIMIT, Comparison, decide, pays
 
 COMMAND = "perforate bench --report"
 REGIMES = {
@@ -134,22 +134,17 @@ def family(
     out = []
     for (arm, ref, p), p_adj in zip(pairs, adjusted, strict=True):
         verdict, reason = decide(p, p_adj, rope)
-        out.append(
-            {
-                "arm": arm,
-                "reference": ref,
-                "question": question,
-                "p_adjusted": p_adj,
-                "verdict": verdict,
-                "reason": reason,
-                **p.to_dict(),
-            }
-        )
+        out.append(Comparison(arm, ref, question, p, p_adj, verdict, reason).to_dict())
     return out
 
 
-def _label(arm: str, width: Any) -> str:
-    return f"{'PB' if arm == 'pb' else f'`{arm}`'} at width {width}"
+def _name(arm: str) -> str:
+    return "PB" if arm == "pb" else f"`{arm}`"
+
+
+def _finding(s: Studied, regime: str, arm: str, label: str, state: str, basis, info=()):
+    cost = math.nan if regime == "transfer" else s.cost(arm)  # transfer: no plain run
+    return Finding(regime, s.name, arm, label, state, tuple(basis), tuple(info), s.kept(arm), cost)
 
 
 def scratch_findings(s: Studied) -> list[Finding]:
@@ -167,18 +162,10 @@ def scratch_findings(s: Studied) -> list[Finding]:
         test, ladder = s.comparison(arm, "test"), s.comparison(arm, "equal_params")
         basis = tuple(c for c in (test, ladder) if c is not None)
         state = pays([test["verdict"]] if test else [], [ladder["verdict"]] if ladder else [])
+        regime = "candidates" if arm in cands else s.suite.regime
+        label = f"{_name(arm)} at width {s.arm(arm)['width']}"
         out.append(
-            Finding(
-                "candidates" if arm in cands else s.suite.regime,
-                s.name,
-                arm,
-                _label(arm, s.arm(arm)["width"]),
-                state,
-                basis,
-                tuple(c for c in vs_pb if c["arm"] == arm),
-                s.kept(arm),
-                s.cost(arm),
-            )
+            _finding(s, regime, arm, label, state, basis, [c for c in vs_pb if c["arm"] == arm])
         )
     return out
 
@@ -201,20 +188,8 @@ def transfer_findings(s: Studied) -> list[Finding]:
             "test",
             s.report["rope"],
         )
-        label = f"{shots} labels per class: {'PB' if arm == 'pb' else f'`{arm}`'}"
-        out.append(
-            Finding(
-                "transfer",
-                s.name,
-                arm,
-                label,
-                pays([c["verdict"] for c in basis], []),
-                tuple(basis),
-                (),
-                s.kept(arm),
-                s.cost(arm),
-            )
-        )
+        label = f"{shots} labels per class: {_name(arm)}"
+        out.append(_finding(s, "transfer", arm, label, pays([c["verdict"] for c in basis]), basis))
     return out
 
 
@@ -252,11 +227,7 @@ def compression_findings(kd: Studied, labels: Studied) -> tuple[list[Finding], l
         params = s.arm("pb")["params_mean"]
         label = f"PB on {title} (width {s.arm('pb')['width']}, {params:,.0f} parameters)"
         state = pays([test["verdict"]], [c["verdict"] for c in basis[1:]])
-        out.append(
-            Finding(
-                "compression", s.name, "pb", label, state, basis, (), s.kept("pb"), s.cost("pb")
-            )
-        )
+        out.append(_finding(s, "compression", "pb", label, state, basis))
     widths = {a["width"]: a["name"] for a in labels.report["arms"] if _on_ladder(a["name"])}
     ladder = [a for a in kd.report["arms"] if _on_ladder(a["name"]) and a["width"] in widths]
     direction = kd.report["direction"]
@@ -376,7 +347,7 @@ def _mean(values: list[float]) -> float:
 
 def table(s: Studied) -> list[str]:
     """The study's arms: scores, parameters, verdicts against the reference and the
-    ladder, time relative to the plain run."""
+    ladder, time relative to the plain run (`Studied.unit`)."""
     ref = s.report["reference"]
     cols = [
         "arm",
@@ -388,7 +359,7 @@ def table(s: Studied) -> list[str]:
         "test %",
         f"vs {ref} (test, paired)",
         "vs ladder (equal params)",
-        "time vs plain",
+        f"time vs {s.unit}",
         "epochs",
     ]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
@@ -477,8 +448,9 @@ def write_report(studied: list[Studied], results: Path, docs: Path) -> Path:
         f" points) and the Holm-adjusted p is below {ALPHA}, *equivalent* when it lies "
         "inside the rope, *inconclusive* otherwise (`perforate compare`'s rules, "
         "`verdict.py`). 'vs ladder' compares with the plain width ladder interpolated in "
-        "log parameters, seed by seed; 'time vs plain' is the mean wall time over the "
-        "plain run's (one thread per run).",
+        "log parameters, seed by seed; 'time vs plain' is the median over seeds of the wall "
+        "time over the plain run's of the same seed (one thread per run; transfer: over "
+        "the head alone's).",
         "",
         "Arms:",
         "",

@@ -180,12 +180,12 @@ def _main(argv: list[str] | None = None) -> int:
             arm=args.arm,
         )
     elif args.command == "architecture":
-        from .architecture import markdown, write_section
+        from .architecture import application_markdown, markdown, write_section
 
         if args.write:
             write_section(args.write)
         else:
-            print(markdown(), end="")
+            print(markdown() + "\n" + application_markdown(), end="")
     elif args.command == "examples":
         from pathlib import Path
 

@@ -212,8 +212,8 @@ def write_cost_report(studied: list[Studied], docs: Path) -> Path:
         "evaluation; the test-set scoring for the tables excluded) split into: the first "
         "neuron phase (a plain run with early stopping), the neuron and dendrite phases of "
         "cycles the controller kept, and the cycles it threw away (a retry, or a last "
-        "cycle that did not beat the best). 'time vs plain' is the mean wall time over "
-        "the plain run's of the same study. `pb` is the default schedule "
+        "cycle that did not beat the best). 'time vs plain' is the median over seeds of "
+        "the wall time over the plain run's of the same seed. `pb` is the default schedule "
         "(`switch_mode='budget'`); `pb_patient` the schedule that was the default before "
         "0.3 (`switch_mode='patience'`). Figures: accuracy against time (left) and where "
         "the time goes (right).",

@@ -1,8 +1,10 @@
-"""The one training loop of the application: the demo, `perforate train` and the
-benchmarks all call `fit_classifier`, and all get a `RunRecord` back.
+"""The training loop of the runners before `perforate compare`: `fit_classifier` trains one
+model under a Perforator and returns a `RunRecord`.
 
-The loop body is exactly the documented pattern: train one epoch with `ctl.optimizer`,
-then `ctl.end_epoch(validation_score)`. Batches are shuffled with the process RNG, seeded
+Kept for `benchmarks/pb_settings.py` and the tests that still call it; the application's
+own loop is `runs.train_run` (one run of a study's arm on the compare engine). The loop
+body is the documented pattern: train one epoch with `ctl.optimizer`, then
+`ctl.end_epoch(validation_score)`. Batches are shuffled with the process RNG, seeded
 once at the start, so a resumed run (the checkpoint holds that RNG) continues exactly.
 """
 
