@@ -117,7 +117,7 @@ def _scripts() -> list[str]:
     return found
 
 
-def test_every_script_has_a_quick_mode():
+def test_e122_every_script_has_a_quick_mode_that_the_tests_run():
     missing = [s for s in _scripts() if s not in QUICK and s not in ELSEWHERE]
     assert not missing, f"add a quick mode and an entry in QUICK for {missing}"
     assert set(QUICK) <= set(_scripts()), "QUICK names a script that no longer exists"
