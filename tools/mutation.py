@@ -77,6 +77,7 @@ TESTS = {
     ],
     "config": ["tests/test_pins_config.py", "tests/test_config.py", "tests/test_rules.py"],
     "controller": [
+        "tests/test_pins_controller.py",
         "tests/test_controller.py",
         *_CORE,
         "tests/test_training_checkpoint.py",
@@ -139,6 +140,7 @@ TESTS = {
         "tests/test_core_behaviours.py",
     ],
     "switching": [
+        "tests/test_pins_switching.py",
         "tests/test_controller.py",
         *_CORE,
         "tests/test_bad_inputs.py",
@@ -214,6 +216,9 @@ EQUIVALENT: frozenset[tuple[str, str, str]] = frozenset(
             "if isinstance(result, (tuple, list)) and len(result) == 1:",
             "And swapped",
         ),
+        # A shortcut: with one slot the general path has no cascade term either, and with
+        # none it is never reached; `k == 0` computes the same as `k == 1`.
+        ("layers", "if self.cascade_weight is None or k == 1:", "constant 1 changed"),
         # A type alias used only in annotations (postponed by `from __future__ import annotations`).
         ("rules", "Layers = dict[str, DendriticLayer]", "Assign deleted"),
     }
