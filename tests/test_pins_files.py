@@ -212,3 +212,16 @@ def test_without_pathconf_a_name_may_have_255_bytes(tmp_path, monkeypatch):
     with pytest.raises(CheckpointError, match="is 256 bytes long and this file system allows 255"):
         files.check_file_name(tmp_path / ("a" * 256))
     files.check_file_name(tmp_path / ("a" * 255))
+
+
+def test_writes_and_reads_leave_no_file_descriptor_open(tmp_path):
+    def open_fds() -> int:
+        return len(list(Path("/proc/self/fd").iterdir()))
+
+    files.write(tmp_path / "f", {"format": "x/1"}, {"a": torch.zeros(2)})  # warm up
+    before = open_fds()
+    for i in range(5):
+        files.write(tmp_path / "f", {"format": "x/1", "i": i}, {"a": torch.zeros(2)})
+        files.atomic_write(tmp_path / "g", b"data", keep_previous=True)
+        files.read(tmp_path / "f")
+    assert open_fds() == before

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from perforate import CheckpointMismatchError, PhaseError
+from perforate import CheckpointMismatchError, ConfigError, PhaseError
 from perforate.optimizers import OptimizerOwner
 
 
@@ -153,6 +153,7 @@ def test_load_restores_momentum_schedule_and_step_count():
     fresh, w2 = _owner_with_history()
     fresh.load_state_dict(state)
     assert fresh.current_lr() == 0.5 and fresh.take_steps() == 2
+    assert fresh.scheduler.state_dict()["last_epoch"] == 1  # the schedule's own state
     buf = fresh.optimizer.state[w2]["momentum_buffer"]
     assert torch.equal(buf, owner.optimizer.state[w]["momentum_buffer"])
 
@@ -168,3 +169,14 @@ def test_load_of_a_state_without_optimizer_or_scheduler_keeps_the_fresh_ones():
     owner, _ = _owner_with_history()
     nothing_built.load_state_dict(owner.state_dict())  # nothing to load into: counts only
     assert nothing_built.optimizer is None and nothing_built.take_steps() == 0
+
+
+def test_a_factory_ignoring_many_parameters_names_five_and_counts_the_rest():
+    model = nn.Sequential(*[nn.Linear(1, 1, bias=False) for _ in range(7)])
+    other = nn.Parameter(torch.ones(1))
+    owner = OptimizerOwner(lambda ps: torch.optim.SGD([other], lr=0.1))
+    with pytest.raises(ConfigError) as info:
+        owner.build(model, list(model.parameters()), candidates=True)
+    text = str(info.value)
+    assert "the candidate_optimizer factory built an optimizer without 7 of the 7" in text
+    assert "(0.weight, 1.weight, 2.weight, 3.weight, 4.weight and 2 more)" in text

@@ -145,6 +145,7 @@ TESTS = {
         *_CORE,
         "tests/test_bad_inputs.py",
         "tests/test_budget.py",
+        "tests/test_issue21_controller.py",
     ],
     "trainability": [
         "tests/test_pins_trainability.py",
