@@ -103,7 +103,7 @@ def test_another_studys_folder_is_refused(tmp_path, capsys):
     b = write_study(tmp_path / "b", compare='arms = ["plain", "restart"]')
     b.write_text(b.read_text().replace("lr = 0.02", "lr = 0.03"))
     line = run(capsys, b, "--out", tmp_path / "o", "--seeds", "1")
-    assert "another study" in line and "choose another --out" in line
+    assert "another study ([train] differ)" in line and "choose another --out" in line
 
 
 @pytest.mark.parametrize(
@@ -131,3 +131,37 @@ def test_seeds_option_and_list(tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli.main(["compare", "x.toml", "--seeds", "many"])
     assert json.dumps  # the module is used above for the ledger check
+
+
+def test_newcomer_mistakes_that_used_to_give_a_confident_wrong_verdict(tmp_path, capsys):
+    # [dendrites] direction against the metric: every run would keep its worst model.
+    study = write_study(tmp_path / "a")
+    study.write_text(
+        study.read_text().replace("[dendrites]", '[dendrites]\ndirection = "minimize"')
+    )
+    assert "the metric is better when maximized" in run(capsys, study, "--out", tmp_path / "o")
+    # Accuracy (the default metric) on a regression's float targets scores 0 everywhere.
+    study = write_study(tmp_path / "b", "regression", task='loss = "mse"')
+    line = run(capsys, study, "--out", tmp_path / "o2")
+    assert "metric accuracy" in line and 'metric = "mse"' in line
+    # The default loss on float targets.
+    study = write_study(tmp_path / "c", "regression", task='metric = "mse"')
+    line = run(capsys, study, "--out", tmp_path / "o3")
+    assert "loss cross_entropy" in line and 'loss = "mse"' in line
+    # A ladder without a width argument would silently train no ladder.
+    study = write_study(tmp_path / "d", compare="ladder = [2, 8]")
+    study.write_text(study.read_text().replace('width = "hidden"\n', ""))
+    assert "[compare] ladder needs [model] width" in run(capsys, study, "--out", tmp_path / "o4")
+    # A typo gets a suggestion.
+    study = write_study(tmp_path / "e")
+    study.write_text(study.read_text().replace("batch_size", "bach_size"))
+    assert "did you mean 'bach_size' -> 'batch_size'" in run(
+        capsys, study, "--out", tmp_path / "o5"
+    )
+
+
+def test_a_model_that_fails_on_a_batch_is_one_line(tmp_path, capsys):
+    study = write_study(tmp_path / "u", task='loss = "mse"')  # 3 outputs against labels
+    line = run(capsys, study, "--out", tmp_path / "o")
+    assert "the model or the loss failed on a training batch" in line
+    assert "arm plain, seed 0" in line and "Traceback" not in capsys.readouterr().err

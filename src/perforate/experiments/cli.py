@@ -43,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     """Run a command; a user error prints one line to stderr and returns 2 (no traceback)."""
     try:
         return _main(argv)
+    except KeyboardInterrupt:
+        _error("interrupted; run the same command again to continue where it stopped")
+        return 130
     except BrokenPipeError:
         # The reader went away (`perforate bench --list | head`): stop quietly, as the
         # Python docs advise, so the interpreter's final flush does not complain either.

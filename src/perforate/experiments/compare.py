@@ -27,6 +27,7 @@ from .engine import Layout, Runner, chains, run_chains, shard
 from .ledger import Ledger
 from .runs import preflight
 from .study import Study, StudyError
+from .task import device_of
 from .verdict import ALPHA, LEVEL, Comparison, judge_family, study_verdict
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ def compare(
     the study's `[compare] seeds` (default 3)."""
     if not isinstance(study, Study):
         study = Study.from_toml(study)
+    device_of(device)  # a device that is not here: one error before anything is written
     say = log_line or (lambda _line: None)
     root = Path(out if out is not None else study.run.get("dir", f"runs/{study.name}"))
     seeds = study.compare.get("seeds", 3) if seeds is None else seeds
@@ -72,7 +74,10 @@ def compare(
     fingerprint = study.fingerprint()
     root.mkdir(parents=True, exist_ok=True)
     layout = Layout(root)
-    ledger = Ledger(layout.ledger, {"fingerprint": fingerprint, "study": study.to_dict()})
+    ledger = Ledger(
+        layout.ledger,
+        {"fingerprint": fingerprint, "sections": study.section_hashes(), "study": study.to_dict()},
+    )
     runner = Runner(study, root, device, study.reference, fingerprint)
     threads = int(study.train.get("threads", 1))
     fork = bool(study.compare.get("fork", True))
@@ -91,11 +96,24 @@ def compare(
         if missing:
             say(
                 f"{len(have)} of {len(every) * n} runs are in {layout.ledger}; the report is "
-                "written when the others are (run the same command again, or let the "
-                "other shards finish)"
+                "written when the others are ("
+                + (
+                    "run without --arms to train them"
+                    if arms
+                    else "let the other shards finish, or run the same command again"
+                )
+                + ")"
             )
             return None
-        report = build_report(study, every, records, list(range(n)), level)
+        last = seeds == "auto" and look == len(plan)
+        report = build_report(
+            study,
+            every,
+            records,
+            list(range(n)),
+            level,
+            *([f"--seeds auto stopped at [compare] max_seeds = {n}: raise it"] if last else []),
+        )
         undecided = [
             c["arm"]
             for c in report["comparisons"]
@@ -170,19 +188,28 @@ def _run_with_progress(runner, todo, ledger, jobs, threads, say, progress) -> No
             bar.close()
 
 
-def question(study: Study, arms: Sequence[Arm], seeds: int | str) -> str:
+def question(study: Study, arms: Sequence[Arm], seeds: int | str, level: float = LEVEL) -> str:
     """The question the study answers, stated before it runs."""
     task_metric = study.task.get("metric", "accuracy")
     metric = (
         task_metric if isinstance(task_metric, str) else getattr(task_metric, "__name__", "metric")
     )
     n = 3 if seeds == "auto" else int(seeds)
-    others = [a.name for a in arms if a.name != study.reference]
-    t = stats.detectable(n, 1.0)
+    if seeds == "auto":
+        level = 1 - ALPHA / len(looks(int(study.compare.get("max_seeds", 10))))
+    others = [a.name for a in arms if a.name != study.reference and not a.width]
+    ladder = [str(a.width) for a in arms if a.width]
+    t = stats.detectable(n, 1.0, level)
     head = (
         f"Question: on {metric} ({study.direction}), does any of {', '.join(others)} beat "
-        f"{study.reference} by more than {study.rope:g} (the rope)? Paired over "
-        f"{'3 or more (auto)' if seeds == 'auto' else n} seeds"
+        f"{study.reference} by more than {study.rope:g} (the rope)"
+        + (
+            f", and how do they compare with the width ladder ({', '.join(ladder)}) at equal "
+            "parameters"
+            if ladder
+            else ""
+        )
+        + f"? Paired over {'3 or more (auto)' if seeds == 'auto' else n} seeds"
     )
     if n < 3:
         return head + f"; {n} seed(s) cannot decide a verdict: use 3 or more (5 to publish)."
@@ -193,8 +220,8 @@ def question(study: Study, arms: Sequence[Arm], seeds: int | str) -> str:
         "smallest difference you care about."
     )
     return head + (
-        f"; with {n} seeds the 95% interval's half-width is {t:.2f} x the sd of the "
-        f"per-seed differences, {tail}"
+        f"; with {n} seeds the {100 * level:.4g}% interval's half-width is {t:.2f} x the sd "
+        f"of the per-seed differences, {tail}"
     )
 
 
@@ -218,6 +245,7 @@ def build_report(
     records: Sequence[dict[str, Any]],
     seeds: Sequence[int],
     level: float = LEVEL,
+    more_seeds: str = "more seeds (--seeds auto, or a larger --seeds) narrow it",
 ) -> dict[str, Any]:
     """Everything `compare.json` holds, from the ledger's records alone. Wall-clock
     values are kept under "timing" (they differ between machines and runs)."""
@@ -325,10 +353,12 @@ def build_report(
     w = next(r for r in rows if r["name"] == winner)
     winner_text = (
         f"On this model and data, {winner} is the better tool: best mean validation "
-        f"{w['val_mean']:.4g}, test {w['test_mean']:.4g} ± {_fmt(w['test_sd'])} over "
+        f"{w['val_mean']:.4g}, test {w['test_mean']:.4g} (sd {_fmt(w['test_sd'])}) over "
         f"{len(w['runs'])} seeds, {w['params_mean']:,.0f} parameters"
     )
-    verdict = study_verdict(comparisons, grows, winner, winner_text, reference).to_dict()
+    verdict = study_verdict(
+        comparisons, grows, winner, winner_text, reference, more_seeds
+    ).to_dict()
     kept = [
         f"{r['name']} kept dendrites in {r['dendrites_kept']} of {len(r['runs'])} runs"
         for r in rows
@@ -337,7 +367,7 @@ def build_report(
     if kept:  # a dendrite arm that never kept one is the plain network: say so
         verdict["sentence"] += f" ({'; '.join(kept)}.)"
     verdict.update(winner_seed=best_run["seed"], winner_model=best_run["model"])
-    plain = next((t for t in timing_rows if t["name"] == "plain"), None)
+    plain = next((t for t in timing_rows if t["name"] in ("plain", "head")), None)
     unit = plain["seconds_mean"] if plain else math.nan
     total_actual = sum(r["own_seconds"] for r in records)
     total_scratch = sum(r["seconds"] for r in records)
@@ -346,7 +376,7 @@ def build_report(
     return {
         "version": REPORT_VERSION,
         "study": study.to_dict(),
-        "question": question(study, arms, len(seeds)),
+        "question": question(study, arms, len(seeds), level),
         "metric": study.task.get("metric", "accuracy")
         if isinstance(study.task.get("metric", "accuracy"), str)
         else "custom",
@@ -372,7 +402,9 @@ def build_report(
 
 
 def _fmt(x: float) -> str:
-    return "n/a" if math.isnan(x) else f"{x:.3g}"
+    if math.isnan(x):
+        return "n/a"
+    return "0" if abs(x) < 1e-9 else f"{x:.3g}"  # float noise of equal scores reads as 0
 
 
 def _winner(rows: Sequence[dict[str, Any]], direction: str) -> str:

@@ -58,11 +58,18 @@ class Ledger:
                 f"writes {VERSION}: choose another --out"
             )
         if first.get("fingerprint") != self.header["fingerprint"]:
+            theirs, mine = first.get("sections", {}), self.header.get("sections", {})
+            differ = sorted(k for k in set(theirs) | set(mine) if theirs.get(k) != mine.get(k))
+            what = (
+                ", ".join(
+                    f"[{k}]" if k != "checkpoint" else "the checkpoint's bytes" for k in differ
+                )
+                if differ
+                else "the model, data, task, [train] or [dendrites]"
+            )
             raise LedgerError(
-                f"{self.path} holds the runs of another study (fingerprint "
-                f"{first.get('fingerprint')}, this one {self.header['fingerprint']}: the "
-                "model, data, task, [train] or [dendrites] differ); choose another --out, "
-                "or delete that folder to start again"
+                f"{self.path} holds the runs of another study ({what} differ); choose "
+                "another --out, or delete that folder to start again"
             )
 
     @contextmanager

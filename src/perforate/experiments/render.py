@@ -25,6 +25,8 @@ def _f(x: Any, digits: int = 4) -> str:
 
 
 def _pm(mean: float, sd: float) -> str:
+    if isinstance(sd, float) and not math.isnan(sd) and abs(sd) < 1e-9:
+        sd = 0.0  # equal scores: float noise, not a spread
     return f"{_f(mean)} ± {_f(sd, 2)}"
 
 
@@ -163,6 +165,10 @@ def figure(report: dict[str, Any], path: Path) -> Path | None:
             label=r["name"],
         )
     ax_p.set_xscale("log")
+    from matplotlib.ticker import LogLocator, ScalarFormatter
+
+    ax_p.xaxis.set_major_formatter(ScalarFormatter())  # 100, 1000: no overlapping 3x10^2
+    ax_p.xaxis.set_minor_locator(LogLocator(subs=()))
     ax_p.set_xlabel("parameters")
     ax_t.set_xlabel("wall seconds per run")
     for ax in (ax_p, ax_t):

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 import perforate
-from perforate import DendriteConfig, Event, Perforator, training_state
+from perforate import DendriteConfig, Event, PerforateError, Perforator, training_state
 from perforate.files import atomic_write
 from perforate.rules import resolve_rule
 
@@ -216,10 +216,19 @@ def train_run(
         loss_sum = torch.zeros((), device=device)
         for x, y in data.train.batches(batch, True, device):
             ctl.optimizer.zero_grad(set_to_none=True)
-            with autocast():
-                out = ctl.wrapped(x)
-                loss = task.batch_loss(out, y)
-            loss.backward()
+            try:
+                with autocast():
+                    out = ctl.wrapped(x)
+                    loss = task.batch_loss(out, y)
+                loss.backward()
+            except PerforateError:
+                raise
+            except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+                raise TrainingError(
+                    f"arm {spec.arm.name}, seed {spec.seed}: the model or the loss failed on "
+                    f"a training batch ({type(exc).__name__}: {str(exc).splitlines()[0]}); "
+                    "check [task] loss against the data's shapes and dtypes"
+                ) from exc
             ctl.optimizer.step()
             loss_sum += loss.detach().float()
             if ctl.end_step():

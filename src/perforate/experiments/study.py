@@ -321,8 +321,10 @@ class Study:
                 raise StudyError(f"{where}: [{section}] must be a table")
             unknown = [k for k in values if k not in keys]
             if unknown:
+                hint = _did_you_mean(unknown, keys)
                 raise StudyError(
-                    f"{where}: unknown key(s) {unknown} in [{section}]; allowed: {sorted(keys)}"
+                    f"{where}: unknown key(s) {unknown} in [{section}]{hint}; "
+                    f"allowed: {sorted(keys)}"
                 )
             for key, spec in keys.items():
                 if key not in values:
@@ -343,8 +345,14 @@ class Study:
             if _int(1, 10**7)(value) is not None:
                 raise StudyError(
                     f"{where}: [model] width = {width!r}, so [model] kwargs needs "
-                    f"{width} = <an integer >= 1>, got {value!r}"
+                    f"{width} = <an integer >= 1>, got {value!r} (kwargs has "
+                    f"{', '.join(self.model.get('kwargs', {})) or 'nothing'})"
                 )
+        if "ladder" in self.compare and width is None:
+            raise StudyError(
+                f"{where}: [compare] ladder needs [model] width = \"<the factory's width "
+                'argument>"; without it there is no ladder to train'
+            )
         try:
             self.base_config()
         except ConfigError as exc:
@@ -439,7 +447,13 @@ class Study:
         values = dict(self.dendrites)
         if "max_epochs" in self.train:
             values["max_epochs"] = self.train["max_epochs"]
-        values.setdefault("direction", self.direction)
+        if values.get("direction", self.direction) != self.direction:
+            raise ConfigError(
+                f"direction = {values['direction']!r}, but the metric is better when "
+                f"{self.direction[:-1]}ed: leave direction out of [dendrites] (the metric "
+                "decides it; for your own metric set [task] direction)"
+            )
+        values["direction"] = self.direction
         return DendriteConfig.from_dict(values)
 
     @property
@@ -495,6 +509,7 @@ class Study:
         """Load the task's data now and check its splits, naming the file and [data]."""
         try:
             task.data().check_sizes(int(self.train.get("batch_size", 64)))
+            task.check_targets()
         except PerforateError as exc:
             where = self.source if self.source is not None else "study"
             raise StudyError(f"{where}: [data] {exc}") from exc
@@ -505,6 +520,15 @@ class Study:
         return hashlib.sha256(
             json.dumps(self.identity(), sort_keys=True, default=_name_of).encode()
         ).hexdigest()[:16]
+
+    def section_hashes(self) -> dict[str, str]:
+        """Per part of `identity`, a short hash: says which part differs from a ledger's."""
+        return {
+            ("checkpoint" if k == "checkpoint_sha256" else k): hashlib.sha256(
+                json.dumps(v, sort_keys=True, default=_name_of).encode()
+            ).hexdigest()[:12]
+            for k, v in self.identity().items()
+        }
 
     def identity(self) -> dict[str, Any]:
         train = {k: v for k, v in self.train.items() if k not in ("threads",)}
@@ -544,6 +568,18 @@ def _name_of(obj: Any) -> Any:
     if isinstance(obj, Arm):
         return obj.describe()
     return f"{getattr(obj, '__module__', '?')}:{getattr(obj, '__qualname__', repr(obj))}"
+
+
+def _did_you_mean(unknown: list[str], keys: Any) -> str:
+    import difflib
+
+    hints = [
+        f"{u!r} -> {m[0]!r}"
+        for u in unknown
+        for m in [difflib.get_close_matches(u, list(keys), n=1)]
+        if m
+    ]
+    return f" (did you mean {', '.join(hints)}?)" if hints else ""
 
 
 def _check_accepts(fn: Callable[..., Any], arg: str, name: str) -> None:

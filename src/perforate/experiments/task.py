@@ -202,6 +202,20 @@ class Data:
             )
         return cls(*(Split(s, data[s]) for s in SPLITS))
 
+    def sample_target(self) -> torch.Tensor | None:
+        """Some training targets, without iterating a DataLoader (None when unknown)."""
+        src = self.train.source
+        if isinstance(src, tuple):
+            return src[1][:64]
+        dataset = src.dataset if isinstance(src, DataLoader) else src
+        try:
+            item = dataset[0]  # type: ignore[index]
+        except Exception:  # an IterableDataset, or items we cannot index
+            return None
+        if isinstance(item, (tuple, list)) and len(item) == 2:
+            return torch.as_tensor(item[1])
+        return None
+
     def check_sizes(self, batch_size: int) -> None:
         """Refuse empty splits and a training split smaller than one batch, naming sizes."""
         names = {"train": "train", "val": "validation", "test": "test"}
@@ -316,6 +330,24 @@ class Task:
                 ) from exc
             self._data = Data.from_mapping(made, f"data factory {self.data_name}")
         return self._data
+
+    def check_targets(self) -> None:
+        """Class labels where the loss or the metric needs them: a regression's float
+        targets under accuracy score 0 everywhere, and a wrong verdict follows."""
+        y = self.data().sample_target()
+        if y is None or not y.is_floating_point():
+            return
+        if self.metric.name == "accuracy":
+            raise TaskError(
+                f"[task] metric accuracy compares the argmax with integer class labels, but "
+                f'the targets are {y.dtype}: for a regression set metric = "mse" and '
+                'loss = "mse"'
+            )
+        if self.loss is cross_entropy and y.dim() == 1:
+            raise TaskError(
+                f"[task] loss cross_entropy (the default) needs integer class labels, but "
+                f'the targets are {y.dtype}: for a regression set loss = "mse"'
+            )
 
     def batch_loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return self.loss(output, target)

@@ -98,6 +98,7 @@ def run_experiment(
     study.load_data(task)
     preflight(task, [chosen])
     if has_checkpoint and not resume:
+        log(f"starting afresh: the old checkpoint {ckpt} is replaced (--resume continues it)")
         for stale in (ckpt, training_state.previous(ckpt), run_dir / "epochs.json"):
             if stale.is_file():
                 stale.unlink()

@@ -107,6 +107,7 @@ def study_verdict(
     winner: str,
     winner_text: str,
     reference: str,
+    more_seeds: str = "more seeds (--seeds auto) narrow it",
 ) -> StudyVerdict:
     """Whether dendrites pay on this task, and which tool is the better one.
 
@@ -126,20 +127,32 @@ def study_verdict(
             [ladder.verdict] if ladder is not None else [],
         )
         {"yes": paying, "unclear": unclear}.get(state, []).append(arm)
+    has_ladder = any(c.question == "equal_params" for c in comparisons)
     if paying:
         state = "yes"
         tail = f"dendrites pay here ({', '.join(paying)} beat {reference}"
-        tail += " and are not below the width ladder at equal parameters)."
+        tail += (
+            " and are not below the width ladder at equal parameters)."
+            if has_ladder
+            else "; no width ladder was run to compare at equal parameters)."
+        )
     elif unclear:
         state = "unclear"
         tail = (
             f"whether dendrites pay is not yet clear ({', '.join(unclear)}: the interval "
-            "still crosses the rope); more seeds (--seeds auto) narrow it."
+            f"still crosses the rope); {more_seeds}."
         )
     else:
         state = "no"
-        tail = (
-            f"dendrites do not pay here: no dendrite arm beat {reference} by more than the "
-            "rope, or a wider plain model did as well at equal parameters."
+        tail = f"dendrites do not pay here: no dendrite arm beat {reference} by more than the rope"
+        beaten = [
+            c.arm
+            for c in comparisons
+            if c.question == "equal_params" and c.arm in dendrite_arms and c.verdict == "worse"
+        ]
+        tail += (
+            f", or a wider plain model did better at equal parameters ({', '.join(beaten)})."
+            if beaten
+            else "."
         )
     return StudyVerdict(state, winner, f"{winner_text}; {tail}")
