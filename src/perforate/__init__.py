@@ -52,7 +52,7 @@ from .rules import (
 from .selection import BestCandidate
 from .switching import BudgetSwitching, FixedSwitching, PatienceSwitching, Switching
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 # Quiet by default, as a library should: nothing reaches stderr unless the application
 # configures logging or calls `show_progress`.
