@@ -35,14 +35,14 @@ def test_variants_that_do_not_run_distributed_say_so():
             pool.share_statistics(lambda t: None, 2)
 
 
-def test_the_ridge_start_by_hand_on_nearly_collinear_inputs():
-    # x2 = x1 + tiny noise: without the ridge the solve would split the weight wildly
-    # between them; 1e-3 times the mean input variance keeps it even.
+def test_the_ridge_start_by_hand_where_the_ridge_turns_the_direction():
+    # Input 1 varies 1600 times less than input 0: the ridge (1e-3 times the mean input
+    # variance, about 2e-3) is comparable to its variance (2.5e-3), so it shrinks that
+    # weight by nearly half, and each neuron's direction depends on its exact size.
     gen = torch.Generator().manual_seed(1)
-    x1 = torch.randn(200, 1, generator=gen, dtype=torch.float64)
-    x = torch.cat([x1, x1 + 1e-4 * torch.randn(200, 1, generator=gen, dtype=torch.float64)], 1)
-    x = x * 2.0 + 1.0
-    e = torch.cat([x[:, :1] * 3.0, -x[:, 1:]], 1) + 0.1  # (N, C=2)
+    z = torch.randn(200, 2, generator=gen, dtype=torch.float64)
+    x = z * torch.tensor([2.0, 0.05], dtype=torch.float64) + 1.0
+    e = torch.stack([x[:, 0] + 20 * x[:, 1], -x[:, 0] + 40 * x[:, 1]], 1) + 0.1  # (N, C=2)
     pool = ClosedFormRule(pool_size=3, warmup=1).make_pool(_layer(nn.Linear(2, 2)), gen)
     pool.cf_n.fill_(200)
     pool.cf_sum_x.copy_(x.sum(0))
@@ -66,7 +66,8 @@ def test_the_ridge_start_by_hand_on_nearly_collinear_inputs():
             torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
             assert float(pool.bank.bias[row]) == pytest.approx(-float(want @ mx), rel=1e-4)
     assert pool.cf_started
-    assert abs(float(unit[0, 0]) - float(unit[1, 0])) < 0.05  # the ridge shares it evenly
+    ols = torch.linalg.solve(cxx, cxe)
+    assert float(w[1, 0] / ols[1, 0]) < 0.6  # the ridge really shrank input 1's weight
 
 
 def test_output_error_statistics_merge_uneven_batches_and_skip_empty_and_bad_ones():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections import OrderedDict
 
 import pytest
@@ -180,3 +181,31 @@ def test_a_factory_ignoring_many_parameters_names_five_and_counts_the_rest():
     text = str(info.value)
     assert "the candidate_optimizer factory built an optimizer without 7 of the 7" in text
     assert "(0.weight, 1.weight, 2.weight, 3.weight, 4.weight and 2 more)" in text
+
+
+def test_undo_puts_back_steps_hyperparameters_and_schedule_of_the_same_optimizer():
+    owner, w = _owner_with_history()
+    _step(owner.optimizer, w)
+    mark = owner.mark()
+    _step(owner.optimizer, w)
+    owner.step_scheduler(0.0)  # lr 1.0 -> 0.5
+    owner.optimizer.param_groups[0]["momentum"] = 0.1
+    owner.undo(mark)
+    assert owner.current_lr() == 1.0 and owner.optimizer.param_groups[0]["momentum"] == 0.9
+    assert owner.scheduler.state_dict()["last_epoch"] == 0 and owner.take_steps() == 1
+    mark = owner.mark()
+    owner.build(nn.Linear(1, 1), [w], candidates=False)  # rebuilt since the mark
+    owner.optimizer.param_groups[0]["lr"] = 7.0
+    owner.undo(mark)
+    assert owner.current_lr() == 7.0 and owner.take_steps() == 0  # only the count
+
+
+def test_a_shallow_copy_counts_the_steps_of_the_optimizer_it_shares():
+    owner, w = _owner_with_history()
+    twin = copy.copy(owner)  # the same optimizer object, a hook for each owner
+    _step(owner.optimizer, w)
+    assert owner.take_steps() == 1 and twin.take_steps() == 1
+    again = copy.copy(twin)
+    again.__setstate__(again.__dict__)  # already hooked: not counted twice
+    _step(owner.optimizer, w)
+    assert again.take_steps() == 1
