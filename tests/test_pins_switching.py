@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from perforate import DendriteConfig
+import pytest
+import torch
+from torch import nn
+
+from perforate import DendriteConfig, PerforateWarning, Perforator
 from perforate.switching import (
     BudgetSwitching,
+    DirectionCheck,
     FixedSwitching,
     Improvement,
     PatienceSwitching,
@@ -39,3 +44,32 @@ def test_improvement_defaults():
     imp = Improvement()
     assert imp.maximize is True
     assert Improvement.from_config(DendriteConfig()) == Improvement(True, 1e-3, 0.0)
+
+
+def _looks_wrong(scores) -> bool:
+    check = DirectionCheck(Improvement(True, 1e-3, 0.0), "maximize")
+    for s in scores:
+        check.add(s)
+    return check.looks_wrong()
+
+
+def test_the_direction_check_needs_the_whole_last_third_below_the_first():
+    # Six scores: the last third is the last two; one of them equals the first.
+    assert not _looks_wrong([1.0, 0.5, 0.4, 0.3, 1.0, 0.2])
+    assert _looks_wrong([1.0, 0.6, 0.5, 0.4, 0.3, 0.95, 0.2])  # last third 0.95, 0.2
+    assert not _looks_wrong([1.0, 0.5])  # too few to tell
+
+
+def test_a_run_capped_inside_its_first_phase_is_still_checked():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(2, 3), nn.Tanh(), nn.Linear(3, 1))
+    ctl = Perforator(
+        model, DendriteConfig(max_epochs=5), optimizer=lambda p: torch.optim.SGD(p, lr=0.1)
+    )
+    with pytest.warns(PerforateWarning, match="moved the wrong way"):
+        for score in [1.0, 0.8, 0.6, 0.4, 0.2]:  # a loss, falling, under maximize
+            ctl.optimizer.zero_grad()
+            model(torch.randn(4, 2)).pow(2).mean().backward()
+            ctl.optimizer.step()
+            ctl.end_epoch(score)
+    assert ctl.done and ctl.direction_check.checked
