@@ -167,9 +167,10 @@ TESTS = {
     ],
 }
 
-# (module, source line, mutation) of mutants that cannot change behaviour, each with why;
-# listed in docs/testing.md and excluded from the score.
-EQUIVALENT: frozenset[tuple[str, str, str]] = frozenset(
+# (module, source line, mutation[, which]) of mutants that cannot change behaviour, each
+# with why; listed in docs/testing.md and excluded from the score. `which` (0, 1, ...)
+# picks one of several same mutations on that line, left to right.
+EQUIVALENT: frozenset[tuple] = frozenset(
     {
         # A no-op cast: `.to(dtype)` of a tensor already of that dtype returns it unchanged.
         ("layers", "out = y.to(dtype) if y.dtype != dtype else y", "NotEq -> Eq"),
@@ -217,6 +218,16 @@ EQUIVALENT: frozenset[tuple[str, str, str]] = frozenset(
             "if isinstance(result, (tuple, list)) and len(result) == 1:",
             "And swapped",
         ),
+        # The window's "stepping" is read only by a dendrite epoch, and every end_epoch
+        # sets it to False before one can come; its "steps" restart at every dendrite
+        # phase's start. The first value of neither is ever read.
+        (
+            "controller",
+            'self._window = {"steps": 0, "stepping": False, "install_due": False,',
+            "constant False changed",
+            0,
+        ),
+        ("controller", 'self._window = {"steps": 0, "stepping": False,', "constant 0 changed"),
         # A shortcut: with one slot the general path has no cascade term either, and with
         # none it is never reached; `k == 0` computes the same as `k == 1`.
         ("layers", "if self.cascade_weight is None or k == 1:", "constant 1 changed"),
@@ -345,11 +356,21 @@ def mutants(module: str, per_module: int, seed: int, tree: Path = SRC) -> list[M
     return [Mutant(module, i, all_sites[i][0].lineno, all_sites[i][1]) for i in chosen]
 
 
+def _occurrence(m: Mutant, tree: Path) -> int:
+    """Which of the same mutations on its line `m` is, left to right (0: the first)."""
+    same = [
+        (node.col_offset, i)
+        for i, (node, desc) in enumerate(sites(ast.parse(_source(m.module, tree))))
+        if node.lineno == m.line and desc == m.description
+    ]
+    return [i for _, i in sorted(same)].index(m.index)
+
+
 def is_equivalent(m: Mutant, tree: Path = SRC) -> bool:
     """Whether `m` is listed in EQUIVALENT, matched by its source line, not its number (an
     entry of several lines, joined by newlines, names the lines before it too)."""
     lines = [line.strip() for line in _source(m.module, tree).splitlines()]
-    for mod, code, desc in EQUIVALENT:
+    for mod, code, desc, *which in EQUIVALENT:
         if mod != m.module or desc != m.description:
             continue
         want = [c.strip() for c in code.split("\n")]
@@ -357,7 +378,9 @@ def is_equivalent(m: Mutant, tree: Path = SRC) -> bool:
         if first < 0:
             continue
         have = lines[first : m.line]
-        if all(w in h for w, h in zip(want[:-1], have[:-1], strict=True)) and want[-1] in have[-1]:
+        if not all(w in h for w, h in zip(want, have, strict=True)):
+            continue
+        if not which or which[0] == _occurrence(m, tree):
             return True
     return False
 
