@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 shard="${1:-0/1}"
-export OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE PERFORATE_BENCH_THREADS=1
+export OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE  # studies run one torch thread per run
 perforate="${PERFORATE:-.venv/bin/perforate}"
 known="$("$perforate" bench --list | awk '{print $1}')"
 suites="${SUITES:-$known}"

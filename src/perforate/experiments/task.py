@@ -202,9 +202,9 @@ class Data:
             )
         return cls(*(Split(s, data[s]) for s in SPLITS))
 
-    def sample_target(self) -> torch.Tensor | None:
-        """Some training targets, without iterating a DataLoader (None when unknown)."""
-        src = self.train.source
+    def sample_target(self, split: str = "train") -> torch.Tensor | None:
+        """Some targets of a split, without iterating a DataLoader (None when unknown)."""
+        src = getattr(self, split).source
         if isinstance(src, tuple):
             return src[1][:64]
         dataset = src.dataset if isinstance(src, DataLoader) else src
@@ -334,15 +334,16 @@ class Task:
     def check_targets(self) -> None:
         """Class labels where the loss or the metric needs them: a regression's float
         targets under accuracy score 0 everywhere, and a wrong verdict follows."""
-        y = self.data().sample_target()
-        if y is None or not y.is_floating_point():
-            return
-        if self.metric.name == "accuracy":
+        scored = self.data().sample_target("val")  # the metric reads val and test only
+        if self.metric.name == "accuracy" and scored is not None and scored.is_floating_point():
             raise TaskError(
                 f"[task] metric accuracy compares the argmax with integer class labels, but "
-                f'the targets are {y.dtype}: for a regression set metric = "mse" and '
+                f'the targets are {scored.dtype}: for a regression set metric = "mse" and '
                 'loss = "mse"'
             )
+        y = self.data().sample_target()  # the loss reads the training split's
+        if y is None or not y.is_floating_point():
+            return
         if self.loss is cross_entropy and y.dim() == 1:
             raise TaskError(
                 f"[task] loss cross_entropy (the default) needs integer class labels, but "
