@@ -246,3 +246,14 @@ def test_datasets_and_dataloaders_as_given_fork_exactly(tmp_path):
     ]
     assert strip(reports["true"]) == strip(reports["false"])
     assert any(run["forked_at"] for a in reports["true"]["arms"] for run in a["runs"])
+
+
+def test_report_rewrites_the_outputs_from_the_ledger_alone(tmp_path, capsys):
+    study = write_study(tmp_path / "u", compare='arms = ["plain", "restart"]')
+    first = compare(study, out=tmp_path / "o", seeds=2, log_line=None)
+    (tmp_path / "o" / "compare.json").unlink()
+    (tmp_path / "u" / "mymodel.py").unlink()  # nothing is imported or trained
+    assert cli.main(["report", str(tmp_path / "o")]) == 0
+    again = json.loads((tmp_path / "o" / "compare.json").read_text())
+    assert without_timing(again) == without_timing(first)
+    assert "report:" in capsys.readouterr().out

@@ -131,7 +131,9 @@ def _main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="continue from the run's checkpoint if there is one",
     )
-    rep = sub.add_parser("report", help="reprint tables and redraw the figure of a run dir")
+    rep = sub.add_parser(
+        "report", help="rewrite a compare folder's report from its ledger, or redraw a run dir"
+    )
     rep.add_argument("run_dir")
     bench = sub.add_parser("bench", help="run a benchmark suite, or write its report")
     bench.add_argument("--suite", help="suite name (see --list)")
@@ -168,9 +170,16 @@ def _main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         return _demo(args)
     elif args.command == "report":
-        from .demo import report
+        from pathlib import Path
 
-        report(args.run_dir)
+        if (Path(args.run_dir) / "runs.jsonl").is_file():  # a compare study's folder
+            from .compare import report_folder
+
+            report_folder(args.run_dir)
+        else:
+            from .demo import report
+
+            report(args.run_dir)
     elif args.command == "bench":
         return _bench(args, parser)
     elif args.command == "train":

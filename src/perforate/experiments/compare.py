@@ -12,6 +12,7 @@ study is in the ledger (by whichever process completes it).
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -149,6 +150,46 @@ def compare(
     write_outputs(root, report)
     say(report["verdict"]["sentence"])
     say(f"report: {root / 'compare.md'}  figure: {root / 'compare.png'}")
+    return report
+
+
+def report_folder(root: str | os.PathLike, log_line: Callable[[str], None] | None = print) -> dict:
+    """Rewrite compare.json/.md/.png of a study folder from its ledger alone (the study
+    as its header recorded it; nothing is trained or imported)."""
+    path = Path(root) / "runs.jsonl"
+    with open(path, encoding="utf-8") as fh:
+        first = fh.readline()
+    try:
+        header = json.loads(first)
+        saved = header["study"]
+        study = Study(
+            **{k: saved.get(k, {}) for k in ("model", "data", "task", "train", "compare")},
+            dendrites=saved.get("dendrites", {}),
+            name=saved.get("name", "study"),
+            source=Path(saved["source"]) if saved.get("source") else None,
+        )
+    except (ValueError, KeyError, TypeError) as exc:
+        raise StudyError(
+            f"{path}: the study cannot be rebuilt from its ledger ({exc}); run perforate "
+            "compare on the study file instead"
+        ) from exc
+    records = Ledger(path, {"fingerprint": header.get("fingerprint")}).records()
+    arms = study.arms()
+    ref = {int(r["seed"]) for r in records if r["arm"] == study.reference}
+    seeds = sorted(
+        s
+        for s in ref
+        if all(any(r["arm"] == a.name and int(r["seed"]) == s for r in records) for a in arms)
+    )
+    if not seeds:
+        raise StudyError(f"{path}: no seed has a finished run of every arm yet")
+    report = build_report(study, arms, records, seeds)
+    from .render import write_outputs
+
+    write_outputs(Path(root), report)
+    if log_line is not None:
+        log_line(report["verdict"]["sentence"])
+        log_line(f"report: {Path(root) / 'compare.md'}  (seeds {seeds})")
     return report
 
 
