@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+
+import pytest
 import torch
 from torch import nn
 
@@ -48,3 +51,13 @@ def test_step_cost_by_hand():
     # 2 dendrites over 6 neurons: 1 + (2 / 6) / 3.
     assert abs(step_cost(layers, False, 4) - (1 + 2 / 6 / 3)) < 1e-12
     assert step_cost({}, False, 4) == 1.0
+
+
+def test_reports_are_values_that_cannot_be_changed():
+    model = perforate.add_dendrites(nn.Sequential(nn.Linear(4, 3)), DendriteConfig())
+    report = perforate.parameter_report(model)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        report.base = 0
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        report.layers[0].dendrite = 5
+    assert hash(report) == hash(perforate.parameter_report(model))  # equal values, one hash
