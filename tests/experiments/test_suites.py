@@ -101,3 +101,21 @@ def test_every_suite_builds_its_studies(tmp_path):
     fashion = suites.studies("mnist1d_mlp", tmp_path)
     assert [s.name for s in fashion] == ["mnist1d_mlp_h8", "mnist1d_mlp_h32"]
     assert fashion[1].compare["ladder"] == [4, 8, 16, 64, 128]
+
+
+def test_every_committed_ledger_belongs_to_its_study():
+    """A change to how studies are fingerprinted would orphan the published ledgers:
+    `perforate bench` would refuse them as another study's."""
+    import json
+    from pathlib import Path
+
+    root = Path(__file__).parents[2] / "benchmarks" / "results"
+    checked = 0
+    for suite in suites._suites():
+        for study in suites.studies(suite.name):
+            ledger = root / study.name / "runs.jsonl"
+            if ledger.exists():
+                header = json.loads(ledger.read_text().split("\n", 1)[0])
+                assert header["fingerprint"] == study.fingerprint(), study.name
+                checked += 1
+    assert checked >= 17  # every published study (the quick ones write elsewhere)

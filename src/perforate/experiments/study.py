@@ -539,9 +539,12 @@ class Study:
                 for block in iter(lambda: fh.read(1 << 20), b""):
                     digest.update(block)
             weights = digest.hexdigest()[:16]  # a retrained checkpoint is another study
+        model = dict(self.model)
+        if "checkpoint" in model:  # its bytes name it; else its resolved path, not spelling
+            model["checkpoint"] = None if weights else self.checkpoint
         return {
             "checkpoint_sha256": weights,
-            "model": self.model,
+            "model": model,
             "data": self.data,
             "task": self.task,
             "train": train,
@@ -555,6 +558,7 @@ class Study:
                     "name": self.name,
                     "source": None if self.source is None else str(self.source),
                     **self.identity(),
+                    "model": self.model,  # as written: `report_folder` rebuilds from it
                     "compare": self.compare,
                 },
                 default=_name_of,
