@@ -23,14 +23,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
 import convert_results
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def ledger(root: Path, study: str) -> list[dict]:
     return [json.loads(x) for x in (root / study / "runs.jsonl").read_text().splitlines()[1:]]
 

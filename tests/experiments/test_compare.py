@@ -23,14 +23,6 @@ from perforate.experiments.verdict import ALPHA
 DEFAULT_ARMS = ["plain", "restart", "pb", "ladder@2", "ladder@8", "ladder@16"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def without_timing(report: dict) -> dict:
     """compare.json minus what the wall clock decides (kept apart under "timing")."""
     out = dict(report)

@@ -3,7 +3,6 @@ LoRA (peft) from one checkpoint, and what each leaves trainable."""
 
 from __future__ import annotations
 
-import pytest
 import torch
 from compare_task import write_study
 from safetensors.torch import save_file
@@ -12,14 +11,6 @@ import perforate
 from perforate.experiments import adapt, cli
 from perforate.experiments.compare import compare
 from perforate.experiments.imports import import_object
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _trained(folder):

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
 import torch
 from safetensors.torch import save_file
 
@@ -14,14 +13,6 @@ from perforate.experiments import adapt, datasets, suites
 from perforate.experiments.cli import main
 
 SHAPE = (7, 1, 28, 28)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def study_with_trunk(tmp_path):

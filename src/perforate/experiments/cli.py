@@ -218,6 +218,17 @@ def _main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _shard(text: str, parser: argparse.ArgumentParser) -> tuple[int, int]:
+    """`--shard i/n` as (i, n), or a usage error."""
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        parser.error(f"--shard {text!r}: write i/n, e.g. 0/2")
+    if not 0 <= i < n:
+        parser.error(f"--shard {text}: need 0 <= i < n")
+    return i, n
+
+
 def _demo(args: argparse.Namespace) -> int:
     """The bundled digits study on the compare engine (examples/digits_study.toml)."""
     from pathlib import Path
@@ -252,12 +263,7 @@ def _compare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             seeds = _count(1)(seeds)
         except argparse.ArgumentTypeError as exc:
             parser.error(f"--seeds: {exc} (or auto)")
-    try:
-        i, n = (int(v) for v in args.shard.split("/"))
-    except ValueError:
-        parser.error(f"--shard {args.shard!r}: write i/n, e.g. 0/2")
-    if not 0 <= i < n:
-        parser.error(f"--shard {args.shard}: need 0 <= i < n")
+    i, n = _shard(args.shard, parser)
     arms = [a.strip() for a in args.arms.split(",") if a.strip()] if args.arms else None
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
@@ -302,12 +308,7 @@ def _bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.suite:
         if args.suite not in SUITES:
             parser.error(f"unknown suite {args.suite!r}; choose from {', '.join(SUITES)}")
-        try:
-            i, n = (int(v) for v in args.shard.split("/"))
-        except ValueError:
-            parser.error(f"--shard {args.shard!r}: write i/n, e.g. 0/2")
-        if not 0 <= i < n:
-            parser.error(f"--shard {args.shard}: need 0 <= i < n")
+        i, n = _shard(args.shard, parser)
         run_suite(args.suite, Path(args.results), seeds=args.seeds, shard=(i, n))
     if args.report:
         from .bench_report import load, write_report
