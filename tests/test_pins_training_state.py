@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -63,6 +64,7 @@ def test_save_keeps_the_previous_file_and_load_latest_falls_back(tmp_path, caplo
     training_state.save(path, {"controller": {"n": 1}})
     training_state.save(path, {"controller": {"n": 2}})
     assert training_state.previous(path) == tmp_path / "ckpt.prev"
+    assert training_state.previous("runs/ckpt") == Path("runs/ckpt.prev")  # a str too
     state, found = training_state.load_latest(path)
     assert state["controller"]["n"] == 2 and found == path
     path.write_bytes(b"garbage")
@@ -96,3 +98,19 @@ def test_nested_values_round_trip(tmp_path):
     a = back["controller"]["a"]
     assert a[:4] == [1, 2.5, None, "x"] and a[4][0] is True
     assert torch.equal(a[4][1], torch.arange(3)) and back["controller"]["b"] == {}
+
+
+def test_a_state_without_cuda_seeds_cuda_with_a_64_bit_seed_of_its_cpu_state(monkeypatch):
+    torch.manual_seed(11)  # before mocking: torch.manual_seed seeds CUDA too
+    state = {k: v for k, v in training_state.process_rng_state().items() if k != "cuda"}
+    torch.manual_seed(12)
+    other = {k: v for k, v in training_state.process_rng_state().items() if k != "cuda"}
+    seeds = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", seeds.append)
+    for s in (state, state, other):
+        training_state.set_process_rng_state(s)
+    # torch takes seeds in [0, 2**64): one the same for one file, another for another.
+    assert all(isinstance(s, int) and 0 <= s < 2**64 for s in seeds)
+    assert seeds[0] == seeds[1] != seeds[2]

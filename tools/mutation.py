@@ -156,6 +156,7 @@ TESTS = {
     ],
     "training_state": [
         "tests/test_pins_training_state.py",
+        "tests/test_cross_device.py",  # CUDA RNG states, with torch.cuda mocked
         "tests/test_training_checkpoint.py",
         "tests/test_hostile.py",
     ],
@@ -546,6 +547,9 @@ def main() -> int:
             results[m] = (outcome, seconds)
             if outcome == "survived":
                 print(f"  survived: {m.module} line {m.line}: {m.description}", flush=True)
+            if len(results) % 50 == 0:
+                minutes = (time.monotonic() - start) / 60
+                print(f"  {len(results)}/{len(jobs)} mutants run, {minutes:.1f} min", flush=True)
     shutil.rmtree(root, ignore_errors=True)
     for mod in args.modules:
         failed, code, base_seconds = base[mod]
