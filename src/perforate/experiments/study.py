@@ -540,8 +540,11 @@ class Study:
                     digest.update(block)
             weights = digest.hexdigest()[:16]  # a retrained checkpoint is another study
         model = dict(self.model)
-        if "checkpoint" in model:  # its bytes name it; else its resolved path, not spelling
-            model["checkpoint"] = None if weights else self.checkpoint
+        if "checkpoint" in model and self.checkpoint is not None:
+            # Its bytes name it; a per-seed pattern, its path relative to the study's folder
+            # (or the current one): the same on every machine and however it was spelled.
+            base = self.source.parent if self.source is not None else Path.cwd()
+            model["checkpoint"] = None if weights else os.path.relpath(self.checkpoint, base)
         return {
             "checkpoint_sha256": weights,
             "model": model,
