@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import fnmatch
 import itertools
+import logging
 import warnings
 from typing import Any
 
@@ -30,6 +31,8 @@ from .errors import (
 )
 from .kinds import KINDS, NORM_TYPES, kind_of, norm_matches
 from .layers import DendriticLayer
+
+log = logging.getLogger(__name__)
 
 
 def dendritic_layers(model: nn.Module) -> dict[str, DendriticLayer]:
@@ -72,8 +75,9 @@ def _pairs_in_sequentials(model: nn.Module) -> dict[str, str]:
     return pairs
 
 
-def _pairs_by_tracing(model: nn.Module) -> dict[str, str] | None:
-    """Layer -> norm pairs where the layer's only consumer is the norm; None if untraceable."""
+def _pairs_by_tracing(model: nn.Module) -> tuple[dict[str, str], dict[str, int]] | None:
+    """Layer -> norm pairs where the layer's only consumer is the norm, and how often each
+    module is called in the traced forward; None if untraceable."""
     try:
         graph = torch.fx.symbolic_trace(model).graph
     except Exception:
@@ -97,19 +101,45 @@ def _pairs_by_tracing(model: nn.Module) -> dict[str, str] | None:
         norm = model.get_submodule(user.target)
         if isinstance(norm, NORM_TYPES) and norm_matches(kind, layer, norm):
             pairs[node.target] = user.target
-    return pairs
+    return pairs, calls
+
+
+def _why_not_paired(layer: str, norm: str, calls: dict[str, int]) -> str:
+    """Why the trace refuses a pair that sits side by side in an nn.Sequential."""
+    if calls.get(layer, 0) != 1 or calls.get(norm, 0) != 1:
+        return (
+            f"the forward calls {layer} {calls.get(layer, 0)} time(s) and {norm} "
+            f"{calls.get(norm, 0)} time(s); pairing needs exactly one call each"
+        )
+    return f"{norm} does not consume the output of {layer} alone (it has another user)"
 
 
 def find_norm_pairs(model: nn.Module) -> dict[str, str]:
     """Map qualified layer name -> name of the norm that directly follows it.
 
     Found inside every `nn.Sequential`, and anywhere `torch.fx` can trace the model.
+    Where the model traces, the trace decides: a pair is formed only when the layer and
+    the norm are each called once and the norm consumes the layer's output alone (a layer
+    or norm of a Sequential also called directly elsewhere stays unpaired, logged at INFO;
+    pairing it would move the norm into the wrapper and change the other call's result).
+    Sequential pairs the trace cannot see (both inside a leaf module) are kept.
     Warns (`PerforateWarning`) when tracing fails and norms outside Sequentials exist.
     """
     pairs = _pairs_in_sequentials(model)
     traced = _pairs_by_tracing(model)
     if traced is not None:
-        pairs.update(traced)
+        traced_pairs, calls = traced
+        for layer, norm in list(pairs.items()):
+            unseen = calls.get(layer, 0) == 0 and calls.get(norm, 0) == 0
+            if traced_pairs.get(layer) != norm and not unseen:
+                del pairs[layer]
+                log.info(
+                    "not pairing %s with norm %s: %s",
+                    layer,
+                    norm,
+                    _why_not_paired(layer, norm, calls),
+                )
+        pairs.update(traced_pairs)
         return pairs
     paired_norms = set(pairs.values())
     loose = [
