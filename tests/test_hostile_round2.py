@@ -49,3 +49,35 @@ def test_e123_a_sequential_layer_or_norm_also_called_elsewhere_is_not_paired(cap
     plain = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
     perforate.add_dendrites(plain)
     assert isinstance(plain[0].norm, nn.BatchNorm1d) and isinstance(plain[1], nn.Identity)
+
+
+def _stats_after_penalty_steps(create_graph: bool) -> dict[str, torch.Tensor]:
+    """Three steps of a gradient penalty (weight 0 without a graph, so the errors the
+    candidates see are the same either way) in a dendrite phase; the pool's statistics."""
+    torch.manual_seed(0)
+    model = perforate.add_dendrites(nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)))
+    layer = perforate.dendritic_layers(model)["0"]
+    layer.start_dendrite_phase(generator=torch.Generator().manual_seed(1))
+    gen = torch.Generator().manual_seed(2)
+    for _ in range(3):
+        x = torch.randn(16, 3, generator=gen).requires_grad_(True)
+        loss = model(x).pow(2).mean()
+        (g,) = torch.autograd.grad(loss, x, create_graph=create_graph, retain_graph=True)
+        (loss + g.pow(2).sum() if create_graph else loss).backward()
+    stats = layer.candidates.stats
+    return {name: getattr(stats, name) for name in stats.FIELDS}
+
+
+def test_e124_a_gradient_penalty_leaves_the_candidate_statistics_without_a_graph():
+    with_graph = _stats_after_penalty_steps(True)
+    for name, value in with_graph.items():
+        assert value.grad_fn is None and not value.requires_grad, name
+        assert torch.isfinite(value).all(), name
+    # The statistics only see E = dL/dy of the loss's own backward passes; the penalty
+    # adds to E in the last one, so compare with a run whose last backward is the loss's
+    # alone only where the penalty cannot reach: the count (patterns folded) and the
+    # candidates' own output moments (V does not depend on E).
+    without = _stats_after_penalty_steps(False)
+    for name in ("count", "mean_v", "m_vv"):
+        assert torch.equal(with_graph[name], without[name]), name
+    assert int(with_graph["count"]) == 2 * 3 * 16  # autograd.grad and backward both fold

@@ -52,7 +52,12 @@ class CandidateTap(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_y):  # type: ignore[override]
         v, x = ctx.saved_tensors
-        return grad_y, ctx.pool.objective_gradient(v, grad_y, x), None, None
+        # Under create_graph=True (a gradient penalty) grad_y carries a graph: statistics
+        # folded from it would hold a grad_fn that grows every step. The candidates'
+        # gradient is a surrogate, not differentiated again: computed without a graph.
+        with torch.no_grad():
+            grad_v = ctx.pool.objective_gradient(v, grad_y.detach(), x)
+        return grad_y, grad_v, None, None
 
 
 class CandidatePool(nn.Module):
