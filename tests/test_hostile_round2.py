@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 
+import pytest
 import torch
 from torch import nn
 
@@ -81,3 +82,36 @@ def test_e124_a_gradient_penalty_leaves_the_candidate_statistics_without_a_graph
     for name in ("count", "mean_v", "m_vv"):
         assert torch.equal(with_graph[name], without[name]), name
     assert int(with_graph["count"]) == 2 * 3 * 16  # autograd.grad and backward both fold
+
+
+class _ReadsOutFeatures(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(6, 8)
+        self.conv = nn.Conv2d(2, 4, kernel_size=3, stride=2)
+        self.out = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.relu(self.fc(x)).view(-1, self.fc.out_features))
+
+
+def test_e125_the_wrapped_layers_public_attributes_read_through():
+    import copy
+    import pickle
+
+    model = _ReadsOutFeatures()
+    x = torch.randn(5, 6)
+    before = model(x)
+    perforate.add_dendrites(model)
+    assert (model.fc.in_features, model.fc.out_features) == (6, 8)
+    conv = model.conv
+    assert (conv.kernel_size, conv.stride, conv.in_channels) == ((3, 3), (2, 2), 2)
+    assert torch.equal(model(x), before)
+    # Private names stay the wrapper's (what pickling and torch probe with hasattr).
+    assert not hasattr(model.fc, "_conv_forward") and hasattr(model.conv.base, "_conv_forward")
+    with pytest.raises(AttributeError, match="DendriticLayer' object \\(wrapping Linear\\)"):
+        model.fc.no_such_attribute  # noqa: B018
+    for twin in (pickle.loads(pickle.dumps(model)), copy.deepcopy(model)):
+        assert twin.fc.out_features == 8 and torch.equal(twin(x), before)
+    compiled = torch.compile(model, fullgraph=True, backend="eager")
+    assert torch.equal(compiled(x), before)

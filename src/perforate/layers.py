@@ -126,6 +126,28 @@ class DendriticLayer(nn.Module):
         # A module-level function, not a lambda: the layer (and the model) must pickle.
         self.register_load_state_dict_post_hook(_refresh_after_load)
 
+    def __getattr__(self, name: str) -> Any:
+        """Public attributes the wrapper lacks come from the base layer (`out_features`,
+        `kernel_size`, `stride`...), so code that reads them keeps working after wrapping.
+
+        Only reads, only public names: private and dunder names (what pickling, copying
+        and torch internals probe with `hasattr`) stay the wrapper's own. Reads `_modules`
+        from `__dict__` so a half-built object (during `__init__` or unpickling) raises
+        AttributeError instead of recursing."""
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            base = self.__dict__.get("_modules", {}).get("base")
+            if base is None or name.startswith("_"):
+                raise
+        try:
+            return getattr(base, name)
+        except AttributeError:
+            raise AttributeError(
+                f"'{type(self).__name__}' object (wrapping {type(base).__name__}) has no "
+                f"attribute '{name}'"
+            ) from None
+
     # --- structure ---------------------------------------------------------------------
     @property
     def slots(self) -> int:
