@@ -115,3 +115,47 @@ def test_e125_the_wrapped_layers_public_attributes_read_through():
         assert twin.fc.out_features == 8 and torch.equal(twin(x), before)
     compiled = torch.compile(model, fullgraph=True, backend="eager")
     assert torch.equal(compiled(x), before)
+
+
+def _plain() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
+
+
+def _adam(params):
+    return torch.optim.Adam(params, lr=0.05)
+
+
+def test_e126_bad_seeds_and_scores_get_clear_errors_numpy_scores_count():
+    import numpy as np
+
+    for seed, match in (
+        (2**64, "seed must lie in"),
+        ("abc", "seed must be an integer or None, got str"),
+        (1.5, "seed must be an integer or None, got float"),
+        (True, "seed must be an integer or None, got bool"),
+    ):
+        model = _plain()
+        with pytest.raises(perforate.ConfigError, match=match):
+            perforate.Perforator(model, optimizer=_adam, seed=seed)
+        assert not perforate.dendritic_layers(model)  # refused before wrapping
+    # A numpy integer seeds exactly like the int it holds.
+    draws = []
+    for seed in (np.int64(7), 7):
+        ctl = perforate.Perforator(_plain(), optimizer=_adam, seed=seed)
+        draws.append(torch.rand(3, generator=ctl._generator))
+    assert torch.equal(*draws)
+    ctl = perforate.Perforator(_plain(), optimizer=_adam, seed=0)
+    for score in (np.array([0.5]), np.float32(0.5), np.array(0.5), torch.tensor([0.5])):
+        assert ctl._checked_score(score) == 0.5
+    for score, match in (
+        (10**400, "too large for a float"),
+        (np.array([0.5, 0.1]), "one number"),
+        (np.array(["a"]), "real number"),
+        (np.True_, "real number"),
+    ):
+        with pytest.raises(perforate.ScoreError, match=match):
+            ctl._checked_score(score)
+    with pytest.raises(perforate.ScoreError, match="too large for a float"):
+        ctl.end_epoch(10**5000)
+    assert ctl.epoch == 0

@@ -97,6 +97,7 @@ class Perforator:
         rule: TrainingRule | None = None,
         switching: Switching | None = None,
     ) -> None:
+        seed = _checked_seed(seed)  # before anything changes the model
         self.optimizers = OptimizerOwner(optimizer, candidate_optimizer, scheduler, wrapper)
         if not is_count(checkpoint_every, 1):
             raise ConfigError(f"checkpoint_every must be an integer >= 1, got {checkpoint_every!r}")
@@ -378,6 +379,12 @@ class Perforator:
         self._generator.set_state(point["generator"])
 
     def _checked_score(self, score: Any) -> float:
+        if not isinstance(score, torch.Tensor) and hasattr(score, "__array__"):
+            # A numpy scalar or array: judged as the tensor it converts to.
+            try:
+                score = torch.as_tensor(score)
+            except (TypeError, ValueError, RuntimeError) as exc:
+                raise ScoreError(f"score must be a real number, got {score!r}") from exc
         if isinstance(score, (bool, str, bytes)) or (
             isinstance(score, torch.Tensor) and score.dtype == torch.bool
         ):
@@ -390,6 +397,10 @@ class Perforator:
             score = score.item()
         try:
             score = float(score)
+        except OverflowError as exc:
+            raise ScoreError(  # no repr: an int of over 4300 digits refuses one
+                "score is an integer too large for a float (over 1.8e308); pass the metric"
+            ) from exc
         except (TypeError, ValueError) as exc:
             raise ScoreError(f"score must be a number, got {score!r}") from exc
         # Every process takes the same decision: on the mean of their scores (a NaN on one
@@ -872,6 +883,20 @@ _OWNERS: weakref.WeakKeyDictionary[DendriticLayer, weakref.ref[Perforator]] = (
 def _owner(layer: DendriticLayer) -> Perforator | None:
     ref = _OWNERS.get(layer)
     return None if ref is None else ref()
+
+
+def _checked_seed(seed: Any) -> int | None:
+    """`seed` as an int a torch generator takes (numpy integers included), or ConfigError."""
+    if seed is None:
+        return None
+    if isinstance(seed, bool) or not hasattr(seed, "__index__"):
+        raise ConfigError(f"seed must be an integer or None, got {type(seed).__name__} {seed!r}")
+    value = seed.__index__()
+    if not -(2**63) <= value < 2**64:
+        raise ConfigError(
+            f"seed must lie in [-2**63, 2**64) (a 64-bit generator seed), got {value}"
+        )
+    return value
 
 
 def _refuse_a_busy_owner(layers: dict[str, DendriticLayer]) -> None:
