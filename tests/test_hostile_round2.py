@@ -159,3 +159,25 @@ def test_e126_bad_seeds_and_scores_get_clear_errors_numpy_scores_count():
     with pytest.raises(perforate.ScoreError, match="too large for a float"):
         ctl.end_epoch(10**5000)
     assert ctl.epoch == 0
+
+
+def test_e127_a_wrapped_layer_replaced_by_the_user_is_refused_before_anything_changes():
+    model = _plain()
+    ctl = perforate.Perforator(model, optimizer=_adam, seed=0)
+    x, y = torch.randn(8, 3), torch.randn(8, 2)
+    ctl.optimizer.zero_grad()
+    nn.functional.mse_loss(model(x), y).backward()
+    ctl.optimizer.step()
+    assert not ctl.end_step()
+    ctl.end_epoch(1.0)
+    model[2] = nn.Linear(4, 2)
+    ctl.optimizer.zero_grad()
+    nn.functional.mse_loss(model(x), y).backward()
+    ctl.optimizer.step()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    counters = (ctl.epoch, ctl.steps, ctl.phase)
+    for call in (ctl.end_step, lambda: ctl.end_epoch(0.5)):
+        with pytest.raises(perforate.PhaseError, match=r"'2' \(now Linear\) were replaced"):
+            call()
+        assert (ctl.epoch, ctl.steps, ctl.phase) == counters
+        assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())

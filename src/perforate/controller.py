@@ -628,6 +628,27 @@ class Perforator:
                 "layers now: two controllers used in turn would each count and freeze part "
                 "of the run. Use the newer one only (or build a fresh model for a second run)"
             )
+        self._check_layers_in_place()
+
+    def _check_layers_in_place(self) -> None:
+        """Refuse, before anything changes, when a layer this controller drives is no
+        longer where it was in the model (replaced by the user): its snapshots, rollbacks
+        and optimizer would act on a module the model no longer runs."""
+        gone = []
+        for name, layer in self.layers.items():
+            try:
+                current = self.model.get_submodule(name)
+            except AttributeError:
+                current = None
+            if current is not layer:
+                gone.append(f"{name!r} (now {type(current).__name__})")
+        if gone:
+            raise PhaseError(
+                f"the model's dendritic layer(s) {', '.join(gone)} were replaced after this "
+                "Perforator was created; it cannot snapshot or roll back a model whose layers "
+                "it no longer holds. Put the DendriticLayer back, or change the model before "
+                "creating the Perforator"
+            )
 
     def _build_optimizer(self) -> None:
         if self.phase == Phase.DENDRITE:
