@@ -124,7 +124,7 @@ def test_seeds_option_and_list(tmp_path, capsys):
     assert json.dumps  # the module is used above for the ledger check
 
 
-def test_newcomer_mistakes_that_used_to_give_a_confident_wrong_verdict(tmp_path, capsys):
+def test_e131_newcomer_mistakes_that_used_to_give_a_confident_wrong_verdict(tmp_path, capsys):
     # [dendrites] direction against the metric: every run would keep its worst model.
     study = write_study(tmp_path / "a")
     study.write_text(
@@ -151,8 +151,163 @@ def test_newcomer_mistakes_that_used_to_give_a_confident_wrong_verdict(tmp_path,
     )
 
 
-def test_a_model_that_fails_on_a_batch_is_one_line(tmp_path, capsys):
+def test_e132_a_model_that_fails_on_a_batch_is_one_line(tmp_path, capsys):
     study = write_study(tmp_path / "u", task='loss = "mse"')  # 3 outputs against labels
     line = run(capsys, study, "--out", tmp_path / "o")
     assert "the model or the loss failed on a training batch" in line
     assert "arm plain, seed 0" in line and "Traceback" not in capsys.readouterr().err
+
+
+ODD_DATA = """
+import torch
+from torch.utils.data import DataLoader, IterableDataset, TensorDataset
+
+from mydata import table
+
+
+class Stream(IterableDataset):
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+    def __iter__(self):
+        return iter(zip(self.x, self.y))
+
+
+def streamed():
+    s = table()
+    return {"train": Stream(*s["train"]), "val": s["val"], "test": s["test"]}
+
+
+def empty_val():
+    s = table()
+    val = DataLoader(TensorDataset(*s["val"]), batch_size=1000, drop_last=True)
+    return {"train": s["train"], "val": val, "test": s["test"]}
+
+
+def nan_test(kind="regression"):
+    s = table(kind=kind)
+    x, y = s["test"]
+    x = x.clone()
+    x[0] = float("nan")
+    return {"train": s["train"], "val": s["val"], "test": (x, y)}
+"""
+
+ODD_MODELS = """
+from torch import nn
+
+
+class Pair(nn.Module):
+    def __init__(self, inputs, hidden, outputs):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(inputs, hidden), nn.ReLU(), nn.Linear(hidden, outputs))
+
+    def forward(self, x):
+        return self.net(x), x
+
+
+def pair(inputs, hidden, outputs):
+    return Pair(inputs, hidden, outputs)
+
+
+def ignores(inputs, hidden, outputs):
+    return nn.Sequential(nn.Linear(inputs, 4), nn.ReLU(), nn.Linear(4, outputs))
+"""
+
+
+def _odd(
+    tmp_path, name, data=None, model=None, compare='arms = ["plain", "restart"]', kind="classes"
+):
+    study = write_study(tmp_path / name, kind, compare=compare)
+    (tmp_path / name / f"odddata_{name}.py").write_text(ODD_DATA)
+    (tmp_path / name / f"oddmodels_{name}.py").write_text(ODD_MODELS)
+    text = study.read_text()
+    if data:
+        text = text.replace("mydata:table", f"odddata_{name}:{data}").replace(
+            'kwargs = { kind = "classes" }', ""
+        )
+    if model:
+        text = text.replace("mymodel:mlp", f"oddmodels_{name}:{model}")
+    study.write_text(text)
+    return study
+
+
+def test_e129_odd_splits_and_models_in_a_study(tmp_path, capsys):
+    from perforate.experiments.compare import compare
+
+    # An IterableDataset split streams in its own order.
+    report = compare(
+        _odd(tmp_path, "a", data="streamed"),
+        out=tmp_path / "oa",
+        seeds=1,
+        log_line=None,
+        progress=False,
+    )
+    assert {a["name"] for a in report["arms"]} == {"plain", "restart"}
+    assert "validation split gave no rows" in run(
+        capsys, _odd(tmp_path, "b", data="empty_val"), "--out", tmp_path / "ob", "--seeds", "1"
+    )
+    assert "test split's score is nan" in run(
+        capsys,
+        _odd(tmp_path, "c", data="nan_test", kind="regression"),
+        "--out",
+        tmp_path / "oc",
+        "--seeds",
+        "1",
+    )
+    line = run(capsys, _odd(tmp_path, "d", model="pair"), "--out", tmp_path / "od", "--seeds", "1")
+    assert "returned a tuple" in line or "failed on a training batch" in line
+    line = run(
+        capsys,
+        _odd(tmp_path, "e", model="ignores", compare='arms = ["plain", "restart", "ladder"]'),
+        "--out",
+        tmp_path / "oe",
+    )
+    assert "ignores its width argument 'hidden'" in line
+
+
+def test_e128_output_folders_shared_or_tampered_with(tmp_path, capsys):
+    from perforate.experiments.compare import compare
+
+    study = write_study(tmp_path / "u", compare='arms = ["plain", "restart"]')
+    compare(study, out=tmp_path / "o", seeds=1, log_line=None, progress=False)
+    # The same study on other data is refused, not pooled.
+    other = write_study(tmp_path / "v", compare='arms = ["plain", "restart"]')
+    (tmp_path / "v" / "mydata.py").write_text(
+        (tmp_path / "u" / "mydata.py").read_text().replace("rows: int = 240", "rows: int = 300")
+    )
+    assert "made on other data" in run(capsys, other, "--out", tmp_path / "o", "--seeds", "2")
+    # A ledger holding only another study's header is refused (a racing second study
+    # would otherwise take it over).
+    (tmp_path / "h").mkdir()
+    lines = (tmp_path / "o" / "runs.jsonl").read_text().splitlines()
+    (tmp_path / "h" / "runs.jsonl").write_text(lines[0] + "\n")
+    b = write_study(tmp_path / "b", compare='arms = ["plain", "restart"]')
+    b.write_text(b.read_text().replace("lr = 0.02", "lr = 0.03"))
+    assert "another study" in run(capsys, b, "--out", tmp_path / "h", "--seeds", "1")
+    # A deleted model file is flagged in the checks.
+    for f in (tmp_path / "o" / "models").rglob("*.safetensors"):
+        f.unlink()
+    report = compare(study, out=tmp_path / "o", seeds=1, log_line=None, progress=False)
+    (files,) = [c for c in report["checks"] if c["check"] == "model files present"]
+    assert not files["ok"] and "missing" in files["detail"]
+    # Options that used to be taken silently.
+    assert "selects no arm" in run(capsys, study, "--out", tmp_path / "o", "--arms", ",")
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(SystemExit):
+        cli.main(["compare", str(study), "--out", str(tmp_path / "afile")])
+    with pytest.raises(SystemExit):
+        cli.main(["compare", str(study), "--seeds", "1001"])
+
+
+def test_e130_train_resume_with_other_settings_is_refused(tmp_path, capsys):
+    study = write_study(tmp_path / "u")
+    run_dir = tmp_path / "run"
+    study.write_text(
+        study.read_text().replace("[compare]", f'[run]\ndir = "{run_dir}"\n\n[compare]')
+    )
+    assert cli.main(["train", str(study), "--device", "cpu"]) == 0
+    assert (run_dir / "ckpt.safetensors").is_file()
+    capsys.readouterr()
+    code = cli.main(["train", str(study), "--resume", "--arm", "plain", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2 and "other settings" in err and "'method'" in err

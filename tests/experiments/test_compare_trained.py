@@ -63,3 +63,22 @@ def test_trained_model_errors(tmp_path, capsys):
     study.write_text(study.read_text().replace("none.safetensors", "source.safetensors"))
     assert cli.main(["compare", str(study), "--out", str(tmp_path / "o")]) == 2
     assert "matches no parameter" in capsys.readouterr().err
+
+
+def test_e133_a_checkpoint_that_leaves_the_trunk_random_is_refused(tmp_path, capsys):
+    study = write_study(tmp_path / "u")
+    study.write_text(
+        study.read_text().replace(
+            'width = "hidden"', 'checkpoint = "source.safetensors"\ntrainable = ["2.*"]'
+        )
+    )
+    factory = import_object("mymodel:mlp", search=[tmp_path / "u"])
+    other = factory(10, 5, 3)  # hidden 5: only the head's bias fits the hidden-4 model
+    save_file(
+        {k: v.detach() for k, v in other.state_dict().items()},
+        tmp_path / "u" / "source.safetensors",
+    )
+    assert cli.main(["compare", str(study), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "outside [model] trainable at their random start (0.bias, 0.weight" in err
+    assert not (tmp_path / "o" / "runs.jsonl").exists()  # refused before anything is written

@@ -42,9 +42,13 @@ def test_train_writes_a_complete_run_dir_and_resumes(tmp_path, capsys):
     record = json.loads((run / "results.json").read_text())[0]
     assert record["epochs"] == 4 and len(record["history"]) == 4
     assert "test" in capsys.readouterr().out
-    cfg.write_text(TOML.format(max_epochs=6, dir=run))  # longer budget, same run
-    # The checkpoint carries its own config (max_epochs=4, done): resuming ends at once.
-    assert main(["train", str(cfg), "--resume"]) == 0
+    cfg.write_text(TOML.format(max_epochs=6, dir=run))  # another budget, same run dir
+    # The checkpoint carries its own settings: resuming under others is refused, not
+    # silently run with the checkpoint's (the new budget would never apply).
+    assert main(["train", str(cfg), "--resume"]) == 2
+    assert "other settings" in capsys.readouterr().err
+    cfg.write_text(TOML.format(max_epochs=4, dir=run))
+    assert main(["train", str(cfg), "--resume"]) == 0  # done: resuming ends at once
     assert "resumed" in capsys.readouterr().out
     assert main(["report", str(run)]) == 0
 

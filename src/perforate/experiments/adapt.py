@@ -45,8 +45,9 @@ def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             return load_file(path)
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise TaskError(
-            f"[model] checkpoint {path}: cannot read it ({type(exc).__name__}: {exc}); give "
+            f"[model] checkpoint {path}: cannot read it ({type(exc).__name__}: {first}); give "
             "a safetensors file or a torch.save state dict"
         ) from exc
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -163,7 +164,16 @@ def prepare(
     if how == "scratch" or checkpoint is None:
         return model, {}
     trainable = trainable or []
-    load_matching(model, read_weights(checkpoint), checkpoint)
+    left = load_matching(model, read_weights(checkpoint), checkpoint)
+    untrained = [k for k in left if not _matches(k, trainable)]
+    if untrained:  # a trunk left at its random start is not the trained model
+        raise TaskError(
+            f"[model] checkpoint {checkpoint} leaves {len(untrained)} tensor(s) outside "
+            f"[model] trainable at their random start ({', '.join(untrained[:4])}"
+            f"{', ...' if len(untrained) > 4 else ''}): the checkpoint does not fit the "
+            "factory's model in name and shape (a plain state dict of that model, e.g. "
+            "perforate.to_plain(...).state_dict(), fits)"
+        )
     if how == "finetune":
         return model, {}
     if how.partition(":")[0] == "lora":  # "lora:R": rank R instead of the matched one

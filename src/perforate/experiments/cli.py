@@ -263,8 +263,12 @@ def _compare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             seeds = _count(1)(seeds)
         except argparse.ArgumentTypeError as exc:
             parser.error(f"--seeds: {exc} (or auto)")
+        if seeds > 1000:
+            parser.error(f"--seeds {seeds}: at most 1000")
+    if args.out is not None and os.path.exists(args.out) and not os.path.isdir(args.out):
+        parser.error(f"--out {args.out}: is a file; give a folder")
     i, n = _shard(args.shard, parser)
-    arms = [a.strip() for a in args.arms.split(",") if a.strip()] if args.arms else None
+    arms = None if args.arms is None else [a.strip() for a in args.arms.split(",") if a.strip()]
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",

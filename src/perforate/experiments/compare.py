@@ -62,7 +62,7 @@ def compare(
     say = log_line or (lambda _line: None)
     root = Path(out if out is not None else study.run.get("dir", f"runs/{study.name}"))
     seeds = study.compare.get("seeds", 3) if seeds is None else seeds
-    chosen = study.arms(list(arms) if arms else None)
+    chosen = study.arms(None if arms is None else list(arms))
     every = study.arms()
     index, count = shard_of
     if not (isinstance(count, int) and isinstance(index, int) and 0 <= index < count):
@@ -77,7 +77,12 @@ def compare(
     layout = Layout(root)
     ledger = Ledger(
         layout.ledger,
-        {"fingerprint": fingerprint, "sections": study.section_hashes(), "study": study.to_dict()},
+        {
+            "fingerprint": fingerprint,
+            "sections": study.section_hashes(),
+            "data": task.data().digest(),
+            "study": study.to_dict(),
+        },
     )
     runner = Runner(study, root, device, study.reference, fingerprint)
     threads = int(study.train.get("threads", 1))
@@ -114,6 +119,7 @@ def compare(
             list(range(n)),
             level,
             *([f"--seeds auto stopped at [compare] max_seeds = {n}: raise it"] if last else []),
+            root=root,
         )
         undecided = [
             c["arm"]
@@ -183,7 +189,7 @@ def report_folder(root: str | os.PathLike, log_line: Callable[[str], None] | Non
     )
     if not seeds:
         raise StudyError(f"{path}: no seed has a finished run of every arm yet")
-    report = build_report(study, arms, records, seeds)
+    report = build_report(study, arms, records, seeds, root=Path(root))
     from .render import write_outputs
 
     write_outputs(Path(root), report)
@@ -287,6 +293,7 @@ def build_report(
     seeds: Sequence[int],
     level: float = LEVEL,
     more_seeds: str = "more seeds (--seeds auto, or a larger --seeds) narrow it",
+    root: Path | None = None,
 ) -> dict[str, Any]:
     """Everything `compare.json` holds, from the ledger's records alone. Wall-clock
     values are kept under "timing" (they differ between machines and runs)."""
@@ -428,7 +435,7 @@ def build_report(
         "level": level,
         "arms": rows,
         "comparisons": [c.to_dict() for c in comparisons],
-        "checks": checks(rows, reference),
+        "checks": checks(rows, reference, root),
         "verdict": verdict,
         "sequential": None,
         "timing": {
@@ -461,9 +468,29 @@ def _best_run(rows: Sequence[dict[str, Any]], arm: str, direction: str) -> dict[
     return max(runs, key=lambda r: (sign * r["val"], -r["seed"]))
 
 
-def checks(rows: Sequence[dict[str, Any]], reference: str) -> list[dict[str, Any]]:
+def checks(
+    rows: Sequence[dict[str, Any]], reference: str, root: Path | None = None
+) -> list[dict[str, Any]]:
     """Did the arms do what they claim? Shown in the report beside the verdict."""
     out = []
+    if root is not None:
+        gone = [
+            x["model"]
+            for r in rows
+            for x in r["runs"]
+            if x.get("model") and not (root / x["model"]).is_file()
+        ]
+        out.append(
+            _check(
+                "model files present",
+                "all",
+                not gone,
+                "every run's model file is in the folder"
+                if not gone
+                else f"{len(gone)} missing ({', '.join(gone[:3])}): delete their records from "
+                "runs.jsonl (or the folder) to train them again",
+            )
+        )
     seeds = {r["name"]: [x["seed"] for x in r["runs"]] for r in rows}
     ref_seeds = seeds.get(reference, [])
     for r in rows:

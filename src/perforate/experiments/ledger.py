@@ -34,20 +34,12 @@ class Ledger:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._locked() as fh:
             lines = _read_lines(fh)
-            if len(lines) == 1 and lines[0].get("kind") == KIND and not self._same(lines[0]):
-                lines = []  # another study's header without a single run: nothing to keep
             if not lines:
                 fh.seek(0)
                 fh.truncate()
                 _append(fh, self.header)
             else:
                 self._check_header(lines[0])
-
-    def _same(self, first: dict[str, Any]) -> bool:
-        return (
-            first.get("fingerprint") == self.header["fingerprint"]
-            and first.get("version") == VERSION
-        )
 
     def _check_header(self, first: dict[str, Any]) -> None:
         if first.get("kind") != KIND:
@@ -56,6 +48,12 @@ class Ledger:
             raise LedgerError(
                 f"{self.path} is a ledger of format {first.get('version')!r}; this version "
                 f"writes {VERSION}: choose another --out"
+            )
+        mine_data, their_data = self.header.get("data"), first.get("data")
+        if mine_data and their_data and mine_data != their_data:
+            raise LedgerError(
+                f"{self.path} holds runs made on other data (splits {their_data}, now "
+                f"{mine_data}); choose another --out, or delete that folder to start again"
             )
         if first.get("fingerprint") != self.header["fingerprint"]:
             theirs, mine = first.get("sections", {}), self.header.get("sections", {})

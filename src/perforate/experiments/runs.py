@@ -138,8 +138,20 @@ def preflight(task: Task, arms: Sequence[Arm]) -> None:
     """Build and prepare the model once per (width, preparation) before any run, so a
     factory that rejects a width, a checkpoint that does not fit or a `trainable` that
     matches nothing is one error before anything is written."""
+    sizes: dict[int, int] = {}
     for width, how in sorted({(a.width or 0, a.adapt) for a in arms}):
-        adapt.prepare(task.build_model(width or None), how, task.checkpoint, task.trainable)
+        model, _ = adapt.prepare(
+            task.build_model(width or None), how, task.checkpoint, task.trainable
+        )
+        sizes.setdefault(
+            width or (task.base_width or 0), sum(p.numel() for p in model.parameters())
+        )
+    if len(sizes) > 1 and len(set(sizes.values())) == 1:
+        raise TaskError(
+            f"the model factory gives {next(iter(sizes.values())):,} parameters at every "
+            f"width ({', '.join(map(str, sorted(sizes)))}): it ignores its width argument "
+            f"{task.width_arg!r}, so the ladder would train one model several times"
+        )
 
 
 def train_run(
@@ -190,6 +202,13 @@ def train_run(
         has_ckpt = True
     if has_ckpt:
         ctl = Perforator.resume(ckpt, model, **factories)
+        differ = config.differences(ctl.config.to_dict())
+        if differ:  # the checkpoint's own settings would silently win
+            raise TaskError(
+                f"{ckpt} was written by a run with other settings ({'; '.join(differ[:3])}"
+                f"{'; ...' if len(differ) > 3 else ''}): continue it with the arm and "
+                "settings it started with, or start afresh"
+            )
         epochs = _read_log(log_path)
         epochs = {k: (v + [math.nan] * ctl.epoch)[: ctl.epoch] for k, v in epochs.items()}
         if (run_dir / "forked.json").exists():
@@ -223,7 +242,7 @@ def train_run(
                 loss.backward()
             except PerforateError:
                 raise
-            except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+            except (RuntimeError, ValueError, TypeError, IndexError, AttributeError) as exc:
                 raise TrainingError(
                     f"arm {spec.arm.name}, seed {spec.seed}: the model or the loss failed on "
                     f"a training batch ({type(exc).__name__}: {str(exc).splitlines()[0]}); "
@@ -259,6 +278,11 @@ def train_run(
     neurons = sum(r.neurons for r in report.layers)
     val = task.score(model, "val", device, eval_batch, autocast)
     test = task.score(model, "test", device, eval_batch, autocast)
+    if not math.isfinite(test):
+        raise TrainingError(
+            f"arm {spec.arm.name}, seed {spec.seed}: the test split's score is {test} (NaN "
+            "or inf in its inputs or targets?); the validation score was finite"
+        )
     if model_path is not None:
         model_path.parent.mkdir(parents=True, exist_ok=True)
         perforate.save(model, model_path)

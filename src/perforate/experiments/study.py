@@ -345,7 +345,7 @@ class Study:
             if _int(1, 10**7)(value) is not None:
                 raise StudyError(
                     f"{where}: [model] width = {width!r}, so [model] kwargs needs "
-                    f"{width} = <an integer >= 1>, got {value!r} (kwargs has "
+                    f"{width} = <an integer from 1 to 10,000,000>, got {value!r} (kwargs has "
                     f"{', '.join(self.model.get('kwargs', {})) or 'nothing'})"
                 )
         if "ladder" in self.compare and width is None:
@@ -441,6 +441,8 @@ class Study:
                 )
             keep = set(only)
             arms = [a for a in arms if a.name in keep or (LADDER in keep and a.width)]
+            if not arms:
+                raise StudyError(f"--arms {','.join(only) or '(empty)'}: selects no arm to run")
         return arms
 
     def base_config(self) -> DendriteConfig:

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from perforate import ConfigError, PerforateError
 
@@ -160,7 +160,9 @@ class Split:
                 idx = idx.to(x.device) if x.device.type != "cpu" else idx
                 yield move((x[idx], y[idx.to(y.device)]), device, non_blocking)
             return
-        if isinstance(src, Dataset):
+        if isinstance(src, IterableDataset):  # streams in its own order: no shuffling
+            src = DataLoader(src, batch_size=batch_size, pin_memory=non_blocking)
+        elif isinstance(src, Dataset):
             src = DataLoader(src, batch_size=batch_size, shuffle=shuffle, pin_memory=non_blocking)
         for batch in src:
             if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
@@ -201,6 +203,23 @@ class Data:
                 + (f" (unknown {extra})" if extra else "")
             )
         return cls(*(Split(s, data[s]) for s in SPLITS))
+
+    def digest(self) -> str:
+        """Sizes and, for tensor splits, a hash of their bytes: runs made on other data
+        are not pooled with these (the ledger keeps it)."""
+        import hashlib
+
+        h = hashlib.sha256()
+        for name in SPLITS:
+            split = getattr(self, name)
+            h.update(f"{name}:{split.rows}".encode())
+            if isinstance(split.source, tuple):
+                for t in split.source:
+                    t = t.detach()
+                    h.update(f"{tuple(t.shape)}{t.dtype}".encode())
+                    flat = t.reshape(-1)[: 1 << 24].cpu().contiguous()  # at most 16M values
+                    h.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
+        return h.hexdigest()[:16]
 
     def sample_target(self, split: str = "train") -> torch.Tensor | None:
         """Some targets of a split, without iterating a DataLoader (None when unknown)."""
@@ -374,6 +393,12 @@ class Task:
             for x, y in getattr(self.data(), split).batches(batch_size, False, device):
                 with autocast():
                     out = model(x)
+                if not isinstance(out, torch.Tensor):
+                    raise TaskError(
+                        f"the model returned a {type(out).__name__}, not a tensor: scoring "
+                        "needs the outputs as one tensor (return the logits, or wrap the "
+                        "model so that it does)"
+                    )
                 if metric.per_batch is not None:
                     part = metric.per_batch(out.float(), y)
                     total = part if total is None else total + part
@@ -383,6 +408,9 @@ class Task:
                     targets.append(y.cpu())
         finally:
             model.train(was_training)
+        if rows == 0 and not outputs:
+            name = {"val": "validation"}.get(split, split)
+            raise TaskError(f"the {name} split gave no rows to score (an empty loader?)")
         if metric.per_batch is not None:
             assert metric.finish is not None
             return metric.finish(float(total) if total is not None else math.nan, max(rows, 1))

@@ -82,6 +82,9 @@ def run_experiment(
     if arm not in REGISTRY:
         raise ExperimentError(f"--arm {arm!r}: choose from {', '.join(REGISTRY)}")
     chosen: Arm = REGISTRY[arm]
+    run_device = device_of(device)  # before anything in the run folder changes
+    if chosen.adapt != "default" and not study.model.get("checkpoint"):
+        raise ExperimentError(f"--arm {arm} adapts a trained model: set [model] checkpoint")
     train = study.train
     torch.set_num_threads(int(train.get("threads", torch.get_num_threads())))
     seed = int(train.get("seed", 0))
@@ -107,7 +110,7 @@ def run_experiment(
         seed=seed,
         config=chosen.config(study.base_config().to_dict()),
         train=train,
-        device=device_of(device),
+        device=run_device,
     )
     bar = progress_bar(Path(path).stem) if log is print else None
     say = log if bar is None else bar.write  # a line printed beside the bar would glue to it
