@@ -10,7 +10,7 @@ from torch import nn
 
 import perforate
 from perforate import DendriteConfig
-from perforate.accounting import step_cost
+from perforate.accounting import ParameterReport, step_cost
 
 
 def test_the_whole_table_by_hand():
@@ -61,3 +61,12 @@ def test_reports_are_values_that_cannot_be_changed():
     with pytest.raises(dataclasses.FrozenInstanceError):
         report.layers[0].dendrite = 5
     assert hash(report) == hash(perforate.parameter_report(model))  # equal values, one hash
+
+
+def test_a_report_built_by_hand_has_no_other_modules_unless_told():
+    report = ParameterReport((), base=10, dendrite=2)
+    assert report.other == 0 and report.total == 12
+    assert str(report).splitlines()[1:3] == [
+        "other modules                                                   0         0",
+        "total                                                          10         2",
+    ]

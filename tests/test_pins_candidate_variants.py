@@ -138,3 +138,51 @@ def test_output_error_in_a_convolution_equals_its_positions_as_patterns():
     conv.source.error = torch.zeros(2, 3, 2)  # an output per position, not per sample
     with pytest.raises(PhaseError, match="one output per sample"):
         conv.objective_gradient(v, torch.zeros(2, 3, 4))
+
+
+def _warm(pool, gen, batches, n=20):
+    grads = []
+    for _ in range(batches):
+        x = torch.randn(n, 3, generator=gen)
+        v = pool.outputs(x, None)
+        grads.append(pool.objective_gradient(v, torch.randn(n, 2, generator=gen), x))
+    return grads
+
+
+def test_closed_form_warm_up_returns_gradients_then_starts_once_and_counts_afresh():
+    gen = torch.Generator().manual_seed(6)
+    pool = ClosedFormRule(pool_size=2, warmup=3).make_pool(_layer(nn.Linear(3, 2)), gen)
+    grads = _warm(pool, gen, 2)
+    assert not pool.cf_started and all(g.shape == (20, 2, 2) for g in grads)
+    assert all(float(g.abs().sum()) > 0 for g in grads)  # the warm-up's candidates learn
+    _warm(pool, gen, 1)  # the third batch: the start
+    assert pool.cf_started
+    started = pool.bank.weight.detach().clone()
+    sums = pool.cf_xx.clone()
+    _warm(pool, gen, 2, n=7)  # two batches after the start
+    assert torch.equal(pool.bank.weight, started)  # started once, not again
+    assert torch.equal(pool.cf_xx, sums)  # the sums stop at the start
+    assert int(pool.stats.count) == 14  # counted afresh from the first batch after
+
+
+def test_a_pool_of_one_starts_at_the_first_slope():
+    gen = torch.Generator().manual_seed(7)
+    pool = ClosedFormRule(pool_size=1, warmup=1).make_pool(_layer(nn.Linear(3, 2)), gen)
+    x = torch.randn(50, 3, generator=gen)
+    pool.objective_gradient(pool.outputs(x, None), x[:, :2] * 2.0, x)
+    assert pool.cf_started
+    pre = x.double() @ pool.bank.weight.double().T + pool.bank.bias.double()
+    assert pre.std(0, unbiased=False).tolist() == pytest.approx([0.5, 0.5], rel=1e-3)
+
+
+def test_closed_form_statistics_round_trip_whole():
+    gen = torch.Generator().manual_seed(8)
+    layer = _layer(nn.Linear(3, 2))
+    pool = ClosedFormRule(pool_size=2, warmup=5).make_pool(layer, gen)
+    _warm(pool, gen, 2)
+    state = pool.statistics_state_dict()
+    fresh = ClosedFormRule(pool_size=2, warmup=5).make_pool(layer, gen)
+    fresh.load_statistics_state_dict(state)
+    assert int(fresh.stats.count) == 40 and fresh.cf_batches == 2
+    torch.testing.assert_close(fresh.stats.m_ve, pool.stats.m_ve)
+    torch.testing.assert_close(fresh.cf_xe, pool.cf_xe)

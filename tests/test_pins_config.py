@@ -198,3 +198,11 @@ def test_markdown_and_describe_by_hand():
     text = DendriteConfig.describe()
     assert text.startswith("layer_types = ('Linear', 'Conv1d', 'Conv2d', 'Conv3d')\n    ")
     assert "\npatience = 10\n    " in text
+
+
+def test_from_json_refuses_what_is_not_json():
+    with pytest.raises(ConfigError, match="from_json: not JSON text"):
+        DendriteConfig.from_json("patience = 3")
+    with pytest.raises(ConfigError, match="from_json: not JSON text"):
+        DendriteConfig.from_json(None)
+    assert DendriteConfig.from_json('{"patience": 3}').patience == 3

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
+import pytest
 import torch
 from torch import nn
 
@@ -23,3 +26,68 @@ def test_to_plain_freezes_what_was_wrapped_and_leaves_the_rest(gen):
     assert not any(p.requires_grad for p in plain[2].parameters())
     assert all(p.requires_grad for p in plain[3].parameters())  # never wrapped: as it was
     assert flags == {n: p.requires_grad for n, p in model.named_parameters()}  # untouched
+
+
+def test_no_target_message_names_the_filters_it_used():
+    model = nn.Sequential(nn.Linear(2, 2), nn.Conv1d(2, 2, 1))
+    with pytest.raises(perforate.NoTargetLayersError) as info:
+        perforate.add_dendrites(model, perforate.DendriteConfig(include=("nothing*",)))
+    assert "names matching ['nothing*']" in str(info.value)
+    with pytest.raises(perforate.NoTargetLayersError) as info:
+        perforate.add_dendrites(model, perforate.DendriteConfig(layer_types=("Conv2d",)))
+    text = str(info.value)
+    assert "names matching" not in text and "excluding" not in text
+    assert "the model has Conv1d layers: add 'Conv1d' to layer_types" in text
+
+
+@pytest.mark.parametrize(("activation", "native"), [("relu", 1), ("gelu", 2)])
+def test_an_encoder_layer_gets_its_own_fast_path_back_after_removal(activation, native):
+    enc = nn.TransformerEncoderLayer(8, 2, 16, activation=activation, batch_first=True)
+    assert enc.activation_relu_or_gelu == native
+    perforate.add_dendrites(enc, perforate.DendriteConfig(pair_norms=False))
+    assert enc.activation_relu_or_gelu == 0  # wrapped: no fused fast path around them
+    perforate.remove_dendrites(enc)
+    assert enc.activation_relu_or_gelu == native
+
+
+def test_a_plain_copy_of_a_grown_encoder_layer_keeps_off_the_fast_path(gen):
+    torch.manual_seed(0)
+    enc = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True)
+    perforate.add_dendrites(enc, perforate.DendriteConfig(pair_norms=False))
+    grow(perforate.dendritic_layers(enc)["linear1"], 1, gen)
+    enc.eval()
+    x = torch.randn(2, 5, 8, generator=gen)
+    plain = perforate.to_plain(enc, x)
+    assert plain.activation_relu_or_gelu == 0
+    with torch.no_grad():  # inference: where torch would take its fused path
+        torch.testing.assert_close(plain(x), enc(x), rtol=0, atol=0)
+
+
+def test_a_sequence_model_keeps_free_batch_and_length(gen):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 4), nn.Tanh(), nn.Linear(4, 2))
+    perforate.add_dendrites(model, perforate.DendriteConfig())
+    grow(perforate.dendritic_layers(model)["0"], 2, gen)
+    model.eval()
+    plain = perforate.to_plain(model, torch.randn(2, 3, 6, generator=gen))
+    for shape in ((2, 3, 6), (4, 7, 6), (1, 1, 6)):
+        y = torch.randn(*shape, generator=gen)
+        with torch.no_grad():
+            assert torch.equal(plain(y), model(y)), shape
+
+
+def test_to_plain_needs_torch_export_with_auto_sizes(monkeypatch, gen):
+    model = nn.Sequential(nn.Linear(2, 2))
+    perforate.add_dendrites(model, perforate.DendriteConfig())
+    monkeypatch.setattr(torch, "export", SimpleNamespace(Dim=SimpleNamespace()))
+    with pytest.raises(NotImplementedError, match=r"torch >= 2\.6"):
+        perforate.to_plain(model, torch.randn(1, 2))
+
+
+def test_a_plain_copy_where_nothing_grew_gets_torchs_fast_path_back():
+    enc = nn.TransformerEncoderLayer(8, 2, 16, batch_first=True)
+    perforate.add_dendrites(enc, perforate.DendriteConfig(pair_norms=False))
+    assert enc.activation_relu_or_gelu == 0
+    plain = perforate.to_plain(enc.eval(), torch.randn(2, 3, 8))
+    assert plain.activation_relu_or_gelu == 1  # relu: torch's own value
+    assert enc.activation_relu_or_gelu == 0  # the original still wrapped

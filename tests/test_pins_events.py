@@ -107,3 +107,17 @@ def test_history_round_trips_and_ignores_unknown_fields():
     old = {k: v for k, v in h.records[0].to_dict().items() if k != "skipped_batches"}
     back.load_state_dict({"records": [old]})
     assert back.records[0].skipped_batches == 0
+
+
+def test_undo_forgets_what_was_recorded_and_noted_since_the_mark():
+    h = History()
+    h.record(**_row())
+    mark = h.mark()
+    h.note_install({"0": {"installed": 1}})
+    h.note_skipped(4)
+    h.record(**_row(epoch=4))
+    h.note_skipped(1)
+    h.undo(mark)
+    assert [r.epoch for r in h.records] == [3]
+    row = h.record(**_row(epoch=4))
+    assert row.install == {} and row.skipped_batches == 0

@@ -225,3 +225,20 @@ def test_writes_and_reads_leave_no_file_descriptor_open(tmp_path):
         files.atomic_write(tmp_path / "g", b"data", keep_previous=True)
         files.read(tmp_path / "f")
     assert open_fds() == before
+
+
+def test_without_proc_the_umask_is_read_and_put_back(monkeypatch, tmp_path):
+    class NoProc:
+        def __init__(self, *args):
+            pass
+
+        def read_text(self):
+            raise OSError("no /proc here")
+
+    monkeypatch.setattr(files, "Path", NoProc)
+    old = files.os.umask(0o027)
+    try:
+        assert files._umask() == 0o027
+        assert files._umask() == 0o027  # still: put back after reading
+    finally:
+        files.os.umask(old)

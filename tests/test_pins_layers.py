@@ -33,3 +33,27 @@ def test_one_and_two_slots_with_cascade_match_the_reference(cycles, base, gen):
         for j, a_ref in enumerate(acts):
             got = a.select(ax, j)[..., c] if ax == -2 else a[:, j, c]
             torch.testing.assert_close(got, a_ref, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("inputs_train", [False, True])
+def test_a_neuron_phase_trains_output_weights_and_inputs_as_configured(inputs_train, gen):
+    layer = DendriticLayer(nn.Linear(3, 2), KINDS["Linear"], DendriteConfig())
+    layer.start_dendrite_phase(candidates=2, generator=gen)
+    layer.install(torch.tensor([0, 1]))
+    layer.start_dendrite_phase(candidates=2, generator=gen)
+    assert not layer.output_weight.requires_grad  # frozen while candidates train
+    layer.start_neuron_phase(dendrite_inputs_train=inputs_train)
+    assert layer.output_weight.requires_grad
+    assert layer.dendrites.weight.requires_grad is inputs_train
+    assert layer.dendrites.bias.requires_grad is inputs_train
+    assert layer.base.weight.requires_grad
+
+
+def test_loading_a_neuron_phase_state_ends_a_dendrite_phase(gen):
+    layer = DendriticLayer(nn.Linear(3, 2), KINDS["Linear"], DendriteConfig())
+    state = layer.phase_state_dict()  # a neuron phase, no slot
+    layer.start_dendrite_phase(candidates=2, generator=gen)
+    assert layer.candidates is not None and not layer.base.weight.requires_grad
+    layer.load_phase_state_dict(state)
+    assert layer.phase.value == "neuron" and layer.candidates is None
+    assert layer.base.weight.requires_grad

@@ -209,3 +209,20 @@ def test_a_shallow_copy_counts_the_steps_of_the_optimizer_it_shares():
     again.__setstate__(again.__dict__)  # already hooked: not counted twice
     _step(owner.optimizer, w)
     assert again.take_steps() == 1
+
+
+def test_missing_factories_are_named_and_old_states_judged_by_their_scheduler():
+    plain = OptimizerOwner(lambda ps: torch.optim.SGD(ps, lr=1.0))
+    full, _ = _owner_with_history()
+    assert plain.missing(full.state_dict()) == [
+        "the run was started with a scheduler and is resumed without one: pass "
+        "scheduler=... as at the start"
+    ]
+    assert full.missing(full.state_dict()) == []
+    # Written before 0.4: no has_scheduler; a saved scheduler state says there was one.
+    assert plain.missing({"scheduler": {"last_epoch": 1}}) != []
+    assert plain.missing({"scheduler": None}) == []
+    two = OptimizerOwner(
+        lambda ps: torch.optim.SGD(ps, lr=1.0), candidate_optimizer=lambda ps: None
+    )
+    assert "started with a candidate_optimizer" in plain.missing(two.state_dict())[0]

@@ -73,3 +73,17 @@ def test_a_run_capped_inside_its_first_phase_is_still_checked():
             ctl.optimizer.step()
             ctl.end_epoch(score)
     assert ctl.done and ctl.direction_check.checked
+
+
+def test_the_direction_checks_verdict_survives_a_save_and_load():
+    check = DirectionCheck(Improvement(True, 1e-3, 0.0), "maximize")
+    for s in [1.0, 0.6, 0.5, 0.4, 0.3, 0.95, 0.2]:
+        check.add(s)
+    with pytest.warns(PerforateWarning, match="moved the wrong way"):
+        assert check.check() is True
+    back = DirectionCheck(Improvement(True, 1e-3, 0.0), "maximize")
+    back.load_state_dict(check.state_dict())
+    assert back.suspicious is True and back.checked is True and back.scores == check.scores
+    old = DirectionCheck(Improvement(True, 1e-3, 0.0), "maximize")
+    old.load_state_dict({"scores": [1.0]})  # written before 0.4
+    assert old.suspicious is False and old.checked is False

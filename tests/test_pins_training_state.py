@@ -114,3 +114,13 @@ def test_a_state_without_cuda_seeds_cuda_with_a_64_bit_seed_of_its_cpu_state(mon
     # torch takes seeds in [0, 2**64): one the same for one file, another for another.
     assert all(isinstance(s, int) and 0 <= s < 2**64 for s in seeds)
     assert seeds[0] == seeds[1] != seeds[2]
+
+
+def test_a_state_naming_a_tensor_the_file_lacks_is_malformed(tmp_path):
+    from perforate import files
+
+    path = tmp_path / "t"
+    header = {"format": training_state.FORMAT, "state": {"__tensor__": "s.9"}}
+    files.write(path, header, {"s.0": torch.zeros(1)})
+    with pytest.raises(CheckpointError, match=r"malformed training state \(KeyError"):
+        training_state.load(path)

@@ -160,3 +160,12 @@ def test_slot_problems_by_hand():
     assert slot_problems("L", layer, 1, negative) == [
         "layer 'L': dendrite counts [-1, 0] outside [0, 1]"
     ]
+
+
+def test_a_pool_of_zero_is_refused_even_with_an_empty_bank():
+    def empty(state, tensors):
+        state["pool"] = 0
+        tensors["L.candidates.bank.weight"] = torch.zeros(0, 3)
+
+    problems = _problems(empty)
+    assert problems[0] == "layer 'L': a pool of 0 needs 0 candidate rows, the file has 0"

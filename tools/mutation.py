@@ -95,7 +95,12 @@ TESTS = {
         "tests/test_checkpoint.py",
         "tests/test_rules.py",
     ],
-    "correlation": ["tests/test_correlation.py", "tests/test_properties.py", *_CORE],
+    "correlation": [
+        "tests/test_pins_correlation.py",
+        "tests/test_correlation.py",
+        "tests/test_properties.py",
+        *_CORE,
+    ],
     "distributed": ["tests/test_pins_distributed.py"],
     # Exception classes only: no statement the operators above can change (0 sites).
     "errors": ["tests/test_hostile.py"],
@@ -232,6 +237,21 @@ EQUIVALENT: frozenset[tuple] = frozenset(
         # A shortcut: with one slot the general path has no cascade term either, and with
         # none it is never reached; `k == 0` computes the same as `k == 1`.
         ("layers", "if self.cascade_weight is None or k == 1:", "constant 1 changed"),
+        # Linear's early return: the general reshape adds no axis for it (spatial_dims 0).
+        (
+            "kinds",
+            'to broadcast over this kind\'s output."""\nif self.spatial_dims == 0:\nreturn t',
+            "Return deleted",
+        ),
+        # Which axis to_plain keeps fixed when exporting: Dim.AUTO lets torch.export find the
+        # static sizes itself (the feature axis is static either way, fixed by the weights),
+        # and the graphs keep no size guard, so any batch, length or spatial size runs.
+        (
+            "convert",
+            "fixed = x.dim() - 1 if layer.kind.spatial_dims == 0 else 1",
+            "condition negated",
+        ),
+        ("convert", "fixed = x.dim() - 1 if layer.kind.spatial_dims == 0 else 1", "Eq -> NotEq"),
         # A type alias used only in annotations (postponed by `from __future__ import annotations`).
         ("rules", "Layers = dict[str, DendriticLayer]", "Assign deleted"),
     }
