@@ -243,9 +243,10 @@ def train_run(
             except PerforateError:
                 raise
             except (RuntimeError, ValueError, TypeError, IndexError, AttributeError) as exc:
+                first = (str(exc).splitlines() or [""])[0]
                 raise TrainingError(
                     f"arm {spec.arm.name}, seed {spec.seed}: the model or the loss failed on "
-                    f"a training batch ({type(exc).__name__}: {str(exc).splitlines()[0]}); "
+                    f"a training batch ({type(exc).__name__}: {first}); "
                     "check [task] loss against the data's shapes and dtypes"
                 ) from exc
             ctl.optimizer.step()
