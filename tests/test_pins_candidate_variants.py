@@ -186,3 +186,55 @@ def test_closed_form_statistics_round_trip_whole():
     assert int(fresh.stats.count) == 40 and fresh.cf_batches == 2
     torch.testing.assert_close(fresh.stats.m_ve, pool.stats.m_ve)
     torch.testing.assert_close(fresh.cf_xe, pool.cf_xe)
+
+
+def _output_stats():
+    g = torch.Generator().manual_seed(9)
+    v = torch.rand(8, 2, 3, generator=g, dtype=torch.float64)
+    e = torch.randn(8, 4, generator=g, dtype=torch.float64)
+    stats = OutputErrorStats(2, 3, 4, "cpu")
+    stats.fold_output_error(v, e)
+    vc, ec = v - v.mean(0), e - e.mean(0)
+    cov = torch.einsum("npc,no->pco", vc, ec)
+    r = cov / torch.sqrt((vc**2).sum(0)[..., None] * (ec**2).sum(0))
+    return stats, cov, r
+
+
+def test_output_error_scores_and_signs_by_hand():
+    stats, cov, r = _output_stats()
+    torch.testing.assert_close(stats.score("covariance"), cov.abs().sum(-1))
+    torch.testing.assert_close(stats.score("pearson"), r.abs().sum(-1))
+    torch.testing.assert_close(stats.pearson_per_output(), r)
+    assert torch.equal(stats.sign(), torch.where(cov >= 0, 1.0, -1.0).to(stats.sign().dtype))
+    with pytest.raises(ValueError, match="objective must be one of"):
+        stats.score("mse")
+
+
+def test_output_error_pool_statistics_shapes_and_options():
+    stats, _, _ = _output_stats()
+    saved = {k: getattr(stats, k) for k in ("mean_v", "m_ve", "m_vv", "mean_e", "m_ee")}
+    shapes = OutputErrorPool.statistics_shapes(2, 3, saved)
+    assert shapes["m_ve"] == (2, 3, 4) and shapes["mean_e"] == (4,) and shapes["m_ee"] == (4,)
+    assert shapes["mean_v"] == (2, 3) and shapes["m_vv"] == (2, 3)
+    assert OutputErrorPool.statistics_shapes(2, 3, {})["m_ve"] == (2, 3)  # none saved yet
+    assert OutputErrorPool.saved_options({"stats": saved}) == {"outputs": 4}
+
+
+def test_output_error_pool_refusals():
+    layer = _layer(nn.Linear(3, 2))
+    pool = OutputErrorPool.from_pool(layer.draw_candidates(2, generator=torch.Generator()))
+    v = pool.outputs(torch.randn(5, 3), None)
+    with pytest.raises(PhaseError, match="saw no output error"):
+        pool.objective_gradient(v, torch.zeros(5, 2))
+    pool.source = OutputError()
+    with pytest.raises(PhaseError, match="saw no output error"):
+        pool.objective_gradient(v, torch.zeros(5, 2))
+    pool.source.error = torch.randn(4, 3)  # 4 outputs for 5 patterns
+    with pytest.raises(PhaseError, match=r"patterns \(5\) to match the output's \(4\)"):
+        pool.objective_gradient(v, torch.zeros(5, 2))
+    pool.source.error = torch.randn(5, 3)
+    pool.objective_gradient(v, torch.zeros(5, 2))  # sized at the first batch: 3 outputs
+    assert pool.stats.mean_e.shape == (3,) and int(pool.stats.count) == 5
+    pool.source.error = torch.randn(5, 4)
+    with pytest.raises(PhaseError, match="output size changed inside a dendrite phase"):
+        pool.objective_gradient(v, torch.zeros(5, 2))
