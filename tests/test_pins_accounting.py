@@ -70,3 +70,22 @@ def test_a_report_built_by_hand_has_no_other_modules_unless_told():
         "other modules                                                   0         0",
         "total                                                          10         2",
     ]
+
+
+def test_a_weight_tied_across_two_layers_counts_once():
+    a, b = nn.Linear(3, 3), nn.Linear(3, 3)
+    b.weight = a.weight
+    model = perforate.add_dendrites(nn.Sequential(a, b), DendriteConfig())
+    report = perforate.parameter_report(model)
+    rows = {r.name: r for r in report.layers}
+    assert (rows["0"].base, rows["1"].base) == (12, 3)  # 9 + 3, then only b's bias
+    assert report.base == 15 == sum(p.numel() for p in model.parameters())
+
+
+def test_a_weight_tied_inside_one_unit_counts_once():
+    model = nn.Sequential(nn.Linear(3, 3), nn.LayerNorm(3))
+    model[1].bias = model[0].bias  # the norm's shift is the layer's bias
+    perforate.add_dendrites(model, DendriteConfig())
+    assert perforate.dendritic_layers(model)["0"].norm_path == "1"
+    report = perforate.parameter_report(model)
+    assert report.layers[0].base == 9 + 3 + 3 == report.base

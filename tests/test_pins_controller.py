@@ -26,3 +26,20 @@ def test_steps_per_evaluation_asks_every_n_steps(every):
     ctl = _ctl(steps_per_evaluation=every)
     got = [ctl.end_step() for _ in range(6)]
     assert got == [(i + 1) % every == 0 for i in range(6)]
+
+
+def test_after_an_install_end_step_asks_nothing_of_the_neuron_phase():
+    from perforate import Event
+
+    ctl = _ctl(switch_mode="fixed", fixed_neuron_epochs=1, fixed_dendrite_epochs=1)
+    model = ctl.model
+    events = []
+    for score in (0.5, 0.6):
+        for _ in range(3):
+            ctl.optimizer.zero_grad()
+            model(torch.randn(8, 3)).pow(2).mean().backward()
+            ctl.optimizer.step()
+            assert ctl.end_step() is False
+        events.append(ctl.end_epoch(score))
+    assert events == [Event.DENDRITE_PHASE, Event.INSTALLED]
+    assert [ctl.end_step() for _ in range(60)] == [False] * 60

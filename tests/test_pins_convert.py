@@ -91,3 +91,24 @@ def test_a_plain_copy_where_nothing_grew_gets_torchs_fast_path_back():
     plain = perforate.to_plain(enc.eval(), torch.randn(2, 3, 8))
     assert plain.activation_relu_or_gelu == 1  # relu: torch's own value
     assert enc.activation_relu_or_gelu == 0  # the original still wrapped
+
+
+def test_only_an_encoder_holding_grown_layers_stops_nesting_tensors():
+    class Two(nn.Module):
+        def __init__(self):
+            super().__init__()
+            layer = nn.TransformerEncoderLayer(8, 2, 16, batch_first=True)
+            self.wrapped = nn.TransformerEncoder(layer, 1, enable_nested_tensor=False)
+            self.left = nn.TransformerEncoder(
+                nn.TransformerEncoderLayer(8, 2, 16, batch_first=True), 1
+            )
+            self.head = nn.Linear(8, 2)
+
+    model = Two()
+    model.wrapped.use_nested_tensor = True
+    assert model.left.use_nested_tensor
+    cfg = perforate.DendriteConfig(include=("wrapped.*", "head"), pair_norms=False)
+    perforate.add_dendrites(model, cfg)
+    assert model.wrapped.use_nested_tensor is False
+    assert model.left.use_nested_tensor is True  # nothing wrapped inside: untouched
+    assert not hasattr(model.head, "use_nested_tensor")

@@ -40,3 +40,15 @@ def test_an_identity_reduction_is_one_process(objective):
     assert calls  # the distributed path ran
     for name in CandidateStats.FIELDS:
         torch.testing.assert_close(getattr(reduced, name), getattr(alone, name))
+
+
+def test_the_floor_of_squared_norms_is_1e_30():
+    stats = CandidateStats(1, 1)
+    stats.m_ve.fill_(1e-16)
+    stats.m_vv.fill_(1e-15)
+    stats.m_ee.fill_(1e-15)  # m_vv * m_ee = 1e-30: at the floor
+    assert float(stats.pearson()) == pytest.approx(1e-16 / 1e-15, rel=1e-9)
+    stats.m_ee.fill_(1e-16)  # 1e-31: floored to 1e-30
+    assert float(stats.pearson()) == pytest.approx(1e-16 / 1e-15, rel=1e-9)
+    stats.m_ee.fill_(4e-15)  # 4e-30: above it
+    assert float(stats.pearson()) == pytest.approx(1e-16 / 2e-15, rel=1e-9)

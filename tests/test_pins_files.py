@@ -242,3 +242,21 @@ def test_without_proc_the_umask_is_read_and_put_back(monkeypatch, tmp_path):
         assert files._umask() == 0o027  # still: put back after reading
     finally:
         files.os.umask(old)
+
+
+def test_a_name_check_takes_a_str_path(tmp_path):
+    files.check_file_name(str(tmp_path / "ok.safetensors"), keep_previous=True)
+    with pytest.raises(CheckpointError, match="choose a shorter name"):
+        files.check_file_name(str(tmp_path / ("x" * 300)))
+
+
+def test_without_hard_links_the_previous_file_is_copied(tmp_path, monkeypatch):
+    def no_links(src, dst):
+        raise OSError("hard links not supported")
+
+    monkeypatch.setattr(files.os, "link", no_links)
+    path = tmp_path / "f"
+    files.atomic_write(path, b"one", keep_previous=True)
+    files.atomic_write(path, b"two", keep_previous=True)
+    assert path.read_bytes() == b"two" and (tmp_path / "f.prev").read_bytes() == b"one"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f", "f.prev"]

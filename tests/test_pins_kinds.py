@@ -138,3 +138,23 @@ def test_per_neuron_split_and_patterns_last_layouts():
 )
 def test_norm_pairing_by_hand(kind, layer, norm, pairs):
     assert norm_matches(KINDS[kind], layer, norm) is pairs
+
+
+def test_a_parametrized_layer_is_of_its_original_kind():
+    from torch.nn.utils import parametrizations
+
+    layer = parametrizations.weight_norm(nn.Linear(3, 2))
+    assert type(layer) is not nn.Linear
+    assert kind_of(layer) is KINDS["Linear"]
+    conv = parametrizations.weight_norm(nn.Conv2d(2, 3, 1))
+    assert kind_of(conv) is KINDS["Conv2d"]
+
+
+def test_transformers_conv1d_lays_out_its_neurons_like_a_linear():
+    kind = KINDS["Conv1D"]
+    v = torch.arange(3.0)
+    assert kind.per_neuron(v).shape == (3,) and kind.group_axis() == -2
+    out = torch.arange(12.0).reshape(2, 6)
+    assert torch.equal(kind.split(out, 2, 3), out.reshape(2, 2, 3))
+    t = torch.arange(24.0).reshape(2, 3, 4)
+    assert kind.patterns_last(t).shape == (6, 4)

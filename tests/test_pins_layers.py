@@ -57,3 +57,13 @@ def test_loading_a_neuron_phase_state_ends_a_dendrite_phase(gen):
     layer.load_phase_state_dict(state)
     assert layer.phase.value == "neuron" and layer.candidates is None
     assert layer.base.weight.requires_grad
+
+
+def test_the_pool_size_is_zero_outside_a_dendrite_phase(gen):
+    layer = DendriticLayer(nn.Linear(3, 2), KINDS["Linear"], DendriteConfig())
+    assert layer.pool_size == 0
+    layer.start_dendrite_phase(candidates=3, generator=gen)
+    assert layer.pool_size == 3
+    layer.install(torch.tensor([0, 2]))
+    layer.start_neuron_phase()
+    assert layer.pool_size == 0

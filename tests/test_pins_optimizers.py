@@ -226,3 +226,8 @@ def test_missing_factories_are_named_and_old_states_judged_by_their_scheduler():
         lambda ps: torch.optim.SGD(ps, lr=1.0), candidate_optimizer=lambda ps: None
     )
     assert "started with a candidate_optimizer" in plain.missing(two.state_dict())[0]
+
+
+def test_before_any_build_there_is_nothing_to_train_or_blame():
+    owner = OptimizerOwner(lambda ps: torch.optim.SGD(ps, lr=1.0))
+    assert owner.params() == [] and owner.no_steps_reason() == "none"

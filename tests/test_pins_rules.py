@@ -95,3 +95,10 @@ def test_output_error_rule_bound_again_leaves_the_first_model_alone():
     assert rule.source.error is None  # the first model no longer taps its output
     second(x).sum().backward()
     assert torch.equal(rule.source.error, torch.ones(3, 2))  # d(sum)/d(output)
+
+
+def test_an_output_error_pool_reads_its_rules_error_from_the_start():
+    rule = OutputErrorRule()
+    layer = perforate.DendriticLayer(nn.Linear(2, 2), kind_of(nn.Linear(2, 2)), DendriteConfig())
+    pool = rule.make_pool(layer, torch.Generator().manual_seed(0))
+    assert pool.source is rule.source

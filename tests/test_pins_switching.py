@@ -87,3 +87,15 @@ def test_the_direction_checks_verdict_survives_a_save_and_load():
     old = DirectionCheck(Improvement(True, 1e-3, 0.0), "maximize")
     old.load_state_dict({"scores": [1.0]})  # written before 0.4
     assert old.suspicious is False and old.checked is False
+
+
+def test_the_closing_note_speaks_only_when_the_first_score_stayed_best():
+    check = DirectionCheck(Improvement(True, 1e-3, 0.0), "maximize")
+    for s in (0.9, 0.8):
+        check.add(s)
+    assert check.closing_note(0.9) is None  # two scores: too few to say
+    check.add(0.85)
+    note = check.closing_note(0.9)
+    assert note is not None and "its best score was the first epoch's (0.9" in note
+    assert check.closing_note(0.95) is None  # a later score was better
+    assert DirectionCheck(Improvement(), "maximize").closing_note(1.0) is None

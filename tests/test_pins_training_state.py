@@ -124,3 +124,12 @@ def test_a_state_naming_a_tensor_the_file_lacks_is_malformed(tmp_path):
     files.write(path, header, {"s.0": torch.zeros(1)})
     with pytest.raises(CheckpointError, match=r"malformed training state \(KeyError"):
         training_state.load(path)
+
+
+def test_load_latest_takes_a_str_and_a_temporary_that_vanished_meanwhile(tmp_path, monkeypatch):
+    path = tmp_path / "ckpt"
+    training_state.save(path, {"controller": {"n": 1}})
+    gone = tmp_path / ".ckpt.abc.tmp"  # listed, then removed by another process
+    monkeypatch.setattr(training_state.files, "temp_files", lambda p: [gone])
+    state, found = training_state.load_latest(str(path))
+    assert state["controller"]["n"] == 1 and found == path and isinstance(found, Path)
