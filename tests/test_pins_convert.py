@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from types import SimpleNamespace
 
 import pytest
@@ -112,3 +113,78 @@ def test_only_an_encoder_holding_grown_layers_stops_nesting_tensors():
     assert model.wrapped.use_nested_tensor is False
     assert model.left.use_nested_tensor is True  # nothing wrapped inside: untouched
     assert not hasattr(model.head, "use_nested_tensor")
+
+
+class _Reused(nn.Module):
+    """seq.0 -> seq.1 in a Sequential; `how` adds a second use of one of them."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.seq = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4))
+        self.spare = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4))  # never called
+        self.how = how
+
+    def forward(self, x):
+        if self.how == "layer twice":
+            return self.seq(x) + self.seq[0](x)
+        if self.how == "layer alone":
+            return self.seq[0](x)  # the norm is never called
+        if self.how == "norm alone":
+            return self.seq[1](x)  # the layer is never called
+        h = self.seq[0](x)
+        return self.seq[1](h) + h  # each called once, but the layer's output has two users
+
+
+@pytest.mark.parametrize(
+    ("how", "why"),
+    [
+        ("layer twice", "the forward calls seq.0 2 time(s) and seq.1 1 time(s); pairing needs"),
+        ("other user", "seq.1 does not consume the output of seq.0 alone (it has another user)"),
+        ("layer alone", "the forward calls seq.0 1 time(s) and seq.1 0 time(s); pairing needs"),
+        ("norm alone", "the forward calls seq.0 0 time(s) and seq.1 1 time(s); pairing needs"),
+    ],
+)
+def test_an_unpaired_sequential_pair_is_logged_with_the_reason(how, why, caplog):
+    model = _Reused(how).eval()
+    x = torch.randn(5, 4)
+    before = model(x)
+    with caplog.at_level(logging.INFO, logger="perforate.convert"):
+        perforate.add_dendrites(model)
+    assert torch.equal(model(x), before)  # what the forward computes is unchanged
+    layers = perforate.dendritic_layers(model)
+    assert layers["seq.0"].norm is None
+    assert f"not pairing seq.0 with norm seq.1: {why}" in caplog.text
+    # A Sequential the forward never calls: nothing in the trace says no, it pairs.
+    assert layers["spare.0"].norm_path == "spare.1"
+    assert "spare" not in caplog.text
+
+
+def test_remove_dendrites_returns_the_model_and_an_odd_activation_has_no_fast_path():
+    enc = nn.TransformerEncoderLayer(8, 2, 16, activation=torch.tanh, batch_first=True)
+    assert enc.activation_relu_or_gelu == 0
+    perforate.add_dendrites(enc, perforate.DendriteConfig(pair_norms=False))
+    assert perforate.remove_dendrites(enc) is enc
+    assert enc.activation_relu_or_gelu == 0  # neither relu nor gelu: no fused path
+
+
+class _Untraceable(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.seq = nn.Sequential(nn.Linear(3, 3), nn.LayerNorm(3))
+        self.fc = nn.Linear(3, 3)
+        self.norm = nn.LayerNorm(3)
+
+    def forward(self, x):
+        if x.sum() > 0:  # data-dependent control flow: torch.fx cannot trace it
+            x = -x
+        return self.norm(self.fc(self.seq(x)))
+
+
+def test_an_untraceable_model_warns_naming_only_the_norms_left_unpaired():
+    model = _Untraceable()
+    with pytest.warns(perforate.PerforateWarning, match=r"were not paired") as rec:
+        perforate.add_dendrites(model)
+    text = str(rec[0].message)
+    assert "(norm)" in text and "seq.1" not in text  # the Sequential's norm did pair
+    assert perforate.dendritic_layers(model)["seq.0"].norm_path == "seq.1"

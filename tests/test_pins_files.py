@@ -260,3 +260,87 @@ def test_without_hard_links_the_previous_file_is_copied(tmp_path, monkeypatch):
     files.atomic_write(path, b"two", keep_previous=True)
     assert path.read_bytes() == b"two" and (tmp_path / "f.prev").read_bytes() == b"one"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f", "f.prev"]
+
+
+def test_the_name_limit_is_asked_of_the_nearest_existing_folder(tmp_path, monkeypatch):
+    asked = []
+
+    def pathconf(path, name):
+        asked.append(Path(path))
+        return 255
+
+    monkeypatch.setattr(files.os, "pathconf", pathconf)
+    files.check_file_name(tmp_path / "a" / "b" / "c.safetensors")  # a/b do not exist yet
+    assert asked == [tmp_path]
+
+
+def test_a_header_longer_than_64_mib_is_refused_before_reading_it(tmp_path):
+    path = tmp_path / "big"
+    n = 64 * 1024 * 1024 + 1
+    with open(path, "wb") as fh:
+        fh.write(struct.pack("<Q", n) + b"{")
+        fh.truncate(8 + n + 16)  # sparse: the size claims the header is all there
+    with pytest.raises(CheckpointError, match=f"header of {n} bytes in a file of {n + 24}"):
+        files.read(path)
+
+
+def test_a_previous_file_replaced_meanwhile_is_simply_not_kept(tmp_path, monkeypatch):
+    path = tmp_path / "f"
+    files.atomic_write(path, b"one")
+
+    def vanished(src, dst):
+        raise FileNotFoundError(src)  # another writer replaced it this instant
+
+    monkeypatch.setattr(files.os, "link", vanished)
+    files.atomic_write(path, b"two", keep_previous=True)
+    assert path.read_bytes() == b"two" and not (tmp_path / "f.prev").exists()
+    assert files.temp_files(path) == []
+
+
+def test_a_copied_previous_file_is_synced_before_it_is_published(tmp_path, monkeypatch):
+    path = tmp_path / "f"
+    files.atomic_write(path, b"old")
+    log = []
+    real_fsync, real_replace = files.os.fsync, files.os.replace
+
+    def fsync(fd):
+        log.append(("fsync", files.os.fstat(fd).st_size))
+        real_fsync(fd)
+
+    def replace(src, dst):
+        log.append(("replace", Path(dst).name))
+        real_replace(src, dst)
+
+    def no_links(src, dst):
+        raise OSError("no hard links")
+
+    monkeypatch.setattr(files.os, "link", no_links)
+    monkeypatch.setattr(files.os, "fsync", fsync)
+    monkeypatch.setattr(files.os, "replace", replace)
+    files.atomic_write(path, b"newer", keep_previous=True)
+    # new temp synced (5 bytes), the old file's copy synced (3), published, then the new.
+    assert log[:4] == [("fsync", 5), ("fsync", 3), ("replace", "f.prev"), ("replace", "f")]
+
+
+def test_long_names_get_short_hashed_temporaries_that_are_found_again(tmp_path, monkeypatch):
+    _fixed_name_max(monkeypatch, 60)
+    long_a, long_b = tmp_path / ("a" * 40), tmp_path / ("b" * 40)
+    seen = []
+    real = files.tempfile.mkstemp
+
+    def mkstemp(prefix, suffix, dir):
+        seen.append(prefix)
+        return real(prefix=prefix, suffix=suffix, dir=dir)
+
+    monkeypatch.setattr(files.tempfile, "mkstemp", mkstemp)
+    files.atomic_write(long_a, b"x")
+    files.atomic_write(long_b, b"x")
+    files.atomic_write(long_a, b"y")
+    a1, b1, a2 = seen
+    assert a1 == a2 != b1 and a1.startswith(".perforate-") and len(a1) == len(".perforate-.") + 24
+    stale = tmp_path / f"{a1}zz.tmp"
+    stale.write_bytes(b"")
+    assert files.temp_files(str(long_a)) == [stale] and files.temp_files(long_b) == []
+    short = tmp_path / "s"
+    files.atomic_write(short, b"x")
+    assert seen[-1] == ".s."  # short names keep a readable prefix

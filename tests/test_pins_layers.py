@@ -67,3 +67,39 @@ def test_the_pool_size_is_zero_outside_a_dendrite_phase(gen):
     layer.install(torch.tensor([0, 2]))
     layer.start_neuron_phase()
     assert layer.pool_size == 0
+
+
+def test_fewer_slots_clamp_the_counts(gen):
+    layer = DendriticLayer(nn.Linear(3, 2), KINDS["Linear"], DendriteConfig())
+    grow(layer, cycles=3, gen=gen)
+    assert layer.slots == 3 and int(layer.dendrite_count.max()) == 3
+    layer.set_slots(1)
+    assert layer.dendrite_count.max() <= 1 and layer.slots == 1
+    layer.set_slots(0)
+    assert layer.dendrite_count.tolist() == [0, 0] and layer.output_weight is None
+
+
+def test_an_appended_dendrite_takes_cascade_weights_from_earlier_slots_only():
+    layer = DendriticLayer(nn.Linear(3, 1), KINDS["Linear"], DendriteConfig())
+    for _ in range(2):
+        layer.append_dendrites([0], torch.ones(1, 3), torch.zeros(1), torch.zeros(1))
+    layer.append_dendrites(
+        [0], torch.ones(1, 3), torch.zeros(1), torch.zeros(1), cascade=torch.tensor([[2.0, 3.0]])
+    )
+    assert layer.cascade_weight[2, :, 0].tolist() == [2.0, 3.0, 0.0]
+    layer2 = DendriticLayer(nn.Linear(3, 1), KINDS["Linear"], DendriteConfig())
+    layer2.append_dendrites([0], torch.ones(1, 3), torch.zeros(1), torch.zeros(1))
+    layer2.append_dendrites(
+        [0], torch.ones(1, 3), torch.zeros(1), torch.zeros(1), cascade=torch.tensor([[5.0, 7.0]])
+    )
+    assert layer2.cascade_weight[1, :, 0].tolist() == [5.0, 0.0]  # only slot 0 is earlier
+
+
+def test_private_names_are_not_read_through_to_the_base():
+    layer = DendriticLayer(nn.Linear(3, 2), KINDS["Linear"], DendriteConfig())
+    assert layer.out_features == 2 and layer.in_features == 3
+    layer.base._secret = 1
+    with pytest.raises(AttributeError):
+        layer._secret
+    with pytest.raises(AttributeError, match="wrapping Linear"):
+        layer.no_such_thing

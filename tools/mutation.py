@@ -283,6 +283,13 @@ EQUIVALENT: frozenset[tuple] = frozenset(
             "if cascade is not None and self.cascade_weight is not None and cascade.shape[1]:",
             "constant 1 changed",
         ),
+        # install, the only caller, passes the pool's mean activations when none are given:
+        # the check cannot fire.
+        ("layers", "if activation_mean is None:\nraise InstallError(", "Raise deleted"),
+        # kind_of's last line: falling off the end returns None too.
+        ("kinds", "return kind\nreturn None", "Return deleted"),
+        # Linear's LayerNorm rule: the general rule below gives the same for spatial_dims 0.
+        ("kinds", "if kind.spatial_dims == 0:\nreturn shape == (c,)", "Return deleted"),
         # A type alias used only in annotations (postponed by `from __future__ import annotations`).
         ("rules", "Layers = dict[str, DendriticLayer]", "Assign deleted"),
     }
