@@ -9,7 +9,12 @@ from torch import nn
 
 import perforate
 from perforate import DendriteConfig, PhaseError
-from perforate.candidate_variants import OutputError, OutputErrorPool, OutputErrorStats
+from perforate.candidate_variants import (
+    ClosedFormPool,
+    OutputError,
+    OutputErrorPool,
+    OutputErrorStats,
+)
 from perforate.kinds import kind_of
 from perforate.rules import ClosedFormRule, SparseRule
 
@@ -238,3 +243,52 @@ def test_output_error_pool_refusals():
     pool.source.error = torch.randn(5, 4)
     with pytest.raises(PhaseError, match="output size changed inside a dendrite phase"):
         pool.objective_gradient(v, torch.zeros(5, 2))
+
+
+def test_through_the_layer_a_closed_form_pool_gets_its_input_and_starts():
+    gen = torch.Generator().manual_seed(10)
+    layer = _layer(nn.Linear(3, 2))
+    pool = ClosedFormRule(pool_size=2, warmup=2).make_pool(layer, gen)
+    assert ClosedFormPool.from_pool(layer.draw_candidates(2, generator=gen)).warmup == 20
+    layer.start_dendrite_phase(pool)
+    for _ in range(2):
+        layer(torch.randn(16, 3, generator=gen)).pow(2).sum().backward()
+    assert pool.cf_started and pool.cf_batches == 2
+
+
+def test_a_single_pattern_is_not_enough_to_start():
+    gen = torch.Generator().manual_seed(11)
+    pool = ClosedFormRule(pool_size=2, warmup=1).make_pool(_layer(nn.Linear(3, 2)), gen)
+    x = torch.randn(1, 3, generator=gen)
+    pool.objective_gradient(pool.outputs(x, None), torch.randn(1, 2, generator=gen), x)
+    assert not pool.cf_started  # one pattern: no covariance yet
+    x = torch.randn(1, 3, generator=gen)
+    pool.objective_gradient(pool.outputs(x, None), torch.randn(1, 2, generator=gen), x)
+    assert pool.cf_started  # two patterns
+
+
+def test_a_closed_form_state_lacking_a_sum_is_refused():
+    gen = torch.Generator().manual_seed(12)
+    pool = ClosedFormRule(pool_size=2).make_pool(_layer(nn.Linear(3, 2)), gen)
+    state = pool.statistics_state_dict()
+    del state["cf_xe"]
+    with pytest.raises(PhaseError, match="closed-form candidate state lacks 'cf_xe'"):
+        pool.load_statistics_state_dict(state)
+
+
+def test_output_error_pearson_gradient_is_the_batch_correlations_by_autograd():
+    g = torch.Generator().manual_seed(13)
+    layer = _layer(nn.Linear(2, 3), objective="pearson")
+    pool = OutputErrorPool.from_pool(layer.draw_candidates(2, generator=g))
+    pool.source = OutputError()
+    v = torch.rand(9, 2, 3, generator=g, dtype=torch.float64)
+    e = torch.randn(9, 4, generator=g, dtype=torch.float64)
+    pool.source.error = e
+    got = pool.objective_gradient(v, torch.zeros(9, 3, dtype=torch.float64))
+    vv = v.clone().requires_grad_(True)
+    vc, ec = vv - vv.mean(0), e - e.mean(0)
+    r = torch.einsum("npc,no->pco", vc, ec) / torch.sqrt(
+        (vc * vc).sum(0)[..., None] * (ec * ec).sum(0)
+    )
+    (want,) = torch.autograd.grad(-r.abs().sum(), vv)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-9)

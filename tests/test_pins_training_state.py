@@ -133,3 +133,27 @@ def test_load_latest_takes_a_str_and_a_temporary_that_vanished_meanwhile(tmp_pat
     monkeypatch.setattr(training_state.files, "temp_files", lambda p: [gone])
     state, found = training_state.load_latest(str(path))
     assert state["controller"]["n"] == 1 and found == path and isinstance(found, Path)
+
+
+def test_an_rng_state_given_as_plain_lists_is_taken(tmp_path):
+    import json
+
+    random.seed(3)
+    state = training_state.process_rng_state()
+    want = random.random()
+    state["python"] = json.loads(json.dumps(state["python"]))  # tuples became lists
+    assert isinstance(state["python"], list) and isinstance(state["python"][1], list)
+    training_state.set_process_rng_state(state)
+    assert random.random() == want
+
+
+def test_without_cuda_a_gpu_or_cpu_checkpoint_logs_only_what_applies(monkeypatch, caplog):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    state = training_state.process_rng_state()
+    with caplog.at_level("INFO", logger="perforate.training_state"):
+        training_state.set_process_rng_state(state)  # no CUDA part, no CUDA here
+        assert caplog.text == ""
+        gpu = {**state, "cuda": [torch.zeros(8, dtype=torch.uint8)] * 2}
+        training_state.set_process_rng_state(gpu)
+    assert "CUDA RNG states of 2 device(s); CUDA is not available here" in caplog.text
+    assert "first 0 restored" not in caplog.text and "start fresh" not in caplog.text
