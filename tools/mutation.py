@@ -308,6 +308,9 @@ EQUIVALENT: frozenset[tuple] = frozenset(
         ("correlation", "mean_v, mean_e = mean_v.double(), mean_e.double()", "Assign deleted"),
         # The paper's pool ignores the layer input the tap would save for it (memory only).
         ("candidates", "needs_input: ClassVar[bool] = False", "constant False changed"),
+        # The generator is drawn from only after _before_restructure kept the whole state
+        # (the generator included), which _undo applies first: this restore repeats it.
+        ("controller", 'self._generator.set_state(point["generator"])', "Expr deleted"),
         # A type alias used only in annotations (postponed by `from __future__ import annotations`).
         ("rules", "Layers = dict[str, DendriticLayer]", "Assign deleted"),
     }
