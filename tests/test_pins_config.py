@@ -206,3 +206,26 @@ def test_from_json_refuses_what_is_not_json():
     with pytest.raises(ConfigError, match="from_json: not JSON text"):
         DendriteConfig.from_json(None)
     assert DendriteConfig.from_json('{"patience": 3}').patience == 3
+
+
+def test_a_mapping_that_is_not_one_is_shown_shortened():
+    with pytest.raises(ConfigError) as info:
+        DendriteConfig.from_dict(list(range(100)))
+    text = str(info.value)
+    shown = repr(list(range(100)))[:57] + "..."
+    assert text.endswith(f"got list {shown}")
+    with pytest.raises(ConfigError) as info:
+        DendriteConfig.from_dict([1, 2])
+    assert str(info.value).endswith("got list [1, 2]")  # short enough: whole
+
+
+def test_shown_values_keep_60_characters_and_shorten_61():
+    at_limit = ["x" * 56]  # repr: 60 characters
+    over = ["x" * 57]  # repr: 61 characters
+    assert len(repr(at_limit)) == 60 and len(repr(over)) == 61
+    with pytest.raises(ConfigError) as info:
+        DendriteConfig.from_dict(at_limit)
+    assert str(info.value).endswith(f"got list {at_limit!r}")
+    with pytest.raises(ConfigError) as info:
+        DendriteConfig.from_dict(over)
+    assert str(info.value).endswith(f"got list {repr(over)[:57]}...")

@@ -188,3 +188,37 @@ def test_an_untraceable_model_warns_naming_only_the_norms_left_unpaired():
     text = str(rec[0].message)
     assert "(norm)" in text and "seq.1" not in text  # the Sequential's norm did pair
     assert perforate.dendritic_layers(model)["seq.0"].norm_path == "seq.1"
+
+
+def test_add_and_remove_refuse_what_they_cannot_take(gen):
+    with pytest.raises(TypeError, match="config must be a DendriteConfig, got dict"):
+        perforate.add_dendrites(nn.Sequential(nn.Linear(2, 2)), {"patience": 3})
+    with pytest.raises(TypeError, match=r"model must be a torch\.nn\.Module, got str"):
+        perforate.add_dendrites("model")
+    model = perforate.add_dendrites(nn.Sequential(nn.Linear(2, 2)))
+    perforate.dendritic_layers(model)["0"].start_dendrite_phase(generator=gen)
+    with pytest.raises(perforate.PhaseError, match=r"layers \['0'\] are in a dendrite phase"):
+        perforate.remove_dendrites(model)
+    assert perforate.dendritic_layers(model)  # still wrapped
+
+
+def test_nothing_left_to_wrap_after_skipping_is_refused():
+    model = nn.Sequential(nn.Conv2d(4, 4, 3, groups=2), nn.Conv2d(4, 4, 1, groups=4))
+    with pytest.raises(perforate.NoTargetLayersError, match="every target layer was skipped"):
+        perforate.add_dendrites(model, perforate.DendriteConfig(skip_unsupported=True))
+
+
+def test_to_plain_refuses_an_example_that_misses_a_grown_layer(gen):
+    class Branches(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(2, 2), nn.Linear(2, 2)
+
+        def forward(self, x, use_b=False):
+            return self.b(x) if use_b else self.a(x)
+
+    model = perforate.add_dendrites(Branches())
+    grow(model.b, 1, gen)
+    with pytest.raises(ValueError, match=r"the example input never reached layers \['b'\]"):
+        perforate.to_plain(model.eval(), torch.randn(1, 2))
+    assert type(perforate.to_plain(model, torch.randn(1, 2), use_b=True).b) is not nn.Linear

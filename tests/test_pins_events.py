@@ -121,3 +121,11 @@ def test_undo_forgets_what_was_recorded_and_noted_since_the_mark():
     assert [r.epoch for r in h.records] == [3]
     row = h.record(**_row(epoch=4))
     assert row.install == {} and row.skipped_batches == 0
+
+
+def test_after_a_load_the_next_row_times_from_the_load(monkeypatch):
+    clock = iter([0.0, 100.0, 101.5])
+    monkeypatch.setattr("perforate.events.time.perf_counter", lambda: next(clock))
+    h = History()  # t = 0
+    h.load_state_dict({"records": []})  # t = 100: a resumed run
+    assert h.record(**_row()).seconds == 1.5

@@ -344,3 +344,17 @@ def test_long_names_get_short_hashed_temporaries_that_are_found_again(tmp_path, 
     short = tmp_path / "s"
     files.atomic_write(short, b"x")
     assert seen[-1] == ".s."  # short names keep a readable prefix
+
+
+def test_read_takes_a_str_path(tmp_path):
+    files.write(tmp_path / "f", {"format": "x/1"}, {"a": torch.ones(1)})
+    header, tensors = files.read(str(tmp_path / "f"))
+    assert header["format"] == "x/1" and tensors["a"].tolist() == [1.0]
+
+
+def test_a_plain_mapping_is_unflattened_inside_and_writes_take_a_str(tmp_path):
+    t = torch.arange(2)
+    back = files.unflatten({"plain": {"__tensor__": "t"}, "n": [1]}, {"t": t})
+    assert back["plain"] is t and back["n"] == [1]
+    files.atomic_write(str(tmp_path / "s"), b"x", keep_previous=True)
+    assert (tmp_path / "s").read_bytes() == b"x"

@@ -50,6 +50,7 @@ def test_neurons_inputs_and_fan_in_by_hand():
     assert (t.neurons(nn.Linear(4, 6)), t.in_size(nn.Linear(4, 6))) == (6, 4)
     bank = t.make_bank(fake, 12)
     assert type(bank) is nn.Linear and tuple(bank.weight.shape) == (12, 4)
+    assert bank.bias is not None and tuple(bank.bias.shape) == (12,)
 
 
 @pytest.mark.parametrize(

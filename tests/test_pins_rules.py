@@ -102,3 +102,38 @@ def test_an_output_error_pool_reads_its_rules_error_from_the_start():
     layer = perforate.DendriticLayer(nn.Linear(2, 2), kind_of(nn.Linear(2, 2)), DendriteConfig())
     pool = rule.make_pool(layer, torch.Generator().manual_seed(0))
     assert pool.source is rule.source
+
+
+def test_closed_form_keeps_dendrite_inputs_frozen_by_default():
+    assert ClosedFormRule().dendrite_inputs_train is False
+    assert SparseRule().dendrite_inputs_train is False
+
+
+def test_a_new_forward_forgets_the_last_output_error():
+    rule = OutputErrorRule()
+    model = perforate.add_dendrites(nn.Sequential(nn.Linear(2, 2)), DendriteConfig())
+    layers = perforate.dendritic_layers(model)
+    rule.bind(model, layers)
+    layers["0"].start_dendrite_phase(rule.make_pool(layers["0"], torch.Generator()))
+    model(torch.randn(3, 2)).sum().backward()
+    assert rule.source.error is not None
+    model(torch.randn(3, 2))  # the next batch's forward: the old error must not be used
+    assert rule.source.error is None
+
+
+def test_a_pb_run_that_keeps_no_dendrites_says_so(caplog):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(2, 3), nn.Tanh(), nn.Linear(3, 1))
+    cfg = DendriteConfig(
+        switch_mode="fixed", fixed_neuron_epochs=1, fixed_dendrite_epochs=1, max_retries=0,
+        max_epochs=3,
+    )  # fmt: skip
+    ctl = Perforator(model, cfg, optimizer=lambda p: torch.optim.SGD(p, lr=0.1))
+    with caplog.at_level(logging.WARNING, logger="perforate"):
+        for score in [0.5, 0.5, 0.4]:
+            ctl.optimizer.zero_grad()
+            model(torch.randn(4, 2)).pow(2).mean().backward()
+            ctl.optimizer.step()
+            ctl.end_epoch(score)
+    assert ctl.done and ctl.dendrites_kept == 0
+    assert "ended with no dendrites" in caplog.text

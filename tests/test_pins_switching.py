@@ -99,3 +99,13 @@ def test_the_closing_note_speaks_only_when_the_first_score_stayed_best():
     assert note is not None and "its best score was the first epoch's (0.9" in note
     assert check.closing_note(0.95) is None  # a later score was better
     assert DirectionCheck(Improvement(), "maximize").closing_note(1.0) is None
+
+
+def test_fixed_phases_last_exactly_their_length():
+    fixed = FixedSwitching(neuron_epochs=2, dendrite_epochs=3)
+    fixed.start_neuron_phase(None)
+    assert [fixed.neuron_epoch(0.5) for _ in range(2)] == [False, True]
+    fixed.start_dendrite_phase()
+    assert [fixed.dendrite_epoch(0.1) for _ in range(3)] == [False, False, True]
+    fixed.start_dendrite_phase()  # a second dendrite phase counts afresh
+    assert [fixed.dendrite_epoch(0.1) for _ in range(3)] == [False, False, True]
