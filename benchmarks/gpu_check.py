@@ -52,8 +52,12 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import perforate
 from perforate import DendriteConfig, DendriticLayer, Perforator
+from perforate.experiments.models import cnn2d
 from perforate.kinds import kind_of
 from perforate.layers import Phase
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/speed.py, beside this
+from speed import forward_flops  # one FLOP count for both scripts
 
 FASHION = "/usr/share/datasets/fashion-mnist"
 LINES: list[dict] = []
@@ -157,22 +161,6 @@ def count_syncs(device: torch.device, fn: Callable[[], None]) -> dict:
 
 
 # --- models ---------------------------------------------------------------------------
-def small_cnn(width: int = 8, classes: int = 10, side: int = 28) -> nn.Module:
-    """Conv-BN-ReLU-pool twice and a Linear: the Fashion-MNIST model (BN pairs included)."""
-    return nn.Sequential(
-        nn.Conv2d(1, width, 3, padding=1),
-        nn.BatchNorm2d(width),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(width, 2 * width, 3, padding=1),
-        nn.BatchNorm2d(2 * width),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Flatten(),
-        nn.Linear(2 * width * (side // 4) ** 2, classes),
-    )
-
-
 class _Block(nn.Module):
     def __init__(self, cin: int, cout: int, stride: int) -> None:
         super().__init__()
@@ -336,7 +324,7 @@ class Loop:
     def __init__(self, dev: torch.device, config: DendriteConfig, seed: int = 0, side: int = 8):
         torch.manual_seed(seed)
         self.dev = dev
-        self.model = small_cnn(4, 3, side).to(dev)
+        self.model = cnn2d(4, 3, side).to(dev)
         self.ctl = Perforator(
             self.model, config, optimizer=lambda p: torch.optim.SGD(p, lr=0.05), seed=seed
         )
@@ -465,7 +453,7 @@ def check_pb_run(dev: torch.device, small: bool) -> None:
         model_file = Path(tmp) / "model.safetensors"
         perforate.save(ref.model, model_file)
         torch.manual_seed(0)
-        on_cpu = perforate.load(small_cnn(4, 3, 8), model_file).eval()
+        on_cpu = perforate.load(cnn2d(4, 3, 8), model_file).eval()
         ref.model.eval()
         x = torch.randn(32, 1, 8, 8, generator=torch.Generator().manual_seed(9))
         with torch.no_grad():
@@ -517,7 +505,7 @@ def check_compile(dev: torch.device, small: bool) -> None:
     backend = "aot_eager" if small and dev.type == "cpu" else "inductor"
     torch._dynamo.reset()
     torch.manual_seed(0)
-    model = grow_model(small_cnn(4, 3, 8)).to(dev)
+    model = grow_model(cnn2d(4, 3, 8)).to(dev)
     eager = copy.deepcopy(model)
     x = torch.randn(8, 1, 8, 8, generator=torch.Generator().manual_seed(1)).to(dev)
     t = torch.randint(0, 3, (8,), generator=torch.Generator().manual_seed(2)).to(dev)
@@ -560,29 +548,6 @@ def check_compile(dev: torch.device, small: bool) -> None:
         compile_and_first_steps_s=round(compile_s, 2),
     )
     torch._dynamo.reset()
-
-
-def forward_flops(model: nn.Module, x: torch.Tensor) -> tuple[float, float]:
-    """(all Linear/Conv forward FLOPs, those of wrapped layers' bases), as speed.py."""
-    total, wrapped = [0.0], [0.0]
-    ids = {id(layer.base) for layer in perforate.dendritic_layers(model).values()}
-
-    def hook(module, inputs, output):
-        if isinstance(module, nn.Linear):
-            f = 2.0 * output.numel() * module.in_features
-        else:
-            f = 2.0 * output.numel() * module.in_channels * math.prod(module.kernel_size)
-        total[0] += f
-        wrapped[0] += f if id(module) in ids else 0.0
-
-    hooks = [
-        m.register_forward_hook(hook) for m in model.modules() if type(m) in (nn.Linear, nn.Conv2d)
-    ]
-    with torch.no_grad():
-        model(x)
-    for h in hooks:
-        h.remove()
-    return total[0], wrapped[0]
 
 
 def check_step_ratios(dev: torch.device, small: bool) -> None:
@@ -703,7 +668,7 @@ def check_whole_runs(dev: torch.device, small: bool, folder: str) -> None:
     results = {}
     for arm, settings in arms.items():
         torch.manual_seed(0)
-        model = small_cnn(8).to(dev)
+        model = cnn2d(8).to(dev)
         cfg = DendriteConfig(max_epochs=cap_epochs, **{**extra, **settings})
         ctl = Perforator(model, cfg, optimizer=lambda p: torch.optim.Adam(p, lr=1e-3), seed=0)
         gen = torch.Generator().manual_seed(1)

@@ -111,7 +111,8 @@ class Runner:
     ) -> list[dict[str, Any]]:
         """Run what is missing of one chain; append each record to the ledger. A chain
         another process is running (the same command started twice) is skipped."""
-        lock = Layout(self.root).lock(chain)
+        layout = Layout(self.root)
+        lock = layout.lock(chain)
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -119,19 +120,19 @@ class Runner:
             log.warning("%s is being run by another process; skipped here", chain.name)
             return []
         try:
-            return self._run_chain(chain, on_record, task, device)
+            return self._run_chain(layout, chain, on_record, task, device)
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
             lock.close()
 
     def _run_chain(
         self,
+        layout: Layout,
         chain: Chain,
         on_record: Callable[[dict[str, Any]], None] | None,
         task: Task | None,
         device: torch.device | None,
     ) -> list[dict[str, Any]]:
-        layout = Layout(self.root)
         ledger = Ledger(layout.ledger, {"fingerprint": self.fingerprint})
         done = ledger.done()
         todo = [a for a in chain.arms if (a.name, chain.seed) not in done]

@@ -21,7 +21,7 @@ from typing import Any
 
 from perforate import ConfigError, DendriteConfig, PerforateError
 
-from . import datasets
+from . import datasets, runs
 from .arms import DEFAULT_ARMS, LADDER, REGISTRY, TRAINED_DEFAULT_ARMS, Arm, resolve_arms
 from .task import LOSSES, METRICS, Task, TaskError, resolve_callable, resolve_loss, resolve_metric
 
@@ -35,7 +35,7 @@ class StudyError(ConfigError):
     """A study file or study object has a wrong section, key or value."""
 
 
-OPTIMIZERS = ("Adam", "AdamW", "SGD")
+OPTIMIZERS = tuple(runs.OPTIMIZERS)  # the names the engine builds
 MAX_SEED = 2**63 - 1
 
 
