@@ -6,6 +6,7 @@ Each test is named `test_eNN_...` after its row (see test_hostile.py's
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import pytest
@@ -52,9 +53,12 @@ def test_e123_a_sequential_layer_or_norm_also_called_elsewhere_is_not_paired(cap
     assert isinstance(plain[0].norm, nn.BatchNorm1d) and isinstance(plain[1], nn.Identity)
 
 
-def _stats_after_penalty_steps(create_graph: bool) -> dict[str, torch.Tensor]:
+def _stats_after_penalty_steps(
+    create_graph: bool, paused: bool = False, weight: float = 1.0
+) -> dict[str, torch.Tensor]:
     """Three steps of a gradient penalty (weight 0 without a graph, so the errors the
-    candidates see are the same either way) in a dendrite phase; the pool's statistics."""
+    candidates see are the same either way) in a dendrite phase; the pool's statistics.
+    `paused`: the `autograd.grad` call inside `perforate.no_candidate_statistics()`."""
     torch.manual_seed(0)
     model = perforate.add_dendrites(nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)))
     layer = perforate.dendritic_layers(model)["0"]
@@ -63,8 +67,9 @@ def _stats_after_penalty_steps(create_graph: bool) -> dict[str, torch.Tensor]:
     for _ in range(3):
         x = torch.randn(16, 3, generator=gen).requires_grad_(True)
         loss = model(x).pow(2).mean()
-        (g,) = torch.autograd.grad(loss, x, create_graph=create_graph, retain_graph=True)
-        (loss + g.pow(2).sum() if create_graph else loss).backward()
+        with perforate.no_candidate_statistics() if paused else contextlib.nullcontext():
+            (g,) = torch.autograd.grad(loss, x, create_graph=create_graph, retain_graph=True)
+        (loss + weight * g.pow(2).sum() if create_graph else loss).backward()
     stats = layer.candidates.stats
     return {name: getattr(stats, name) for name in stats.FIELDS}
 
@@ -82,6 +87,25 @@ def test_e124_a_gradient_penalty_leaves_the_candidate_statistics_without_a_graph
     for name in ("count", "mean_v", "m_vv"):
         assert torch.equal(with_graph[name], without[name]), name
     assert int(with_graph["count"]) == 2 * 3 * 16  # autograd.grad and backward both fold
+
+
+def test_e124_no_candidate_statistics_keeps_a_penalty_pass_out_of_the_statistics():
+    paused = _stats_after_penalty_steps(True, paused=True)
+    assert int(paused["count"]) == 3 * 16  # the loss's backward alone
+    for name, value in paused.items():
+        assert value.grad_fn is None and torch.isfinite(value).all(), name
+    # With the penalty weighted 0 the candidates see exactly what a run without any
+    # penalty pass shows them (same ops, one process: bit for bit).
+    zero = _stats_after_penalty_steps(True, paused=True, weight=0.0)
+    plain = _stats_after_penalty_steps(False, paused=True)
+    for name in zero:
+        assert torch.equal(zero[name], plain[name]), name
+    # The penalty reaches E only through the last backward: the error moments differ.
+    assert not torch.equal(paused["m_ee"], zero["m_ee"])
+    # The block ends even when its body raises: the loss's backward after it still folds.
+    with pytest.raises(RuntimeError), perforate.no_candidate_statistics():
+        raise RuntimeError("inside")
+    assert int(_stats_after_penalty_steps(True)["count"]) == 2 * 3 * 16
 
 
 class _ReadsOutFeatures(nn.Module):
@@ -181,3 +205,45 @@ def test_e127_a_wrapped_layer_replaced_by_the_user_is_refused_before_anything_ch
             call()
         assert (ctl.epoch, ctl.steps, ctl.phase) == counters
         assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+
+
+def test_e135_hooks_registered_before_wrapping_are_named_in_a_warning():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 6), nn.LayerNorm(6), nn.ReLU(), nn.Linear(6, 2))
+    seen: list[torch.Tensor] = []
+    model[0].register_forward_hook(lambda m, i, o: seen.append(o))
+    model[1].register_forward_pre_hook(lambda m, i: None)
+    model[3].register_full_backward_hook(lambda m, gi, go: None)
+    with pytest.warns(perforate.PerforateWarning) as caught:
+        perforate.add_dendrites(model)
+    text = str(caught[0].message)
+    assert "0 (forward hook)" in text and "1 (forward pre hook)" in text
+    assert "3 (backward hook)" in text and "register the hook on" in text
+    # The hook stayed where it was registered: it sees the base's output.
+    x = torch.randn(4, 5)
+    model(x)
+    assert torch.equal(seen[-1], model[0].base(x))
+    # torch's own weight reparametrisation hooks are not the user's: no warning.
+    with pytest.warns(FutureWarning):  # torch deprecates the old-style weight_norm
+        old_style = nn.Sequential(nn.utils.weight_norm(nn.Linear(5, 6)), nn.ReLU(), nn.Linear(6, 2))
+    perforate.add_dendrites(old_style)  # PerforateWarning is an error under pytest here
+    perforate.add_dendrites(nn.Sequential(nn.Linear(5, 6), nn.ReLU(), nn.Linear(6, 2)))
+
+
+def test_e136_a_model_file_whose_saved_config_is_not_a_mapping_is_refused(tmp_path):
+    from perforate import files
+    from perforate.checkpoint import model_structure, state_tensors
+
+    torch.manual_seed(0)
+    source = perforate.add_dendrites(nn.Sequential(nn.Linear(5, 6), nn.ReLU(), nn.Linear(6, 2)))
+    for bad in ("patience=3", None, [1]):
+        header, tensors = model_structure(source), state_tensors(source)
+        header["config"] = bad
+        path = tmp_path / f"m{type(bad).__name__}.safetensors"
+        files.write(path, header, tensors)
+        target = perforate.add_dendrites(nn.Sequential(nn.Linear(5, 6), nn.ReLU(), nn.Linear(6, 2)))
+        before = {k: v.clone() for k, v in target.state_dict().items()}
+        with pytest.raises(perforate.CheckpointMismatchError, match="not a mapping of settings"):
+            perforate.load(target, path)
+        after = target.state_dict()
+        assert all(torch.equal(before[k], after[k]) for k in before)  # left as it was

@@ -9,7 +9,7 @@ import logging as _logging
 import sys as _sys
 
 from .accounting import LayerParameters, ParameterReport, parameter_report
-from .candidates import CandidatePool
+from .candidates import CandidatePool, no_candidate_statistics
 from .checkpoint import load, save
 from .config import DendriteConfig
 from .controller import Perforator
@@ -122,6 +122,7 @@ __all__ = [
     "find_norm_pairs",
     "hidden_layers_only",
     "load",
+    "no_candidate_statistics",
     "output_layer",
     "parameter_report",
     "remove_dendrites",

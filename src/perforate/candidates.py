@@ -14,7 +14,8 @@ backward hands `E = dL/dy` to the streaming statistics and returns `-dS/dV`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import contextlib
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, ClassVar
 
 import torch
@@ -37,6 +38,30 @@ def draw_normal_(t: torch.Tensor, scale: float, generator: torch.Generator | Non
         t.copy_(drawn.normal_(0.0, scale, generator=generator))
 
 
+# How many `no_candidate_statistics` blocks are open. Process-wide, not per thread: on a
+# GPU, autograd runs the backward of a tap on its own device thread.
+_paused = 0
+
+
+@contextlib.contextmanager
+def no_candidate_statistics() -> Iterator[None]:
+    """Backward passes inside this block leave the candidates alone: no batch is folded
+    into their statistics and they get no gradient.
+
+    Why: a gradient penalty computes `torch.autograd.grad(loss, x, create_graph=True)`
+    before `(loss + penalty).backward()`; both pass through every layer, so each batch
+    would be folded into the candidates' statistics twice, once without the penalty.
+    Wrap the `autograd.grad` call in this block so that the loss's own backward is the
+    only one the candidates learn from. Outside a dendrite phase it changes nothing.
+    """
+    global _paused
+    _paused += 1
+    try:
+        yield
+    finally:
+        _paused -= 1
+
+
 class CandidateTap(torch.autograd.Function):
     """Identity on `y`; in backward, turns dL/dy into the candidates' objective gradient."""
 
@@ -52,6 +77,8 @@ class CandidateTap(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_y):  # type: ignore[override]
         v, x = ctx.saved_tensors
+        if _paused:
+            return grad_y, None, None, None
         # Under create_graph=True (a gradient penalty) grad_y carries a graph: statistics
         # folded from it would hold a grad_fn that grows every step. The candidates'
         # gradient is a surrogate, not differentiated again: computed without a graph.

@@ -86,8 +86,14 @@ def _mismatches(
         return ["the header's layer table is not a mapping"]
     problems = layer_set_mismatches(layers, saved)
     config = next(iter(layers.values())).config if layers else None
-    if config is not None and isinstance(header.get("config"), dict):
-        problems += [f"setting {d}" for d in config.structural_differences(header["config"])]
+    if config is not None:
+        saved_config = header.get("config")
+        if isinstance(saved_config, dict):
+            problems += [f"setting {d}" for d in config.structural_differences(saved_config)]
+        else:  # nothing to compare the model's settings with: refuse, never assume
+            problems.append(
+                f"the saved config is {type(saved_config).__name__}, not a mapping of settings"
+            )
     for name, layer in layers.items():
         if name not in saved:
             continue

@@ -215,6 +215,7 @@ def add_dendrites(model: nn.Module, config: DendriteConfig | None = None) -> nn.
         raise NoTargetLayersError(
             "every target layer was skipped as unsupported (skip_unsupported=True)"
         )
+    _warn_hooks_left_behind(wrapped)
     for names, layer in wrapped:
         for n in names:
             _set_module(model, n, layer)
@@ -222,6 +223,48 @@ def add_dendrites(model: nn.Module, config: DendriteConfig | None = None) -> nn.
             _set_module(model, layer.norm_path, nn.Identity())
     _guard_fast_paths(model)
     return model
+
+
+# torch's own reparametrisations (old-style weight_norm, spectral_norm) are pre-hooks that
+# belong on the weight's module and keep working there.
+_HOOK_KINDS = ("_forward_pre_hooks", "_forward_hooks", "_backward_pre_hooks", "_backward_hooks")
+
+
+def _user_hooks(module: nn.Module) -> list[str]:
+    from torch.nn.utils.spectral_norm import SpectralNorm
+    from torch.nn.utils.weight_norm import WeightNorm
+
+    found = []
+    for attr in _HOOK_KINDS:
+        hooks = getattr(module, attr, None) or {}
+        for hook in hooks.values():
+            if not isinstance(hook, (WeightNorm, SpectralNorm)):
+                found.append(attr.strip("_").replace("_hooks", " hook").replace("_", " "))
+    return found
+
+
+def _warn_hooks_left_behind(wrapped: list[tuple[list[str], DendriticLayer]]) -> None:
+    """Hooks stay on the module they were registered on, which becomes `<name>.base`:
+    a forward hook there sees (and may change) the output before the dendrites are added,
+    a pre-hook changes what the base sees but not what the dendrites see. Moving them to
+    the wrapper would change what they see in another way (after a paired norm), so the
+    user is told and decides."""
+    found = []
+    for names, layer in wrapped:
+        for module, where in ((layer.base, names[0]), (layer.norm, layer.norm_path)):
+            kinds = _user_hooks(module) if module is not None else []
+            if kinds:
+                found.append(f"{where} ({', '.join(sorted(set(kinds)))})")
+    if found:
+        warnings.warn(
+            f"hooks registered before add_dendrites stay on the original modules: "
+            f"{'; '.join(found)}. They now run on `<layer>.base` (or the paired norm inside "
+            "the wrapper), before dendrites are added, and a pre-hook's change of the input "
+            "does not reach the dendrites. To see a wrapped layer's whole output, register "
+            "the hook on model.get_submodule(name) after add_dendrites.",
+            PerforateWarning,
+            stacklevel=3,
+        )
 
 
 def output_layer(model: nn.Module, config: DendriteConfig | None = None) -> str:

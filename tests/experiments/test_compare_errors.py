@@ -190,6 +190,14 @@ def nan_test(kind="regression"):
     x = x.clone()
     x[0] = float("nan")
     return {"train": s["train"], "val": s["val"], "test": (x, y)}
+
+
+def far_label():
+    s = table()
+    x, y = s["val"]
+    y = y.clone()
+    y[:2] = torch.tensor([7, -1])
+    return {"train": s["train"], "val": (x, y), "test": s["test"]}
 """
 
 ODD_MODELS = """
@@ -311,3 +319,11 @@ def test_e130_train_resume_with_other_settings_is_refused(tmp_path, capsys):
     code = cli.main(["train", str(study), "--resume", "--arm", "plain", "--device", "cpu"])
     err = capsys.readouterr().err
     assert code == 2 and "other settings" in err and "'method'" in err
+
+
+def test_e134_labels_outside_the_models_classes_are_refused_not_scored_wrong(tmp_path, capsys):
+    line = run(
+        capsys, _odd(tmp_path, "f", data="far_label"), "--out", tmp_path / "of", "--seeds", "1"
+    )
+    assert "the validation split has 2 label(s) outside the model's 3 outputs" in line
+    assert "classes 0..2" in line and "accuracy would count them as wrong" in line

@@ -70,10 +70,17 @@ class Metric:
     per_batch: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
     finish: Callable[[float, int], float] | None = None
     whole: Callable[[torch.Tensor, torch.Tensor], Any] | None = None
+    # Targets the metric cannot score (a label outside the output's classes), counted on
+    # the device with the sums: any such row refuses the score instead of counting wrong.
+    invalid: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
 
 
 def _correct(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (output.argmax(-1) == target).sum()
+
+
+def _outside_classes(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return ((target < 0) | (target >= output.shape[-1])).sum()
 
 
 def _squared(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -81,7 +88,9 @@ def _squared(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 METRICS: dict[str, Metric] = {
-    "accuracy": Metric("accuracy", "maximize", _correct, lambda s, n: s / n),
+    "accuracy": Metric(
+        "accuracy", "maximize", _correct, lambda s, n: s / n, invalid=_outside_classes
+    ),
     "neg_mse": Metric("neg_mse", "maximize", _squared, lambda s, n: -s / n),
     "mse": Metric("mse", "minimize", _squared, lambda s, n: s / n),
 }
@@ -386,7 +395,8 @@ class Task:
         model.eval()
         metric = self.metric
         total: torch.Tensor | None = None
-        rows = 0
+        bad: torch.Tensor | None = None
+        rows = classes = 0
         outputs: list[torch.Tensor] = []
         targets: list[torch.Tensor] = []
         try:
@@ -402,6 +412,10 @@ class Task:
                 if metric.per_batch is not None:
                     part = metric.per_batch(out.float(), y)
                     total = part if total is None else total + part
+                    if metric.invalid is not None:
+                        classes = out.shape[-1]
+                        count = metric.invalid(out, y)
+                        bad = count if bad is None else bad + count
                     rows += len(y)
                 else:
                     outputs.append(out.float().cpu())
@@ -413,7 +427,19 @@ class Task:
             raise TaskError(f"the {name} split gave no rows to score (an empty loader?)")
         if metric.per_batch is not None:
             assert metric.finish is not None
-            return metric.finish(float(total) if total is not None else math.nan, max(rows, 1))
+            if total is None:
+                return metric.finish(math.nan, max(rows, 1))
+            if bad is None:
+                return metric.finish(float(total), max(rows, 1))
+            outside = int(bad)  # once per evaluation, not per batch
+            if outside:
+                name = {"val": "validation"}.get(split, split)
+                raise TaskError(
+                    f"the {name} split has {outside} label(s) outside the model's "
+                    f"{classes} outputs (classes 0..{classes - 1}): {metric.name} "
+                    "would count them as wrong; fix the labels or the model's output size"
+                )
+            return metric.finish(float(total), max(rows, 1))
         assert metric.whole is not None
         value = metric.whole(torch.cat(outputs), torch.cat(targets))
         try:
