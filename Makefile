@@ -34,10 +34,10 @@ wheel-check: $(STAMP)
 	cd $(WHEEL_DIR) && PATH="$(CURDIR)/$(WHEEL_DIR)/venv/bin:$$PATH" venv/bin/python $(CURDIR)/tools/wheel_smoke.py
 
 # Mutation testing of every library module, 20 sampled mutants each (docs/testing.md);
-# about 10-20 minutes on 2 cores. MUTATION_SEED=11 is the sample held out from every
-# round of pinning tests (written against seeds 0, 7-10, 100, 200, 300): judge the next
+# about 10-20 minutes on 2 cores. MUTATION_SEED=12 is the sample held out from every
+# round of pinning tests (written against seeds 0, 7-11, 100, 200, 300): judge the next
 # round on a new seed.
-MUTATION_SEED ?= 11
+MUTATION_SEED ?= 12
 mutation: $(STAMP)
 	$(PY) tools/mutation.py --per-module 20 --workers 2 --seed $(MUTATION_SEED) --out docs/mutation.json
 
