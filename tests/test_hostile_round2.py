@@ -207,6 +207,21 @@ def test_e127_a_wrapped_layer_replaced_by_the_user_is_refused_before_anything_ch
         assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
 
 
+def test_e127_nested_layers_checked_at_every_step_by_their_links():
+    """end_step checks each link from the model down to its layers (not a search by
+    name): a layer replaced deep inside is refused, a container replaced by one that
+    holds the same layers is not."""
+    blocks = [nn.Sequential(nn.Linear(3, 3), nn.Sequential(nn.Tanh(), nn.Linear(3, 3)))]
+    model = nn.Sequential(*blocks, nn.Linear(3, 2))
+    ctl = perforate.Perforator(model, optimizer=_adam, seed=0)
+    model[0] = nn.Sequential(model[0][0], model[0][1])  # the same layers in a new container
+    assert not ctl.end_step() and ctl.steps == 1
+    model[0][1][1] = nn.Linear(3, 3)
+    with pytest.raises(perforate.PhaseError, match=r"'0.1.1' \(now Linear\) were replaced"):
+        ctl.end_step()
+    assert ctl.steps == 1
+
+
 def test_e135_hooks_registered_before_wrapping_are_named_in_a_warning():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(5, 6), nn.LayerNorm(6), nn.ReLU(), nn.Linear(6, 2))

