@@ -55,7 +55,6 @@ STATE_VERSION = 2
 log = logging.getLogger(__name__)
 
 
-
 def _placement(model: nn.Module, layers: dict[str, DendriticLayer]) -> list[tuple]:
     """(parent, key, child) for every link on the paths from `model` to `layers`, each
     once: the layers are where they were while every link still holds."""
@@ -67,6 +66,7 @@ def _placement(model: nn.Module, layers: dict[str, DendriticLayer]) -> list[tupl
             links[(id(parent), key)] = (parent, key, child)
             parent = child
     return list(links.values())
+
 
 class Perforator:
     """Drives Perforated Backpropagation around the user's own training loop.
