@@ -104,7 +104,7 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return diff / scale if scale > 0 else diff
 
 
-# --- host-sync counter (the same as tests/test_host_syncs.py) --------------------------
+# --- host-sync counter (tests/test_host_syncs.py uses this one) -------------------------
 aten = torch.ops.aten
 _DATA_DEPENDENT = {
     aten._local_scalar_dense,
@@ -137,6 +137,10 @@ class SyncCounter(TorchDispatchMode):
         if packet in _DATA_DEPENDENT or bool_index:
             self.ops.append(str(func))
         return func(*args, **(kwargs or {}))
+
+    @property
+    def count(self) -> int:
+        return len(self.ops)
 
 
 def count_syncs(device: torch.device, fn: Callable[[], None]) -> dict:

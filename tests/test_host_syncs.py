@@ -10,55 +10,31 @@ of the candidate statistics); neuron phases made 0.
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from perforate import CandidateStats, DendriteConfig, Event, Perforator, surrogate_gradient
 from perforate.layers import Phase
 
-aten = torch.ops.aten
-# Ops that read a value back or whose output shape depends on the values.
-_DATA_DEPENDENT = {
-    aten._local_scalar_dense,
-    aten.nonzero,
-    aten.masked_select,
-    aten._unique,
-    aten._unique2,
-    aten.unique_dim,
-    aten.unique_consecutive,
-    aten.equal,
-    aten.is_nonzero,
-    aten.repeat_interleave,
-}
-_INDEXING = {aten.index, aten.index_put, aten.index_put_, aten._index_put_impl_}
+
+def _gpu_check():
+    """benchmarks/gpu_check.py, whose counter measures the same on a GPU: one definition."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
+    spec = importlib.util.spec_from_file_location("gpu_check_for_syncs", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
-class SyncCounter(TorchDispatchMode):
-    """Counts host reads and data-dependent ops dispatched while active, by op name."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.ops: list[str] = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        packet = func.overloadpacket
-        if packet in _DATA_DEPENDENT or (packet in _INDEXING and _bool_index(args)):
-            self.ops.append(str(func))
-        return func(*args, **(kwargs or {}))
-
-    @property
-    def count(self) -> int:
-        return len(self.ops)
-
-
-def _bool_index(args) -> bool:
-    """Boolean-mask indexing: a nonzero inside the kernel, invisible to the mode."""
-    indices = args[1] if len(args) > 1 else None
-    return isinstance(indices, (list, tuple)) and any(
-        isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in indices
-    )
+# Counts host reads (`aten._local_scalar_dense`), data-dependent ops (nonzero,
+# masked_select, unique, ...) and boolean-mask indexing dispatched while active, by op name.
+SyncCounter = _gpu_check().SyncCounter
 
 
 def conv_linear() -> nn.Module:
