@@ -261,6 +261,14 @@ EQUIVALENT: frozenset[tuple] = frozenset(
         ("convert", "fixed = x.dim() - 1 if layer.kind.spatial_dims == 0 else 1", "Eq -> NotEq"),
         # Callers only test the verdict's truth (`not`, `or`): None and False alike.
         ("controller", "layer.stats.reset()\nreturn False", "Return deleted"),
+        # The fast path of the replaced-layer check: without its `return` the full search
+        # by name runs and finds nothing replaced either (slower, same behaviour).
+        (
+            "controller",
+            "if all(parent._modules.get(key) is child for parent, key, child in self._placement):"
+            "\nreturn",
+            "Return deleted",
+        ),
         # The same fixed axis: any constant in it leaves the export to Dim.AUTO as above.
         (
             "convert",
