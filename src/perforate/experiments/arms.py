@@ -66,6 +66,9 @@ class Arm:
     # How the model is prepared (experiments.adapt): "default" trains it from scratch, or
     # with [model] checkpoint freezes all but [model] trainable; "finetune"; "lora".
     adapt: str = "default"
+    # The arm whose parameter count this one matches seed by seed: its width is found
+    # once that arm's run of the seed is recorded (the engine runs it after, in one chain).
+    matches: str | None = None
 
     def __post_init__(self) -> None:
         # A plain dict: arms travel to worker processes (a mappingproxy does not pickle).
@@ -83,9 +86,10 @@ class Arm:
         settings = {
             k: v for k, v in self.config(base).to_dict().items() if k not in AFTER_FIRST_PHASE
         }
-        text = json.dumps(
-            {"width": self.width, "adapt": self.adapt, "settings": settings}, sort_keys=True
-        )
+        shape = {"width": self.width, "adapt": self.adapt, "settings": settings}
+        if self.matches is not None:  # a width of its own: never shares another's start
+            shape["matches"] = self.matches
+        text = json.dumps(shape, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
     @property
@@ -94,7 +98,7 @@ class Arm:
         return self.overrides.get("max_cycles") == 0
 
     def describe(self) -> dict[str, Any]:
-        return {
+        out = {
             "name": self.name,
             "help": self.help,
             "overrides": dict(self.overrides),
@@ -102,6 +106,9 @@ class Arm:
             "grows": self.grows,
             "adapt": self.adapt,
         }
+        if self.matches is not None:
+            out["matches"] = self.matches
+        return out
 
 
 REGISTRY: dict[str, Arm] = {
@@ -121,6 +128,13 @@ REGISTRY: dict[str, Arm] = {
             "GD dendrites: what the reference library's open build does (not perforated)",
             REFERENCE_GD,
             grows=True,
+        ),
+        Arm(
+            "wider",
+            "the plain model at the width whose parameter count is nearest each seed's PB "
+            "model: a wider layer at equal parameters, run beside PB",
+            PLAIN,
+            matches="pb",
         ),
         Arm("head", "a trained model's trunk frozen, [model] trainable trains", PLAIN),
         Arm("finetune", "a trained model, every weight trains", PLAIN, adapt="finetune"),
@@ -213,4 +227,17 @@ def resolve_arms(
             raise ConfigError(f"unknown arm {name!r}; choose from {', '.join([*REGISTRY, LADDER])}")
     seen: set[str] = set()
     unique = [a for a in arms if not (a.name in seen or seen.add(a.name))]
+    for arm in unique:
+        if arm.matches is None:
+            continue
+        if base_width is None:
+            raise ConfigError(
+                f"arm {arm.name!r} trains the model at another width: set [model] width = "
+                '"<argument name>" (e.g. "hidden")'
+            )
+        if arm.matches not in seen:
+            raise ConfigError(
+                f"arm {arm.name!r} matches the parameters of arm {arm.matches!r}, which the "
+                f"study does not run: add {arm.matches!r} to [compare] arms"
+            )
     return unique

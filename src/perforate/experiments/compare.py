@@ -246,6 +246,7 @@ def question(study: Study, arms: Sequence[Arm], seeds: int | str, level: float =
         level = 1 - ALPHA / len(looks(int(study.compare.get("max_seeds", 10))))
     others = [a.name for a in arms if a.name != study.reference and not a.width]
     ladder = [str(a.width) for a in arms if a.width]
+    ladder += [f"{a.name}: at {a.matches}'s parameters" for a in arms if a.matches]
     t = stats.detectable(n, 1.0, level)
     head = (
         f"Question: on {metric} ({study.direction}), does any of {', '.join(others)} beat "
@@ -363,9 +364,13 @@ def build_report(
     ]
     comparisons = judge_family(others, reference, "test", vs_ref, rope)
 
-    # Against the width ladder at equal parameters.
-    ladder_names = [a.name for a in arms if a.width is not None or a.name == "plain"]
-    ladder_names = [n for n in ladder_names if n == "plain" or n.startswith("ladder@")]
+    # Against the width ladder at equal parameters: the plain model at every width it was
+    # trained at (a `wider` arm is one more point, at the matched arm's parameters).
+    ladder_names = [
+        a.name
+        for a in arms
+        if a.name == "plain" or a.name.startswith("ladder@") or a.matches is not None
+    ]
     if len(ladder_names) >= 2:
         points = {
             s: [

@@ -17,7 +17,7 @@ import logging
 import multiprocessing
 import shutil
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ import torch
 
 from .arms import Arm
 from .ledger import Ledger
-from .runs import ForkPoint, RunSpec, train_run
+from .runs import ForkPoint, RunSpec, TrainingError, matched_width, train_run
 from .study import Study
 from .task import Task, device_of
 
@@ -51,11 +51,20 @@ def chains(study: Study, arms: Sequence[Arm], seeds: Iterable[int], fork: bool) 
     out: list[Chain] = []
     for seed in seeds:
         groups: dict[str, list[Arm]] = {}
+        home: dict[str, str] = {}  # arm name -> its group
         for arm in arms:
             key = arm.prefix_key(base) if fork else f"{arm.prefix_key(base)}-{arm.name}"
             groups.setdefault(key, []).append(arm)
-        for key, members in groups.items():
+            home[arm.name] = key
+        for members in groups.values():
             members.sort(key=lambda a: not a.ends_first)  # stable: the plain-like arm first
+        # An arm that matches another's parameters runs after it, in its chain (so shards
+        # and workers never run it first); alone when that arm is not run here (--arms).
+        for arm in arms:
+            if arm.matches in home and len(groups[home[arm.name]]) == 1:
+                groups.pop(home[arm.name])
+                groups[home[arm.matches]].append(arm)
+        for key, members in groups.items():
             out.append(Chain(key, seed, tuple(members)))
     return out
 
@@ -143,11 +152,14 @@ class Runner:
         base = self.study.base_config().to_dict()
         point = layout.fork(chain) if len(chain.arms) > 1 else None
         track = any(a.name == self.reference for a in chain.arms)
-        records = []
+        records: list[dict[str, Any]] = []
         for i, arm in enumerate(chain.arms):
             if (arm.name, chain.seed) in done:
                 continue
             first = i == 0
+            if arm.matches is not None:  # its width follows the matched arm's run
+                arm = self._matched(arm, chain.seed, task, ledger, records)
+                first = True  # a model of its own: from scratch, no fork either way
             spec = RunSpec(
                 arm=arm,
                 seed=chain.seed,
@@ -162,7 +174,7 @@ class Runner:
                 task,
                 layout.run_dir(arm.name, chain.seed),
                 fork=fork,
-                make_fork=point if first and len(chain.arms) > 1 else None,
+                make_fork=point if i == 0 and len(chain.arms) > 1 else None,
                 model_path=layout.model(arm.name, chain.seed),
             )
             record.update(
@@ -181,6 +193,23 @@ class Runner:
         if point is not None and all((a.name, chain.seed) in ledger.done() for a in chain.arms):
             shutil.rmtree(point.checkpoint.parent, ignore_errors=True)
         return records
+
+    @staticmethod
+    def _matched(
+        arm: Arm, seed: int, task: Task, ledger: Ledger, fresh: Sequence[dict[str, Any]]
+    ) -> Arm:
+        """`arm` at the width whose parameter count is nearest the matched arm's run of
+        this seed (recorded in this chain just now, or earlier in the ledger)."""
+        runs = [*fresh, *ledger.records()]
+        target = next((r for r in runs if (r["arm"], r["seed"]) == (arm.matches, seed)), None)
+        if target is None:
+            raise TrainingError(
+                f"arm {arm.name}, seed {seed}: it matches the parameters of arm "
+                f"{arm.matches}, which has no run of seed {seed} yet: run {arm.matches} "
+                "first (or the study without --arms)"
+            )
+        width = matched_width(task, int(target["params"]))
+        return replace(arm, width=width)
 
 
 # --- worker processes ---------------------------------------------------------------------

@@ -138,6 +138,13 @@ def preflight(task: Task, arms: Sequence[Arm]) -> None:
     """Build and prepare the model once per (width, preparation) before any run, so a
     factory that rejects a width, a checkpoint that does not fit or a `trainable` that
     matches nothing is one error before anything is written."""
+    matching = [a.name for a in arms if a.matches is not None]
+    if matching and task.checkpoint is not None:
+        raise TaskError(
+            f"arm {matching[0]} trains the model from scratch at another width, which "
+            "[model] checkpoint (a trained model) does not fit; in a study of a trained "
+            "model compare with finetune, lora or an arm of your own"
+        )
     sizes: dict[int, int] = {}
     for width, how in sorted({(a.width or 0, a.adapt) for a in arms}):
         model, _ = adapt.prepare(
@@ -152,6 +159,40 @@ def preflight(task: Task, arms: Sequence[Arm]) -> None:
             f"width ({', '.join(map(str, sorted(sizes)))}): it ignores its width argument "
             f"{task.width_arg!r}, so the ladder would train one model several times"
         )
+
+
+def parameter_count(task: Task, width: int) -> int:
+    """Parameters of the factory's model at `width` (built on the meta device where the
+    factory allows: no memory, no initialisation)."""
+    try:
+        with torch.device("meta"):
+            model = task.build_model(width)
+    except Exception:  # a factory that needs real tensors (loads, numpy): build it
+        model = task.build_model(width)
+    return sum(p.numel() for p in model.parameters())
+
+
+def matched_width(task: Task, target: int, limit: int = 1 << 20) -> int:
+    """The width whose model has the parameter count nearest `target` (the larger of two
+    as near): counts grow with the width, so double, then bisect."""
+    low, high = 1, max(1, task.base_width or 1)
+    if parameter_count(task, low) >= target:
+        return low
+    while parameter_count(task, high) < target:
+        low, high = high, 2 * high
+        if high > limit:
+            raise TaskError(
+                f"no width up to {limit} gives the model {target:,} parameters: does the "
+                f"factory's {task.width_arg!r} set its size?"
+            )
+    while high - low > 1:  # params(low) < target <= params(high)
+        middle = (low + high) // 2
+        if parameter_count(task, middle) < target:
+            low = middle
+        else:
+            high = middle
+    below, above = parameter_count(task, low), parameter_count(task, high)
+    return low if target - below < above - target else high
 
 
 def train_run(
