@@ -36,7 +36,7 @@ def test_wider_runs_after_pb_in_its_chain_and_matches_its_parameters(tmp_path, c
     study = Study.from_toml(study_file)
     for chain in chains(study, study.arms(), range(2), fork=True):
         names = [a.name for a in chain.arms]
-        assert "wider" not in names or names[-1] == "wider" and "pb" in names
+        assert "wider" not in names or (names[-1] == "wider" and "pb" in names)
     out = tmp_path / "o"
     report = compare(study_file, out=out, log_line=None, progress=False)
     task = study.build_task()
