@@ -327,3 +327,26 @@ def test_e134_labels_outside_the_models_classes_are_refused_not_scored_wrong(tmp
     )
     assert "the validation split has 2 label(s) outside the model's 3 outputs" in line
     assert "classes 0..2" in line and "accuracy would count them as wrong" in line
+
+
+def test_e137_jobs_beyond_the_chains_or_the_cores_are_capped(caplog):
+    import os
+
+    import torch
+
+    from perforate.experiments.engine import worker_count
+
+    cores = len(os.sched_getaffinity(0))
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    with caplog.at_level("WARNING", logger="perforate.experiments.engine"):
+        assert worker_count(300, 9, cpu) == min(9, cores)
+    assert f"--jobs 300: running {min(9, cores)} worker(s) (9 chain(s) to run, on cpu)" in (
+        caplog.text
+    )
+    assert worker_count(300, 9, cpu, threads=cores) == 1  # each worker takes every core
+    assert worker_count(4, 2, cuda) == 2  # no worker without a chain
+    assert worker_count(4, 9, cuda) == 4  # GPUs: the cores do not limit
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="perforate.experiments.engine"):
+        assert worker_count(1, 5, cpu) == 1
+    assert caplog.text == ""

@@ -15,6 +15,7 @@ import fcntl
 import json
 import logging
 import multiprocessing
+import os
 import shutil
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -235,6 +236,27 @@ def _work(chain: Chain) -> list[dict[str, Any]]:
     return runner.run_chain(chain, task=_WORKER["task"], device=_WORKER["device"])
 
 
+def worker_count(jobs: int, chains_: int, device: torch.device, threads: int = 1) -> int:
+    """`jobs`, capped: a worker without a chain only costs its start-up (a torch import),
+    and on the CPU workers beyond the cores only slow each other (`--jobs 300` once
+    started 300 processes that filled the memory of a 2-core machine)."""
+    wanted = jobs
+    jobs = min(jobs, chains_)
+    if device.type == "cpu":
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+        cores = cores or os.cpu_count() or 1
+        jobs = min(jobs, max(1, cores // max(1, threads)))
+    if jobs < wanted:
+        log.warning(
+            "--jobs %d: running %d worker(s) (%d chain(s) to run, on %s)",
+            wanted,
+            jobs,
+            chains_,
+            device.type,
+        )
+    return max(1, jobs)
+
+
 def run_chains(
     runner: Runner,
     todo: Sequence[Chain],
@@ -242,9 +264,11 @@ def run_chains(
     threads: int,
     on_record: Callable[[dict[str, Any]], None],
 ) -> None:
-    """Run `todo` in this process (jobs=1) or in `jobs` spawned workers."""
+    """Run `todo` in this process (jobs=1) or in `jobs` spawned workers (no more than
+    there are chains to run, or cores to run them on when the device is the CPU)."""
     if not todo:
         return
+    jobs = worker_count(jobs, len(todo), device_of(runner.device), threads)
     if jobs <= 1:
         torch.set_num_threads(threads)
         task = runner.study.build_task()
