@@ -192,6 +192,10 @@ def nan_test(kind="regression"):
     return {"train": s["train"], "val": s["val"], "test": (x, y)}
 
 
+def nan_classes():
+    return nan_test(kind="classes")
+
+
 def far_label():
     s = table()
     x, y = s["val"]
@@ -254,7 +258,7 @@ def test_e129_odd_splits_and_models_in_a_study(tmp_path, capsys):
     assert "validation split gave no rows" in run(
         capsys, _odd(tmp_path, "b", data="empty_val"), "--out", tmp_path / "ob", "--seeds", "1"
     )
-    assert "test split's score is nan" in run(
+    assert "outputs on the test split are NaN for 1 of 60 rows" in run(
         capsys,
         _odd(tmp_path, "c", data="nan_test", kind="regression"),
         "--out",
@@ -350,3 +354,75 @@ def test_e137_jobs_beyond_the_chains_or_the_cores_are_capped(caplog):
     with caplog.at_level("WARNING", logger="perforate.experiments.engine"):
         assert worker_count(1, 5, cpu) == 1
     assert caplog.text == ""
+
+
+ODD_METRICS = """
+import torch
+from torch import nn
+
+
+def boom(outputs, targets):
+    raise ValueError("metric exploded")
+
+
+def as_text(outputs, targets):
+    return "0.5"
+
+
+def huge(outputs, targets):
+    return 10**400
+
+
+class EvalBoom(nn.Module):
+    def __init__(self, inputs, hidden, outputs):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(inputs, hidden), nn.ReLU(), nn.Linear(hidden, outputs))
+
+    def forward(self, x):
+        if not self.training:
+            raise RuntimeError("eval-only failure")
+        return self.net(x)
+
+
+def eval_boom(inputs, hidden, outputs):
+    return EvalBoom(inputs, hidden, outputs)
+
+
+def narrow(inputs, hidden, outputs):
+    return nn.Sequential(nn.Linear(inputs - 1, hidden), nn.ReLU(), nn.Linear(hidden, outputs))
+"""
+
+
+def _metric_study(tmp_path, name, metric=None, model=None, data=None):
+    study = _odd(tmp_path, name, data=data, compare='arms = ["plain", "restart"]')
+    (tmp_path / name / f"oddmetrics_{name}.py").write_text(ODD_METRICS)
+    text = study.read_text()
+    if metric:
+        text = text.replace(
+            "[task]\n", f'[task]\nmetric = "oddmetrics_{name}:{metric}"\ndirection = "maximize"\n'
+        )
+    if model:
+        text = text.replace("mymodel:mlp", f"oddmetrics_{name}:{model}")
+    study.write_text(text)
+    return study
+
+
+def test_e138_scoring_failures_are_one_line_naming_arm_seed_and_split(tmp_path, capsys):
+    def line(name, **kw):
+        study = _metric_study(tmp_path, name, **kw)
+        return run(capsys, study, "--out", tmp_path / f"o{name}", "--seeds", "1")
+
+    # NaN in the test inputs of a classification: refused, not scored as class 0.
+    got = line("nan", data="nan_classes")
+    assert got.startswith("perforate: error: arm plain, seed 0: the model's outputs on the test")
+    assert "NaN for 1 of 60 rows" in got
+    got = line("boom", metric="boom")
+    assert "arm plain, seed 0: scoring the validation split failed" in got
+    assert "ValueError: metric exploded" in got
+    got = line("evalboom", model="eval_boom")
+    assert "scoring the validation split failed (RuntimeError: eval-only failure)" in got
+    assert "returned the string '0.5', not a number" in line("text", metric="as_text")
+    assert "not a number a float holds" in line("huge", metric="huge")
+    # A library error inside a training batch says where it happened.
+    got = line("narrow", model="narrow")
+    assert "arm plain, seed 0, a training batch: 0: Linear expects input (..., 9)" in got

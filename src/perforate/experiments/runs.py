@@ -265,6 +265,21 @@ def train_run(
         _finish_fork(make_fork, ctl, epochs)  # killed between end_epoch and this
         first_phase_open = False
 
+    def score(split: str) -> float:
+        """The metric over a split; a model or metric that fails there is one line."""
+        try:
+            return task.score(model, split, device, eval_batch, autocast)
+        except PerforateError as exc:  # a clear error already: say where
+            raise TrainingError(f"arm {spec.arm.name}, seed {spec.seed}: {exc}") from exc
+        except Exception as exc:  # the user's model in eval mode, or their metric
+            first = (str(exc).splitlines() or [""])[0]
+            name = {"val": "validation"}.get(split, split)
+            raise TrainingError(
+                f"arm {spec.arm.name}, seed {spec.seed}: scoring the {name} split failed "
+                f"({type(exc).__name__}: {first}); check the model in eval mode and "
+                "[task] metric"
+            ) from exc
+
     if on_start is not None:
         on_start(ctl)
     own_start = time.perf_counter()
@@ -281,8 +296,12 @@ def train_run(
                     out = ctl.wrapped(x)
                     loss = task.batch_loss(out, y)
                 loss.backward()
-            except PerforateError:
+            except TaskError:
                 raise
+            except PerforateError as exc:  # e.g. a wrapped layer's input shape: say where
+                raise TrainingError(
+                    f"arm {spec.arm.name}, seed {spec.seed}, a training batch: {exc}"
+                ) from exc
             except (RuntimeError, ValueError, TypeError, IndexError, AttributeError) as exc:
                 first = (str(exc).splitlines() or [""])[0]
                 raise TrainingError(
@@ -294,17 +313,15 @@ def train_run(
             loss_sum += loss.detach().float()
             if ctl.end_step():
                 break
-        val = task.score(model, "val", device, eval_batch, autocast)
         if not math.isfinite(float(loss_sum)):
             raise TrainingError(
                 f"arm {spec.arm.name}, seed {spec.seed}: the training loss became non-finite "
                 f"in epoch {ctl.epoch + 1}; lower [train] lr, check the data for NaN/inf, or "
                 'try amp = "off"'
             )
+        val = score("val")
         seconds = time.perf_counter() - began
-        test = (
-            task.score(model, "test", device, eval_batch, autocast) if spec.track_test else math.nan
-        )
+        test = score("test") if spec.track_test else math.nan
         epochs["seconds"].append(seconds)
         epochs["test"].append(test)
         _write_log(log_path, epochs)  # before end_epoch: a resume cuts it back
@@ -318,8 +335,7 @@ def train_run(
 
     report = perforate.parameter_report(model)
     neurons = sum(r.neurons for r in report.layers)
-    val = task.score(model, "val", device, eval_batch, autocast)
-    test = task.score(model, "test", device, eval_batch, autocast)
+    val, test = score("val"), score("test")
     if not math.isfinite(test):
         raise TrainingError(
             f"arm {spec.arm.name}, seed {spec.seed}: the test split's score is {test} (NaN "

@@ -396,6 +396,7 @@ class Task:
         metric = self.metric
         total: torch.Tensor | None = None
         bad: torch.Tensor | None = None
+        nan_rows: torch.Tensor | None = None  # rows whose outputs hold a NaN
         rows = classes = 0
         outputs: list[torch.Tensor] = []
         targets: list[torch.Tensor] = []
@@ -409,6 +410,9 @@ class Task:
                         "needs the outputs as one tensor (return the logits, or wrap the "
                         "model so that it does)"
                     )
+                flat = out.reshape(out.shape[0], -1) if out.dim() > 1 else out.reshape(-1, 1)
+                nan = torch.isnan(flat).any(1).sum()
+                nan_rows = nan if nan_rows is None else nan_rows + nan
                 if metric.per_batch is not None:
                     part = metric.per_batch(out.float(), y)
                     total = part if total is None else total + part
@@ -422,9 +426,15 @@ class Task:
                     targets.append(y.cpu())
         finally:
             model.train(was_training)
+        name = {"val": "validation"}.get(split, split)
         if rows == 0 and not outputs:
-            name = {"val": "validation"}.get(split, split)
             raise TaskError(f"the {name} split gave no rows to score (an empty loader?)")
+        if nan_rows is not None and int(nan_rows):  # one read per evaluation
+            raise TaskError(
+                f"the model's outputs on the {name} split are NaN for {int(nan_rows)} of "
+                f"{rows or sum(len(o) for o in outputs)} rows (NaN in the split's inputs, or "
+                f"weights gone NaN): {metric.name} over them would mean nothing"
+            )
         if metric.per_batch is not None:
             assert metric.finish is not None
             if total is None:
@@ -433,7 +443,6 @@ class Task:
                 return metric.finish(float(total), max(rows, 1))
             outside = int(bad)  # once per evaluation, not per batch
             if outside:
-                name = {"val": "validation"}.get(split, split)
                 raise TaskError(
                     f"the {name} split has {outside} label(s) outside the model's "
                     f"{classes} outputs (classes 0..{classes - 1}): {metric.name} "
@@ -442,10 +451,14 @@ class Task:
             return metric.finish(float(total), max(rows, 1))
         assert metric.whole is not None
         value = metric.whole(torch.cat(outputs), torch.cat(targets))
+        if isinstance(value, (str, bytes)):  # float("0.5") would pass a typo'd metric
+            raise TaskError(f"metric {metric.name} returned the string {value!r}, not a number")
         try:
             return float(value)
-        except (TypeError, ValueError) as exc:
-            raise TaskError(f"metric {metric.name} returned {value!r}, not a number") from exc
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise TaskError(
+                f"metric {metric.name} returned {str(value)[:40]!r}, not a number a float holds"
+            ) from exc
 
 
 def resolve_callable(spec: Any, search: list[Path], what: str) -> tuple[Callable[..., Any], str]:
