@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from compare_task import write_study
 
 from perforate.experiments import cli
@@ -426,3 +427,32 @@ def test_e138_scoring_failures_are_one_line_naming_arm_seed_and_split(tmp_path, 
     # A library error inside a training batch says where it happened.
     got = line("narrow", model="narrow")
     assert "arm plain, seed 0, a training batch: 0: Linear expects input (..., 9)" in got
+
+
+def test_e139_train_resume_on_other_data_is_refused(tmp_path, capsys):
+    study = write_study(tmp_path / "u")
+    run_dir = tmp_path / "run"
+    study.write_text(
+        study.read_text().replace("[compare]", f'[run]\ndir = "{run_dir}"\n\n[compare]')
+    )
+    assert cli.main(["train", str(study), "--device", "cpu"]) == 0
+    assert json.loads((run_dir / "data.json").read_text())["digest"]
+    capsys.readouterr()
+    redrawn = study.read_text().replace('kind = "classes" }', 'kind = "classes", seed = 1 }')
+    study.write_text(redrawn)
+    code = cli.main(["train", str(study), "--resume", "--device", "cpu"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert "--resume: the data differ from those" in err[0] and "start the run afresh" in err[0]
+    # Started afresh on the new data, the run records those; resuming it then works.
+    assert cli.main(["train", str(study), "--device", "cpu"]) == 0
+    assert cli.main(["train", str(study), "--resume", "--device", "cpu"]) == 0
+
+
+def test_e140_a_sparse_split_is_refused_when_loaded():
+    from perforate.experiments.task import Split, TaskError
+
+    x = torch.eye(4).to_sparse()
+    with pytest.raises(TaskError, match=r"'train': x is a sparse tensor .*\.to_dense\(\)"):
+        Split("train", (x, torch.arange(4)))
+    Split("train", (x.to_dense(), torch.arange(4)))  # dense: accepted

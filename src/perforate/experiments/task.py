@@ -133,6 +133,13 @@ class Split:
                     f"data split {self.name!r}: an (x, y) pair must hold two tensors, got "
                     f"({type(x).__name__}, {type(y).__name__})"
                 )
+            sparse = [n for n, t in (("x", x), ("y", y)) if t.layout != torch.strided]
+            if sparse:  # batches are row slices and the digest reads the bytes
+                raise TaskError(
+                    f"data split {self.name!r}: {' and '.join(sparse)} is a sparse tensor "
+                    f"({(x if sparse[0] == 'x' else y).layout}); pass .to_dense(), or a "
+                    "Dataset whose items are dense rows"
+                )
             if x.shape[:1] != y.shape[:1]:
                 raise TaskError(
                     f"data split {self.name!r}: x has {x.shape[0]} rows and y {y.shape[0]}; "

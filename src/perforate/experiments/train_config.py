@@ -100,11 +100,23 @@ def run_experiment(
     task = study.build_task()
     study.load_data(task)
     preflight(task, [chosen])
+    data_file = run_dir / "data.json"  # the digest of the data the run started on
+    digest = task.data().digest()
+    if has_checkpoint and resume and data_file.is_file():
+        started_on = json.loads(data_file.read_text()).get("digest")
+        if started_on != digest:  # a run is not continued on other data
+            raise ExperimentError(
+                f"--resume: the data differ from those {run_dir} started on (digest "
+                f"{digest}, the run's {started_on}); give the factory the same data, or "
+                "start the run afresh without --resume"
+            )
     if has_checkpoint and not resume:
         log(f"starting afresh: the old checkpoint {ckpt} is replaced (--resume continues it)")
         for stale in (ckpt, training_state.previous(ckpt), run_dir / "epochs.json"):
             if stale.is_file():
                 stale.unlink()
+    if not (has_checkpoint and resume):
+        atomic_write(data_file, json.dumps({"digest": digest}).encode())
     spec = RunSpec(
         arm=chosen,
         seed=seed,
