@@ -456,3 +456,54 @@ def test_e140_a_sparse_split_is_refused_when_loaded():
     with pytest.raises(TaskError, match=r"'train': x is a sparse tensor .*\.to_dense\(\)"):
         Split("train", (x, torch.arange(4)))
     Split("train", (x.to_dense(), torch.arange(4)))  # dense: accepted
+
+
+def test_e141_a_ledger_line_edited_by_hand_is_refused_by_compare_and_report(tmp_path, capsys):
+    study = write_study(tmp_path / "u", compare='arms = ["plain", "restart"]')
+    out = tmp_path / "o"
+    assert cli.main(["compare", str(study), "--out", str(out), "--seeds", "1"]) == 0
+    capsys.readouterr()
+    ledger = out / "runs.jsonl"
+    lines = ledger.read_text().splitlines()
+    record = json.loads(lines[1])
+    for edit, problem in (
+        ({**record, "val": "NaN"}, "line 2, has 'val' that is 'NaN'"),
+        ({k: v for k, v in record.items() if k != "seed"}, "line 2, has 'seed' that is missing"),
+        ([1, 2], "line 2, is a JSON list"),
+    ):
+        ledger.write_text("\n".join([lines[0], json.dumps(edit), *lines[2:]]) + "\n")
+        for args in (
+            ["compare", str(study), "--out", str(out), "--seeds", "1"],
+            ["report", str(out)],
+        ):
+            assert cli.main(args) == 2
+            err = capsys.readouterr().err.strip().splitlines()
+            assert len(err) == 1 and problem in err[0] and "delete that line" in err[0], err
+    # A broken line that is not the last is corruption, not a kill: refused too.
+    ledger.write_text("\n".join([lines[0], '{"arm": "pl', *lines[2:]]) + "\n")
+    assert cli.main(["report", str(out)]) == 2
+    assert "line 2, is not JSON" in capsys.readouterr().err
+
+
+def test_e142_a_factory_calling_sys_exit_and_odd_out_folders(tmp_path, capsys, monkeypatch):
+    study = write_study(tmp_path / "u")
+    data = tmp_path / "u" / "mydata.py"
+    data.write_text(
+        data.read_text().replace("    g = torch", "    raise SystemExit(0)\n    g = torch")
+    )
+    line = run(capsys, study, "--out", tmp_path / "o")
+    assert "data factory mydata:table failed" in line and "SystemExit: 0" in line
+    assert not (tmp_path / "o" / "runs.jsonl").exists()
+    monkeypatch.chdir(tmp_path)
+    for out, says in (("", "--out is empty"), (" ", "--out is empty")):
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main(["compare", str(study), "--out", out])
+        assert exit_info.value.code == 2 and says in capsys.readouterr().err
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    with pytest.raises(SystemExit):
+        cli.main(["compare", str(study), "--out", str(tmp_path / "loop")])
+    assert "a symbolic link to nothing" in capsys.readouterr().err
+    assert (
+        sorted(p.name for p in tmp_path.iterdir()) == ["loop", "o", "u"]
+        or not (tmp_path / "runs.jsonl").exists()
+    )

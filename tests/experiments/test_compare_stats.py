@@ -129,12 +129,13 @@ def test_judge_family_applies_holm_across_arms():
 def test_ledger_skips_a_cut_line_and_never_writes_a_run_twice(tmp_path):
     path = tmp_path / "runs.jsonl"
     ledger = Ledger(path, {"fingerprint": "abc"})
-    assert ledger.append({"arm": "pb", "seed": 0, "test": 0.5})
-    assert not ledger.append({"arm": "pb", "seed": 0, "test": 0.9})
+    run = {"val": 0.5, "params": 10}
+    assert ledger.append({"arm": "pb", "seed": 0, "test": 0.5, **run})
+    assert not ledger.append({"arm": "pb", "seed": 0, "test": 0.9, **run})
     with open(path, "a") as fh:
         fh.write('{"arm": "pb", "seed": 1, "te')  # a writer killed mid-line
     assert [r["seed"] for r in ledger.records()] == [0]
-    assert ledger.append({"arm": "pb", "seed": 1, "test": 0.7})
+    assert ledger.append({"arm": "pb", "seed": 1, "test": 0.7, **run})
     assert [(r["seed"], r["test"]) for r in ledger.records()] == [(0, 0.5), (1, 0.7)]
     with pytest.raises(LedgerError, match="another study"):
         Ledger(path, {"fingerprint": "other"})

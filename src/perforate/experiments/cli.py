@@ -265,6 +265,10 @@ def _compare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             parser.error(f"--seeds: {exc} (or auto)")
         if seeds > 1000:
             parser.error(f"--seeds {seeds}: at most 1000")
+    if args.out is not None and not args.out.strip():  # '' would be the current folder
+        parser.error("--out is empty; give a folder (it will hold the study's files)")
+    if args.out is not None and os.path.islink(args.out) and not os.path.exists(args.out):
+        parser.error(f"--out {args.out}: a symbolic link to nothing (or to itself)")
     if args.out is not None and os.path.exists(args.out) and not os.path.isdir(args.out):
         parser.error(f"--out {args.out}: is a file; give a folder")
     i, n = _shard(args.shard, parser)

@@ -93,7 +93,7 @@ def _import_module(module_name: str, folders: list[Path], path: str, what: str) 
     except ModuleNotFoundError as exc:
         if not _not_found(exc, module_name):
             raise _failed(path, what, exc) from exc
-    except Exception as exc:  # the user's module may raise anything while importing
+    except (Exception, SystemExit) as exc:  # the user's module may raise anything while importing
         raise _failed(path, what, exc) from exc
     for folder in folders:
         if not _has_module(folder, module_name):
@@ -102,7 +102,7 @@ def _import_module(module_name: str, folders: list[Path], path: str, what: str) 
         try:
             importlib.invalidate_caches()
             module = importlib.import_module(module_name)
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:
             raise _failed(path, what, exc, folder) from exc
         finally:
             sys.path.remove(str(folder))

@@ -100,19 +100,45 @@ class Ledger:
             return True
 
 
+# What every run record holds, and the types the statistics read (a bool is no number).
+FIELDS = {"arm": (str,), "seed": (int,), "val": (int, float), "test": (int, float)}
+FIELDS |= {"params": (int, float)}
+
+
 def _read_lines(fh: Any) -> list[dict[str, Any]]:
+    """The header and the records. A last line cut short by a kill is ignored (it never
+    happened); any other line that is not a record this code wrote is refused, naming it:
+    statistics over a record edited by hand, or dropped silently, would be wrong."""
     fh.seek(0)
+    text = fh.read()
+    lines = text.split("\n")
     out: list[dict[str, Any]] = []
-    for line in fh.read().split("\n"):
+    for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             value = json.loads(line)
         except json.JSONDecodeError:
-            continue  # a line cut short by a kill: it never happened
-        if isinstance(value, dict):
-            out.append(value)
+            if number == len(lines):  # no newline after it: cut short by a kill
+                continue
+            raise LedgerError(_bad_line(fh, number, "is not JSON")) from None
+        if not isinstance(value, dict):
+            raise LedgerError(_bad_line(fh, number, f"is a JSON {type(value).__name__}"))
+        if out:  # a run record
+            for key, kinds in FIELDS.items():
+                field = value.get(key)
+                if isinstance(field, bool) or not isinstance(field, kinds):
+                    what = "is missing" if key not in value else f"is {field!r}"
+                    raise LedgerError(_bad_line(fh, number, f"has {key!r} that {what}"))
+        out.append(value)
     return out
+
+
+def _bad_line(fh: Any, number: int, problem: str) -> str:
+    return (
+        f"{getattr(fh, 'name', 'the ledger')}, line {number}, {problem}: not a run record "
+        "perforate wrote; restore it, or delete that line to train the run again"
+    )
 
 
 def _drop_partial_tail(fh: Any) -> None:

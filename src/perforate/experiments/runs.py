@@ -271,7 +271,7 @@ def train_run(
             return task.score(model, split, device, eval_batch, autocast)
         except PerforateError as exc:  # a clear error already: say where
             raise TrainingError(f"arm {spec.arm.name}, seed {spec.seed}: {exc}") from exc
-        except Exception as exc:  # the user's model in eval mode, or their metric
+        except (Exception, SystemExit) as exc:  # the user's eval-mode model or metric
             first = (str(exc).splitlines() or [""])[0]
             name = {"val": "validation"}.get(split, split)
             raise TrainingError(

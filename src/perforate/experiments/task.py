@@ -317,7 +317,7 @@ class Task:
             model = self.model_factory(**kwargs)
         except ModuleNotFoundError:
             raise
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:
             raise TaskError(
                 f"model factory {self.model_name} failed with kwargs {kwargs}: "
                 f"{type(exc).__name__}: {exc}"
@@ -358,7 +358,7 @@ class Task:
                 made = self.data_factory(**self.data_kwargs)
             except (PerforateError, ModuleNotFoundError):
                 raise  # ours already say what to do; a missing extra is named by the CLI
-            except Exception as exc:
+            except (Exception, SystemExit) as exc:
                 raise TaskError(
                     f"data factory {self.data_name} failed with kwargs {self.data_kwargs}: "
                     f"{type(exc).__name__}: {exc}"
