@@ -503,7 +503,4 @@ def test_e142_a_factory_calling_sys_exit_and_odd_out_folders(tmp_path, capsys, m
     with pytest.raises(SystemExit):
         cli.main(["compare", str(study), "--out", str(tmp_path / "loop")])
     assert "a symbolic link to nothing" in capsys.readouterr().err
-    assert (
-        sorted(p.name for p in tmp_path.iterdir()) == ["loop", "o", "u"]
-        or not (tmp_path / "runs.jsonl").exists()
-    )
+    assert not (tmp_path / "runs.jsonl").exists()  # nothing written in the current folder
