@@ -262,3 +262,32 @@ def test_e136_a_model_file_whose_saved_config_is_not_a_mapping_is_refused(tmp_pa
             perforate.load(target, path)
         after = target.state_dict()
         assert all(torch.equal(before[k], after[k]) for k in before)  # left as it was
+
+
+def test_e143_to_plain_without_an_example_bytes_paths_and_a_paused_epoch():
+    grown = perforate.add_dendrites(_plain())
+    layer = perforate.dendritic_layers(grown)["0"]
+    layer.start_dendrite_phase(generator=torch.Generator().manual_seed(0))
+    layer.install(torch.tensor([0, 1, 2, 3]))  # candidate p = c of each neuron c
+    layer.start_neuron_phase()
+    with pytest.raises(TypeError, match=r"to_plain needs one example input .*to_plain\(model, x\)"):
+        perforate.to_plain(grown)
+    assert perforate.to_plain(grown, torch.randn(2, 3)) is not grown  # with one: works
+    with pytest.raises(perforate.ConfigError, match="str or os.PathLike .* got bytes"):
+        perforate.Perforator(_plain(), optimizer=_adam, checkpoint_path=b"ckpt.safetensors")
+    # An epoch whose backward passes all ran inside no_candidate_statistics(): the error
+    # names the block among the causes.
+    model = _plain()
+    ctl = perforate.Perforator(model, perforate.DendriteConfig(patience=1), optimizer=_adam, seed=0)
+    x, y = torch.randn(8, 3), torch.randn(8, 2)
+    while ctl.phase != perforate.Phase.DENDRITE:
+        ctl.optimizer.zero_grad()
+        nn.functional.mse_loss(model(x), y).backward()
+        ctl.optimizer.step()
+        ctl.end_epoch(1.0)
+    ctl.optimizer.zero_grad()
+    with perforate.no_candidate_statistics():
+        nn.functional.mse_loss(model(x), y).backward()
+    ctl.optimizer.step()
+    with pytest.raises(perforate.PhaseError, match=r"inside perforate\.no_candidate_statistics"):
+        ctl.end_epoch(1.0)

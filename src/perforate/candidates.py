@@ -53,6 +53,10 @@ def no_candidate_statistics() -> Iterator[None]:
     would be folded into the candidates' statistics twice, once without the penalty.
     Wrap the `autograd.grad` call in this block so that the loss's own backward is the
     only one the candidates learn from. Outside a dendrite phase it changes nothing.
+
+    Process-wide, not per thread: on a GPU the backward of a layer runs on autograd's own
+    device thread, so a thread-local switch would not reach it. While a block is open in
+    one thread, no thread's backward trains the candidates.
     """
     global _paused
     _paused += 1

@@ -114,6 +114,11 @@ class Perforator:
         self.optimizers = OptimizerOwner(optimizer, candidate_optimizer, scheduler, wrapper)
         if not is_count(checkpoint_every, 1):
             raise ConfigError(f"checkpoint_every must be an integer >= 1, got {checkpoint_every!r}")
+        if checkpoint_path is not None and not isinstance(checkpoint_path, (str, os.PathLike)):
+            raise ConfigError(
+                "checkpoint_path must be a str or os.PathLike (a file path such as "
+                f"runs/x/ckpt.safetensors), got {type(checkpoint_path).__name__}"
+            )
         if checkpoint_path is not None and Path(checkpoint_path).is_dir():
             raise ConfigError(
                 f"checkpoint_path {str(checkpoint_path)!r} is a directory; give "
@@ -897,8 +902,9 @@ def _no_statistics_message(empty: list[str], total: int) -> str:
     causes = (
         "a layer's candidates learn only from the error that loss.backward() sends back "
         "to its output; likely causes: the layer is not used in forward (an unused head), "
-        "it runs under torch.no_grad() (a frozen teacher) or its output is detached "
-        "before the loss"
+        "it runs under torch.no_grad() (a frozen teacher), its output is detached "
+        "before the loss, or every backward pass ran inside "
+        "perforate.no_candidate_statistics()"
     )
     if len(empty) == total:
         return (

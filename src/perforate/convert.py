@@ -366,6 +366,12 @@ def to_plain(model: nn.Module, *example_args: Any, **example_kwargs: Any) -> nn.
     busy = [n for n, layer in layers.items() if layer.phase.value == "dendrite"]
     if busy:
         raise PhaseError(f"layers {busy} are in a dendrite phase: end it before to_plain")
+    if not example_args and not example_kwargs:
+        raise TypeError(
+            "to_plain needs one example input to the model, as it is called in forward "
+            "(to_plain(model, x) with x a batch): it runs the model once to see what each "
+            "grown layer receives"
+        )
     plain = copy.deepcopy(model).eval()
     layers = dendritic_layers(plain)
     inputs: dict[str, torch.Tensor] = {}
