@@ -273,7 +273,7 @@ def test_e143_to_plain_without_an_example_bytes_paths_and_a_paused_epoch():
     with pytest.raises(TypeError, match=r"to_plain needs one example input .*to_plain\(model, x\)"):
         perforate.to_plain(grown)
     assert perforate.to_plain(grown, torch.randn(2, 3)) is not grown  # with one: works
-    with pytest.raises(perforate.ConfigError, match="str or os.PathLike .* got bytes"):
+    with pytest.raises(perforate.ConfigError, match=r"str or os.PathLike .* got bytes"):
         perforate.Perforator(_plain(), optimizer=_adam, checkpoint_path=b"ckpt.safetensors")
     # An epoch whose backward passes all ran inside no_candidate_statistics(): the error
     # names the block among the causes.
