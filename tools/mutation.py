@@ -224,6 +224,17 @@ EQUIVALENT: frozenset[tuple] = frozenset(
         ),
         # cxx is the (F, F) input covariance: square, so shape[0] == shape[1].
         ("candidate_variants", "f = cxx.shape[0]", "constant 0 changed"),
+        # add_dendrites re-raises an unsupported layer's error unless skip_unsupported;
+        # without that `raise`, DendriticLayer's constructor runs the same check and raises
+        # the same UnsupportedLayerError, before anything is replaced.
+        ("convert", "if config.skip_unsupported:\ncontinue\nraise", "Raise deleted"),
+        # torch.export inlines every module: the only call_module node of an exported
+        # layer is its guard, so `or` erases the same nodes as `and`.
+        (
+            "convert",
+            'if node.op == "call_module" and node.target == "_guards_fn":',
+            "And swapped",
+        ),
         # An exported layer's graph returns its one tensor as a one-element tuple: the
         # isinstance and the length hold together, so `and` and `or` agree.
         (
