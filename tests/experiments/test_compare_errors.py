@@ -504,3 +504,81 @@ def test_e142_a_factory_calling_sys_exit_and_odd_out_folders(tmp_path, capsys, m
         cli.main(["compare", str(study), "--out", str(tmp_path / "loop")])
     assert "a symbolic link to nothing" in capsys.readouterr().err
     assert not (tmp_path / "runs.jsonl").exists()  # nothing written in the current folder
+
+
+USER_METRICS = """
+def score(outputs, targets):  # a mean absolute error under a name that does not say so
+    return (outputs - targets).abs().mean()
+"""
+
+
+def test_e144_the_verdict_carries_what_the_checks_found(tmp_path, capsys):
+    from perforate.experiments.compare import compare
+
+    # A loss maximized: every run keeps its first epoch. The report says No verdict.
+    study = write_study(
+        tmp_path / "u",
+        "regression",
+        compare='arms = ["plain", "restart", "pb"]',
+        task='loss = "mse"\nmetric = "usermetrics:score"\ndirection = "maximize"',
+    )
+    (tmp_path / "u" / "usermetrics.py").write_text(USER_METRICS)
+    report = compare(study, out=tmp_path / "o", log_line=None, progress=False)
+    verdict = report["verdict"]
+    assert verdict["dendrites_pay"] == "no verdict", verdict
+    assert verdict["sentence"].startswith("No verdict: plain: the first epoch's score stayed")
+    assert "check [task] direction" in verdict["sentence"]
+    failed = {(c["arm"], c["check"]) for c in report["checks"] if not c["ok"]}
+    assert {("plain", "direction"), ("restart", "direction")} <= failed
+    assert "No verdict: plain:" in (tmp_path / "o" / "compare.md").read_text()
+    # The same metric minimized, its (N, 1) outputs matched to (N,) targets: a verdict,
+    # and runs that hit the epoch cap are named in it.
+    capped = write_study(
+        tmp_path / "v",
+        "regression",
+        compare='arms = ["plain", "restart", "pb"]',
+        task='loss = "mse"\nmetric = "usermetrics:score"\ndirection = "minimize"',
+    )
+    (tmp_path / "v" / "usermetrics.py").write_text(USER_METRICS)
+    capped.write_text(capped.read_text().replace("max_epochs = 40", "max_epochs = 4"))
+    report = compare(capped, out=tmp_path / "o2", log_line=None, progress=False)
+    assert report["verdict"]["dendrites_pay"] != "no verdict"
+    assert not [c for c in report["checks"] if c["check"] == "direction"]
+    assert "Failed checks (" in report["verdict"]["sentence"]
+    assert "ended by its own rule" in report["verdict"]["sentence"]
+    if report["verdict"]["dendrites_pay"] == "unclear":  # rope 0: seeds alone cannot decide
+        assert "set [compare] rope (0 now)" in report["verdict"]["sentence"]
+
+
+def test_e145_a_width_argument_that_sets_another_size_is_refused_before_any_run(tmp_path, capsys):
+    study = write_study(tmp_path / "u")
+    study.write_text(study.read_text().replace('width = "hidden"', 'width = "inputs"'))
+    line = run(capsys, study, "--out", tmp_path / "o")
+    assert "the model at width 5 ([model] width = 'inputs' set to 5) fails on a training" in line
+    assert "does 'inputs' set the hidden size?" in line
+    assert not (tmp_path / "o" / "runs.jsonl").exists()  # refused before the ledger
+
+
+def test_e144b_an_own_metric_gets_a_one_output_models_outputs_as_the_targets_shape(tmp_path):
+    from contextlib import nullcontext
+
+    from perforate.experiments.study import Study
+
+    study = write_study(
+        tmp_path / "u",
+        "regression",
+        task='loss = "mse"\nmetric = "usermetrics:score"\ndirection = "minimize"',
+    )
+    (tmp_path / "u" / "usermetrics.py").write_text(USER_METRICS)
+    spec = Study.from_toml(study)
+    task = spec.build_task()
+    spec.load_data(task)
+    torch.manual_seed(0)
+    model = task.build_model()
+    x, y = task.data().val.source
+    got = task.score(model, "val", torch.device("cpu"), 16, nullcontext)
+    with torch.no_grad():
+        out = model(x)
+    assert out.shape == (len(y), 1)
+    assert got == pytest.approx(float((out[:, 0] - y).abs().mean()), rel=1e-6)
+    assert got != pytest.approx(float((out - y).abs().mean()), rel=1e-3)  # the N x N one

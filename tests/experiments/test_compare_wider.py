@@ -58,6 +58,9 @@ def test_wider_runs_after_pb_in_its_chain_and_matches_its_parameters(tmp_path, c
     assert ("pb", "equal_params") in questions and ("wider", "test") in questions
     assert ("wider", "equal_params") not in questions
     assert "wider: at pb's parameters" in report["question"]
+    # wider's runs at other widths are not "the base model" of the arms at the factory's.
+    (same,) = [c for c in report["checks"] if c["check"] == "same base model"]
+    assert same["ok"], same
 
 
 def test_wider_sharded_equals_one_process(tmp_path):
@@ -94,3 +97,6 @@ def test_wider_refusals(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and err[-1].startswith("perforate: error: ")
     assert "matches the parameters of arm pb, which has no run of seed 0 yet" in err[-1]
+    # perforate train has no PB runs to match.
+    assert cli.main(["train", str(both), "--arm", "wider", "--device", "cpu"]) == 2
+    assert "--arm wider matches the parameters of pb's runs" in capsys.readouterr().err

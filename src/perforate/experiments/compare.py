@@ -340,6 +340,7 @@ def build_report(
                             "model",
                         )
                     }
+                    | {"first_epoch_best": bool(r.get("first_epoch_best", False))}
                     for r in runs
                 ],
             }
@@ -409,6 +410,8 @@ def build_report(
         f"{w['val_mean']:.4g}, test {w['test_mean']:.4g} (sd {_fmt(w['test_sd'])}) over "
         f"{len(w['runs'])} seeds, {w['params_mean']:,.0f} parameters"
     )
+    if rope == 0:  # no number of seeds makes an interval fit inside a rope of 0
+        more_seeds += "; and set [compare] rope (0 now) to the smallest difference you care about"
     verdict = study_verdict(
         comparisons, grows, winner, winner_text, reference, more_seeds
     ).to_dict()
@@ -420,6 +423,23 @@ def build_report(
     if kept:  # a dendrite arm that never kept one is the plain network: say so
         verdict["sentence"] += f" ({'; '.join(kept)}.)"
     verdict.update(winner_seed=best_run["seed"], winner_model=best_run["model"])
+    at_base = {a.name for a in arms if a.width is None and a.matches is None}
+    report_checks = checks(rows, reference, root, at_base)
+    suspect = [c for c in report_checks if c["check"] == "direction" and not c["ok"]]
+    failed = [c for c in report_checks if not c["ok"] and c["check"] != "direction"]
+    if suspect:  # the runs kept their first epoch: a wrong direction, not dendrites
+        verdict["dendrites_pay"] = "no verdict"
+        verdict["sentence"] = (
+            f"No verdict: {'; '.join(c['arm'] + ': ' + c['detail'] for c in suspect)}. "
+            f"(As computed: {verdict['sentence']})"
+        )
+    if failed:
+        verdict["sentence"] += (
+            f" Failed checks ({len(failed)}): "
+            + "; ".join(f"{c['arm']}: {c['check']} ({c['detail']})" for c in failed[:3])
+            + ("; ..." if len(failed) > 3 else "")
+            + ". Read them before the verdict."
+        )
     plain = next((t for t in timing_rows if t["name"] in ("plain", "head")), None)
     unit = plain["seconds_mean"] if plain else math.nan
     total_actual = sum(r["own_seconds"] for r in records)
@@ -440,7 +460,7 @@ def build_report(
         "level": level,
         "arms": rows,
         "comparisons": [c.to_dict() for c in comparisons],
-        "checks": checks(rows, reference, root),
+        "checks": report_checks,
         "verdict": verdict,
         "sequential": None,
         "timing": {
@@ -474,7 +494,10 @@ def _best_run(rows: Sequence[dict[str, Any]], arm: str, direction: str) -> dict[
 
 
 def checks(
-    rows: Sequence[dict[str, Any]], reference: str, root: Path | None = None
+    rows: Sequence[dict[str, Any]],
+    reference: str,
+    root: Path | None = None,
+    at_base: set[str] | None = None,
 ) -> list[dict[str, Any]]:
     """Did the arms do what they claim? Shown in the report beside the verdict."""
     out = []
@@ -523,6 +546,19 @@ def checks(
                     "none" if not extra else f"dendrite parameters in seeds {extra}",
                 )
             )
+        first = [x["seed"] for x in runs if x.get("first_epoch_best")]
+        if first and len(first) * 2 >= len(runs):
+            out.append(
+                _check(
+                    "direction",
+                    name,
+                    False,
+                    f"the first epoch's score stayed best in seeds {first} of {len(runs)} "
+                    "runs, as when a loss is maximized (or an accuracy minimized): check "
+                    "[task] direction, and that the metric compares outputs and targets of "
+                    "the same shape",
+                )
+            )
         capped = [x["seed"] for x in runs if x["end"] == "max_epochs"]
         out.append(
             _check(
@@ -536,9 +572,12 @@ def checks(
         )
     base = [r for r in rows if r["name"] in ("plain", reference)]
     if base:
-        sizes = {
-            x["base_params"] for r in rows if r["width"] == base[0]["width"] for x in r["runs"]
-        }
+        same = (
+            (lambda r: r["name"] in at_base)
+            if at_base is not None
+            else (lambda r: r["width"] == base[0]["width"])
+        )
+        sizes = {x["base_params"] for r in rows if same(r) for x in r["runs"]}
         out.append(
             _check(
                 "same base model",

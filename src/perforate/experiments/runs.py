@@ -146,6 +146,7 @@ def preflight(task: Task, arms: Sequence[Arm]) -> None:
             "model compare with finetune, lora or an arm of your own"
         )
     sizes: dict[int, int] = {}
+    sample = None
     for width, how in sorted({(a.width or 0, a.adapt) for a in arms}):
         model, _ = adapt.prepare(
             task.build_model(width or None), how, task.checkpoint, task.trainable
@@ -153,12 +154,41 @@ def preflight(task: Task, arms: Sequence[Arm]) -> None:
         sizes.setdefault(
             width or (task.base_width or 0), sum(p.numel() for p in model.parameters())
         )
+        if width and width != task.base_width:  # a ladder width: does the model still run?
+            sample = _sample_input(task) if sample is None else sample
+            _check_runs_at(model, width, task, sample)
     if len(sizes) > 1 and len(set(sizes.values())) == 1:
         raise TaskError(
             f"the model factory gives {next(iter(sizes.values())):,} parameters at every "
             f"width ({', '.join(map(str, sorted(sizes)))}): it ignores its width argument "
             f"{task.width_arg!r}, so the ladder would train one model several times"
         )
+
+
+def _sample_input(task: Task) -> Any:
+    """A few rows of the training split (the first batch a loader gives)."""
+    for x, _ in task.data().train.batches(4, False, torch.device("cpu")):
+        return x
+    return None
+
+
+def _check_runs_at(model: torch.nn.Module, width: int, task: Task, x: Any) -> None:
+    """The factory's model at another width on a few training rows: a width argument
+    that sets some other size (the inputs) fails here, before any run, not after the
+    arms at the factory's own width have trained."""
+    if x is None:
+        return
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(x)
+    except Exception as exc:
+        first = (str(exc).splitlines() or [""])[0]
+        raise TaskError(
+            f"the model at width {width} ([model] width = {task.width_arg!r} set to {width}) "
+            f"fails on a training batch ({type(exc).__name__}: {first}): does "
+            f"{task.width_arg!r} set the hidden size? The ladder and wider change only it"
+        ) from exc
 
 
 def parameter_count(task: Task, width: int) -> int:
@@ -363,6 +393,8 @@ def train_run(
         "forked_at": forked_at,
         "prefix_seconds": prefix_seconds,
         "end": _end_reason(ctl, history),
+        # The first epoch's score still best at the end: the direction may be wrong.
+        "first_epoch_best": ctl.direction_check.closing_note(ctl.best_score) is not None,
         "cycles": ctl.cycle,
         "curve": [
             [round(t, 6), h["score"], te]

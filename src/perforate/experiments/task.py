@@ -457,7 +457,10 @@ class Task:
                 )
             return metric.finish(float(total), max(rows, 1))
         assert metric.whole is not None
-        value = metric.whole(torch.cat(outputs), torch.cat(targets))
+        # A one-output regressor's (N, 1) outputs come as (N,) beside (N,) targets, as the
+        # built-in metrics take them: `(outputs - targets)` would otherwise be N x N.
+        every, truth = torch.cat(outputs), torch.cat(targets)
+        value = metric.whole(_match(every, truth), truth)
         if isinstance(value, (str, bytes)):  # float("0.5") would pass a typo'd metric
             raise TaskError(f"metric {metric.name} returned the string {value!r}, not a number")
         try:

@@ -82,6 +82,11 @@ def run_experiment(
     if arm not in REGISTRY:
         raise ExperimentError(f"--arm {arm!r}: choose from {', '.join(REGISTRY)}")
     chosen: Arm = REGISTRY[arm]
+    if chosen.matches is not None:  # its width follows another arm's runs in a study
+        raise ExperimentError(
+            f"--arm {arm} matches the parameters of {chosen.matches}'s runs, which only "
+            f"`perforate compare` has; train {arm} with compare (or an arm of a fixed width)"
+        )
     run_device = device_of(device)  # before anything in the run folder changes
     if chosen.adapt != "default" and not study.model.get("checkpoint"):
         raise ExperimentError(f"--arm {arm} adapts a trained model: set [model] checkpoint")

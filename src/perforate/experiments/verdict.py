@@ -93,7 +93,7 @@ def judge_family(
 
 @dataclass(frozen=True)
 class StudyVerdict:
-    dendrites_pay: str  # "yes" | "no" | "unclear" | "not tested"
+    dendrites_pay: str  # "yes" | "no" | "unclear" | "not tested" (report: "no verdict")
     winner: str
     sentence: str
 
