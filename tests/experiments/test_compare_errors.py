@@ -8,6 +8,7 @@ import pytest
 import torch
 from compare_task import write_study
 
+import perforate
 from perforate.experiments import cli
 
 
@@ -523,7 +524,8 @@ def test_e144_the_verdict_carries_what_the_checks_found(tmp_path, capsys):
         task='loss = "mse"\nmetric = "usermetrics:score"\ndirection = "maximize"',
     )
     (tmp_path / "u" / "usermetrics.py").write_text(USER_METRICS)
-    report = compare(study, out=tmp_path / "o", log_line=None, progress=False)
+    with pytest.warns(perforate.PerforateWarning, match="moved the wrong way"):
+        report = compare(study, out=tmp_path / "o", log_line=None, progress=False)
     verdict = report["verdict"]
     assert verdict["dendrites_pay"] == "no verdict", verdict
     assert verdict["sentence"].startswith("No verdict: plain: the first epoch's score stayed")

@@ -423,10 +423,15 @@ def build_report(
     if kept:  # a dendrite arm that never kept one is the plain network: say so
         verdict["sentence"] += f" ({'; '.join(kept)}.)"
     verdict.update(winner_seed=best_run["seed"], winner_model=best_run["model"])
-    at_base = {a.name for a in arms if a.width is None and a.matches is None}
+    at_base = {  # the model as the factory gives it (LoRA adds its adapters)
+        a.name
+        for a in arms
+        if a.width is None and a.matches is None and not a.adapt.startswith("lora")
+    }
     report_checks = checks(rows, reference, root, at_base)
     suspect = [c for c in report_checks if c["check"] == "direction" and not c["ok"]]
-    failed = [c for c in report_checks if not c["ok"] and c["check"] != "direction"]
+    said = ("direction", "dendrites installed")  # the sentence says these already
+    failed = [c for c in report_checks if not c["ok"] and c["check"] not in said]
     if suspect:  # the runs kept their first epoch: a wrong direction, not dendrites
         verdict["dendrites_pay"] = "no verdict"
         verdict["sentence"] = (
