@@ -313,13 +313,19 @@ def test_e128_output_folders_shared_or_tampered_with(tmp_path, capsys):
         cli.main(["compare", str(study), "--seeds", "1001"])
 
 
-def test_e130_train_resume_with_other_settings_is_refused(tmp_path, capsys):
+def _trained_once(tmp_path):
+    """A study whose `perforate train` run has finished in tmp_path/run."""
     study = write_study(tmp_path / "u")
     run_dir = tmp_path / "run"
     study.write_text(
         study.read_text().replace("[compare]", f'[run]\ndir = "{run_dir}"\n\n[compare]')
     )
     assert cli.main(["train", str(study), "--device", "cpu"]) == 0
+    return study, run_dir
+
+
+def test_e130_train_resume_with_other_settings_is_refused(tmp_path, capsys):
+    study, run_dir = _trained_once(tmp_path)
     assert (run_dir / "ckpt.safetensors").is_file()
     capsys.readouterr()
     code = cli.main(["train", str(study), "--resume", "--arm", "plain", "--device", "cpu"])
@@ -431,12 +437,7 @@ def test_e138_scoring_failures_are_one_line_naming_arm_seed_and_split(tmp_path, 
 
 
 def test_e139_train_resume_on_other_data_is_refused(tmp_path, capsys):
-    study = write_study(tmp_path / "u")
-    run_dir = tmp_path / "run"
-    study.write_text(
-        study.read_text().replace("[compare]", f'[run]\ndir = "{run_dir}"\n\n[compare]')
-    )
-    assert cli.main(["train", str(study), "--device", "cpu"]) == 0
+    study, run_dir = _trained_once(tmp_path)
     assert json.loads((run_dir / "data.json").read_text())["digest"]
     capsys.readouterr()
     redrawn = study.read_text().replace('kind = "classes" }', 'kind = "classes", seed = 1 }')
@@ -513,17 +514,23 @@ def score(outputs, targets):  # a mean absolute error under a name that does not
 """
 
 
+def _own_metric_study(folder, direction: str, compare: str = 'arms = ["plain", "restart", "pb"]'):
+    """A regression scored by USER_METRICS's `score` (an MAE) under `direction`."""
+    study = write_study(
+        folder,
+        "regression",
+        compare=compare,
+        task=f'loss = "mse"\nmetric = "usermetrics:score"\ndirection = "{direction}"',
+    )
+    (folder / "usermetrics.py").write_text(USER_METRICS)
+    return study
+
+
 def test_e144_the_verdict_carries_what_the_checks_found(tmp_path, capsys):
     from perforate.experiments.compare import compare
 
     # A loss maximized: every run keeps its first epoch. The report says No verdict.
-    study = write_study(
-        tmp_path / "u",
-        "regression",
-        compare='arms = ["plain", "restart", "pb"]',
-        task='loss = "mse"\nmetric = "usermetrics:score"\ndirection = "maximize"',
-    )
-    (tmp_path / "u" / "usermetrics.py").write_text(USER_METRICS)
+    study = _own_metric_study(tmp_path / "u", "maximize")
     with pytest.warns(perforate.PerforateWarning, match="moved the wrong way"):
         report = compare(study, out=tmp_path / "o", log_line=None, progress=False)
     verdict = report["verdict"]
@@ -535,13 +542,7 @@ def test_e144_the_verdict_carries_what_the_checks_found(tmp_path, capsys):
     assert "No verdict: plain:" in (tmp_path / "o" / "compare.md").read_text()
     # The same metric minimized, its (N, 1) outputs matched to (N,) targets: a verdict,
     # and runs that hit the epoch cap are named in it.
-    capped = write_study(
-        tmp_path / "v",
-        "regression",
-        compare='arms = ["plain", "restart", "pb"]',
-        task='loss = "mse"\nmetric = "usermetrics:score"\ndirection = "minimize"',
-    )
-    (tmp_path / "v" / "usermetrics.py").write_text(USER_METRICS)
+    capped = _own_metric_study(tmp_path / "v", "minimize")
     capped.write_text(capped.read_text().replace("max_epochs = 40", "max_epochs = 4"))
     report = compare(capped, out=tmp_path / "o2", log_line=None, progress=False)
     assert report["verdict"]["dendrites_pay"] != "no verdict"
@@ -566,13 +567,7 @@ def test_e144b_an_own_metric_gets_a_one_output_models_outputs_as_the_targets_sha
 
     from perforate.experiments.study import Study
 
-    study = write_study(
-        tmp_path / "u",
-        "regression",
-        task='loss = "mse"\nmetric = "usermetrics:score"\ndirection = "minimize"',
-    )
-    (tmp_path / "u" / "usermetrics.py").write_text(USER_METRICS)
-    spec = Study.from_toml(study)
+    spec = Study.from_toml(_own_metric_study(tmp_path / "u", "minimize", compare=""))
     task = spec.build_task()
     spec.load_data(task)
     torch.manual_seed(0)
