@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .task import TaskError
+from .task import TaskError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +45,9 @@ def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             return load_file(path)
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise TaskError(
-            f"[model] checkpoint {path}: cannot read it ({type(exc).__name__}: {first}); give "
+            f"[model] checkpoint {path}: cannot read it "
+            f"({type(exc).__name__}: {first_line(exc)}); give "
             "a safetensors file or a torch.save state dict"
         ) from exc
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

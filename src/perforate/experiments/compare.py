@@ -29,7 +29,7 @@ from .ledger import Ledger
 from .runs import preflight
 from .study import Study, StudyError
 from .task import device_of
-from .verdict import ALPHA, LEVEL, Comparison, judge_family, study_verdict
+from .verdict import ALPHA, LEVEL, Comparison, judge_family, study_verdict, with_checks
 
 log = logging.getLogger(__name__)
 
@@ -429,22 +429,7 @@ def build_report(
         if a.width is None and a.matches is None and not a.adapt.startswith("lora")
     }
     report_checks = checks(rows, reference, root, at_base)
-    suspect = [c for c in report_checks if c["check"] == "direction" and not c["ok"]]
-    said = ("direction", "dendrites installed")  # the sentence says these already
-    failed = [c for c in report_checks if not c["ok"] and c["check"] not in said]
-    if suspect:  # the runs kept their first epoch: a wrong direction, not dendrites
-        verdict["dendrites_pay"] = "no verdict"
-        verdict["sentence"] = (
-            f"No verdict: {'; '.join(c['arm'] + ': ' + c['detail'] for c in suspect)}. "
-            f"(As computed: {verdict['sentence']})"
-        )
-    if failed:
-        verdict["sentence"] += (
-            f" Failed checks ({len(failed)}): "
-            + "; ".join(f"{c['arm']}: {c['check']} ({c['detail']})" for c in failed[:3])
-            + ("; ..." if len(failed) > 3 else "")
-            + ". Read them before the verdict."
-        )
+    verdict = with_checks(verdict, report_checks)
     plain = next((t for t in timing_rows if t["name"] in ("plain", "head")), None)
     unit = plain["seconds_mean"] if plain else math.nan
     total_actual = sum(r["own_seconds"] for r in records)

@@ -201,8 +201,11 @@ class Runner:
     ) -> Arm:
         """`arm` at the width whose parameter count is nearest the matched arm's run of
         this seed (recorded in this chain just now, or earlier in the ledger)."""
-        runs = [*fresh, *ledger.records()]
-        target = next((r for r in runs if (r["arm"], r["seed"]) == (arm.matches, seed)), None)
+
+        def found(runs: Iterable[dict[str, Any]]) -> dict[str, Any] | None:
+            return next((r for r in runs if (r["arm"], r["seed"]) == (arm.matches, seed)), None)
+
+        target = found(fresh) or found(ledger.records())  # the ledger only when needed
         if target is None:
             raise TrainingError(
                 f"arm {arm.name}, seed {seed}: it matches the parameters of arm "

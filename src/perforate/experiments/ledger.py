@@ -101,8 +101,8 @@ class Ledger:
 
 
 # What every run record holds, and the types the statistics read (a bool is no number).
-FIELDS = {"arm": (str,), "seed": (int,), "val": (int, float), "test": (int, float)}
-FIELDS |= {"params": (int, float)}
+NUMBER = (int, float)
+FIELDS = {"arm": (str,), "seed": (int,), "val": NUMBER, "test": NUMBER, "params": NUMBER}
 
 
 def _read_lines(fh: Any) -> list[dict[str, Any]]:
@@ -110,8 +110,7 @@ def _read_lines(fh: Any) -> list[dict[str, Any]]:
     happened); any other line that is not a record this code wrote is refused, naming it:
     statistics over a record edited by hand, or dropped silently, would be wrong."""
     fh.seek(0)
-    text = fh.read()
-    lines = text.split("\n")
+    lines = fh.read().split("\n")
     out: list[dict[str, Any]] = []
     for number, line in enumerate(lines, 1):
         if not line.strip():

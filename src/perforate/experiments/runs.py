@@ -14,6 +14,7 @@ epoch's `end_epoch` and cut back to the checkpoint's epoch on resume.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -34,7 +35,7 @@ from perforate.rules import resolve_rule
 
 from . import adapt
 from .arms import Arm
-from .task import Task, TaskError
+from .task import SPLIT_NAMES, Task, TaskError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -183,10 +184,9 @@ def _check_runs_at(model: torch.nn.Module, width: int, task: Task, x: Any) -> No
         with torch.no_grad():
             model(x)
     except Exception as exc:
-        first = (str(exc).splitlines() or [""])[0]
         raise TaskError(
             f"the model at width {width} ([model] width = {task.width_arg!r} set to {width}) "
-            f"fails on a training batch ({type(exc).__name__}: {first}): does "
+            f"fails on a training batch ({type(exc).__name__}: {first_line(exc)}): does "
             f"{task.width_arg!r} set the hidden size? The ladder and wider change only it"
         ) from exc
 
@@ -205,24 +205,21 @@ def parameter_count(task: Task, width: int) -> int:
 def matched_width(task: Task, target: int, limit: int = 1 << 20) -> int:
     """The width whose model has the parameter count nearest `target` (the larger of two
     as near): counts grow with the width, so double, then bisect."""
+    count = functools.cache(lambda width: parameter_count(task, width))  # a build each
     low, high = 1, max(1, task.base_width or 1)
-    if parameter_count(task, low) >= target:
+    if count(low) >= target:
         return low
-    while parameter_count(task, high) < target:
+    while count(high) < target:
         low, high = high, 2 * high
         if high > limit:
             raise TaskError(
                 f"no width up to {limit} gives the model {target:,} parameters: does the "
                 f"factory's {task.width_arg!r} set its size?"
             )
-    while high - low > 1:  # params(low) < target <= params(high)
+    while high - low > 1:  # count(low) < target <= count(high)
         middle = (low + high) // 2
-        if parameter_count(task, middle) < target:
-            low = middle
-        else:
-            high = middle
-    below, above = parameter_count(task, low), parameter_count(task, high)
-    return low if target - below < above - target else high
+        low, high = (middle, high) if count(middle) < target else (low, middle)
+    return low if target - count(low) < count(high) - target else high
 
 
 def train_run(
@@ -302,12 +299,10 @@ def train_run(
         except PerforateError as exc:  # a clear error already: say where
             raise TrainingError(f"arm {spec.arm.name}, seed {spec.seed}: {exc}") from exc
         except (Exception, SystemExit) as exc:  # the user's eval-mode model or metric
-            first = (str(exc).splitlines() or [""])[0]
-            name = {"val": "validation"}.get(split, split)
             raise TrainingError(
-                f"arm {spec.arm.name}, seed {spec.seed}: scoring the {name} split failed "
-                f"({type(exc).__name__}: {first}); check the model in eval mode and "
-                "[task] metric"
+                f"arm {spec.arm.name}, seed {spec.seed}: scoring the {SPLIT_NAMES[split]} "
+                f"split failed ({type(exc).__name__}: {first_line(exc)}); check the model "
+                "in eval mode and [task] metric"
             ) from exc
 
     if on_start is not None:
@@ -333,10 +328,9 @@ def train_run(
                     f"arm {spec.arm.name}, seed {spec.seed}, a training batch: {exc}"
                 ) from exc
             except (RuntimeError, ValueError, TypeError, IndexError, AttributeError) as exc:
-                first = (str(exc).splitlines() or [""])[0]
                 raise TrainingError(
                     f"arm {spec.arm.name}, seed {spec.seed}: the model or the loss failed on "
-                    f"a training batch ({type(exc).__name__}: {first}); "
+                    f"a training batch ({type(exc).__name__}: {first_line(exc)}); "
                     "check [task] loss against the data's shapes and dtypes"
                 ) from exc
             ctl.optimizer.step()

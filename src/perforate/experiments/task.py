@@ -13,7 +13,6 @@ once, and a run resumed from a checkpoint that holds that RNG, see the same batc
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -30,6 +29,12 @@ from perforate import ConfigError, PerforateError
 from .imports import import_object
 
 SPLITS = ("train", "val", "test")
+SPLIT_NAMES = {"train": "train", "val": "validation", "test": "test"}  # in messages
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's first line, for one-line errors (tracebacks stay on `__cause__`)."""
+    return (str(exc).strip().splitlines() or [""])[0]
 
 
 class TaskError(ConfigError):
@@ -253,7 +258,7 @@ class Data:
 
     def check_sizes(self, batch_size: int) -> None:
         """Refuse empty splits and a training split smaller than one batch, naming sizes."""
-        names = {"train": "train", "val": "validation", "test": "test"}
+        names = SPLIT_NAMES
         rows = {s: getattr(self, s).rows for s in SPLITS}
         sizes = " / ".join(f"{names[s]} {'?' if r is None else f'{r:,}'}" for s, r in rows.items())
         for split, r in rows.items():
@@ -402,8 +407,9 @@ class Task:
         model.eval()
         metric = self.metric
         total: torch.Tensor | None = None
-        bad: torch.Tensor | None = None
-        nan_rows: torch.Tensor | None = None  # rows whose outputs hold a NaN
+        # Counted on the device, read once: rows whose outputs hold a NaN, and labels the
+        # metric cannot score (outside the output's classes).
+        flags: torch.Tensor | None = None
         rows = classes = 0
         outputs: list[torch.Tensor] = []
         targets: list[torch.Tensor] = []
@@ -417,45 +423,41 @@ class Task:
                         "needs the outputs as one tensor (return the logits, or wrap the "
                         "model so that it does)"
                     )
+                classes = out.shape[-1] if out.dim() else 1
                 flat = out.reshape(out.shape[0], -1) if out.dim() > 1 else out.reshape(-1, 1)
                 nan = torch.isnan(flat).any(1).sum()
-                nan_rows = nan if nan_rows is None else nan_rows + nan
+                invalid = metric.invalid(out, y) if metric.invalid is not None else nan * 0
+                counts = torch.stack([nan, invalid])
+                flags = counts if flags is None else flags + counts
                 if metric.per_batch is not None:
                     part = metric.per_batch(out.float(), y)
                     total = part if total is None else total + part
-                    if metric.invalid is not None:
-                        classes = out.shape[-1]
-                        count = metric.invalid(out, y)
-                        bad = count if bad is None else bad + count
                     rows += len(y)
                 else:
                     outputs.append(out.float().cpu())
                     targets.append(y.cpu())
         finally:
             model.train(was_training)
-        name = {"val": "validation"}.get(split, split)
+        name = SPLIT_NAMES[split]
         if rows == 0 and not outputs:
             raise TaskError(f"the {name} split gave no rows to score (an empty loader?)")
-        if nan_rows is not None and int(nan_rows):  # one read per evaluation
+        assert flags is not None
+        nan_rows, outside = (int(v) for v in flags.tolist())
+        if nan_rows:
             raise TaskError(
-                f"the model's outputs on the {name} split are NaN for {int(nan_rows)} of "
+                f"the model's outputs on the {name} split are NaN for {nan_rows} of "
                 f"{rows or sum(len(o) for o in outputs)} rows (NaN in the split's inputs, or "
                 f"weights gone NaN): {metric.name} over them would mean nothing"
             )
+        if outside:
+            raise TaskError(
+                f"the {name} split has {outside} label(s) outside the model's "
+                f"{classes} outputs (classes 0..{classes - 1}): {metric.name} "
+                "would count them as wrong; fix the labels or the model's output size"
+            )
         if metric.per_batch is not None:
-            assert metric.finish is not None
-            if total is None:
-                return metric.finish(math.nan, max(rows, 1))
-            if bad is None:
-                return metric.finish(float(total), max(rows, 1))
-            outside = int(bad)  # once per evaluation, not per batch
-            if outside:
-                raise TaskError(
-                    f"the {name} split has {outside} label(s) outside the model's "
-                    f"{classes} outputs (classes 0..{classes - 1}): {metric.name} "
-                    "would count them as wrong; fix the labels or the model's output size"
-                )
-            return metric.finish(float(total), max(rows, 1))
+            assert metric.finish is not None and total is not None
+            return metric.finish(float(total), rows)
         assert metric.whole is not None
         # A one-output regressor's (N, 1) outputs come as (N,) beside (N,) targets, as the
         # built-in metrics take them: `(outputs - targets)` would otherwise be N x N.

@@ -156,3 +156,27 @@ def study_verdict(
             else "."
         )
     return StudyVerdict(state, winner, f"{winner_text}; {tail}")
+
+
+def with_checks(verdict: dict[str, Any], checks: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The study verdict as the report's checks allow: runs that kept their first epoch
+    (a "direction" failure) make it no verdict; other failed checks are named in its
+    sentence, apart from what the sentence says already (dendrites kept)."""
+    out = dict(verdict)
+    suspect = [c for c in checks if c["check"] == "direction" and not c["ok"]]
+    said = ("direction", "dendrites installed")
+    failed = [c for c in checks if not c["ok"] and c["check"] not in said]
+    if suspect:  # the runs kept their first epoch: a wrong direction, not dendrites
+        out["dendrites_pay"] = "no verdict"
+        out["sentence"] = (
+            f"No verdict: {'; '.join(c['arm'] + ': ' + c['detail'] for c in suspect)}. "
+            f"(As computed: {out['sentence']})"
+        )
+    if failed:
+        out["sentence"] += (
+            f" Failed checks ({len(failed)}): "
+            + "; ".join(f"{c['arm']}: {c['check']} ({c['detail']})" for c in failed[:3])
+            + ("; ..." if len(failed) > 3 else "")
+            + ". Read them before the verdict."
+        )
+    return out
